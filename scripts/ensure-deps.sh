@@ -13,9 +13,15 @@ if [ ! -x "$pnpm_dir/node_modules/.bin/pnpm" ]; then
 fi
 export PATH="$pnpm_dir/node_modules/.bin:$root/node_modules/.bin:$PATH"
 stamp="$root/node_modules/.dinofleet-installed"
-if [ ! -f "$stamp" ] || [ "$root/pnpm-lock.yaml" -nt "$stamp" ] || [ "$root/package.json" -nt "$stamp" ]; then
+changed=""
+if [ -f "$stamp" ]; then
+  changed="$(find "$root/pnpm-lock.yaml" "$root/pnpm-workspace.yaml" "$root/package.json" "$root"/packages/*/package.json \
+    "$root"/services/*/package.json "$root/bench/package.json" -newer "$stamp" 2>/dev/null | head -n 1 || true)"
+fi
+if [ ! -f "$stamp" ] || [ -n "$changed" ]; then
   echo "dinofleet: installing workspace dependencies" >&2
-  frozen="--frozen-lockfile"; [ -f "$root/pnpm-lock.yaml" ] || frozen=""
+  # CI installs exactly the lockfile; a developer who edited a package.json updates it.
+  frozen=""; [ "${CI:-}" = "true" ] && [ -f "$root/pnpm-lock.yaml" ] && frozen="--frozen-lockfile"
   (cd "$root" && pnpm install $frozen --reporter=append-only >&2)
   touch "$stamp"
 fi
