@@ -1,4 +1,4 @@
-import '@tensorflow/tfjs-core/dist/register_all_gradients.js';
+import '@tensorflow/tfjs';
 import * as tf from '@tensorflow/tfjs-core';
 
 /**
