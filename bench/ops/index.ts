@@ -11,18 +11,11 @@
  *
  * Last stdout line: `{"block_gflops", "naive_block_gflops", "matmul_gflops", "ratio", ...}`.
  */
-import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { initComputeBackend } from '@dinofleet/compute';
-// Relative import on purpose: `@dinofleet/dino`'s index imports tfjs-core's ESM-only
-// `register_all_gradients.js` (extensionless directory imports), which Node/tsx cannot load.
-import { attention, gelu, layerNorm, linear } from '../../packages/dino/src/ops.ts';
+import { attention, gelu, layerNorm, linear } from '@dinofleet/dino';
 import { log, median, report } from '../lib/report.ts';
-
-// Under Node the CommonJS resolver can load the gradient registrations (tfjs keeps its
-// registries on a global, so this separate module instance registers for everyone).
-createRequire(import.meta.url)('@tensorflow/tfjs-core/dist/register_all_gradients.js');
 
 const { values } = parseArgs({
   options: {

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { attention, gelu, layerNorm, linear } from './ops.ts';
+import { attention, gatherRows, gelu, layerNorm, linear } from './ops.ts';
 import { Rng } from './rng.ts';
 import { useTestBackend } from './testing/backend.ts';
 import { checkGradients } from './testing/finite-difference.ts';
@@ -186,6 +186,20 @@ for (const backend of ['cpu', 'wasm'] as const) {
           60 + tokens,
         );
       }
+    });
+
+    it('gatherRows: the rows, and a gradient scattered back to exactly those rows', () => {
+      const x = randn([6, 3], 80);
+      const idx = tf.tensor1d([4, 0, 2], 'int32');
+      const r = randn([3, 3], 81);
+      expect(gatherRows(x as tf.Tensor2D, idx).arraySync()).toEqual(tf.gather(x, idx).arraySync());
+      const [dx] = tf.grads((xx: tf.Tensor) => tf.sum(tf.mul(gatherRows(xx as tf.Tensor2D, idx), r)))([x]);
+      const grad = dx!.arraySync() as number[][];
+      const rows = r.arraySync() as number[][];
+      expect(grad[4]).toEqual(rows[0]);
+      expect(grad[0]).toEqual(rows[1]);
+      expect(grad[2]).toEqual(rows[2]);
+      for (const empty of [1, 3, 5]) expect(grad[empty]).toEqual([0, 0, 0]);
     });
 
     it('gelu and attention gradients match finite differences', () => {

@@ -193,3 +193,21 @@ export function attention(qkv: tf.Tensor2D, batch: number, tokens: number, heads
   }
   return attentionCustom(batch, tokens, heads)(qkv) as tf.Tensor2D;
 }
+
+/**
+ * Rows `indices` of `x` `[N, D]` -> `[M, D]` (iBOT's masked patches). tfjs's Gather
+ * gradient needs the UnsortedSegmentSum kernel, which tfjs-backend-wasm does not have;
+ * this backward scatters with ScatterNd instead (every backend has it). Indices must be
+ * distinct, as masked-patch indices are.
+ */
+export function gatherRows(x: tf.Tensor2D, indices: tf.Tensor1D): tf.Tensor2D {
+  const gather = tf.customGrad(((xs: tf.Tensor2D, save: tf.GradSaveFunc) => {
+    save([indices]);
+    return {
+      value: tf.gather(xs, indices),
+      gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) =>
+        tf.tidy(() => tf.scatterND(tf.reshape(saved[0] as tf.Tensor1D, [-1, 1]), dy, xs.shape)),
+    };
+  }) as unknown as CustomGradientFunc);
+  return gather(x) as tf.Tensor2D;
+}

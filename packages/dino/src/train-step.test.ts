@@ -184,3 +184,30 @@ describe('the training step', () => {
     expect(tf.memory().numTensors).toBe(tensorsBefore);
   });
 });
+
+describe('the training step on the wasm backend the workers run', () => {
+  beforeAll(() => useTestBackend('wasm'));
+
+  // The unit tests above run on cpu; every kernel a recipe needs (with its gradient) must
+  // also exist on wasm, or a worker fails at its first step.
+  for (const preset of ['dino', 'dinov2', 'dinov3'] as const) {
+    it(`${preset}: two steps with masks, drop path and (dinov3) the Gram teacher are finite`, async () => {
+      const base = PRESETS[preset];
+      const recipe = tiny(base, {
+        dropPathRate: 0.1,
+        gram: base.gram === null ? null : { ...base.gram, startStep: 1, refreshSteps: 1, rampSteps: 1 },
+        ibot: base.ibot === null ? null : { ...base.ibot, head: { ...TINY_HEAD, weightNorm: false }, maskProbability: 1 },
+      });
+      const state = createDinoState(recipe, 5, { totalSteps: 10 });
+      for (let s = 0; s < 2; s++) {
+        const m = await trainStep(state, buildCropBatch(images(4, 20 + s), recipe.crops, new Rng(s)));
+        expect(m.applied).toBe(true);
+        expect(Number.isFinite(m.loss.total)).toBe(true);
+        if (base.ibot !== null) expect(m.loss.ibot).toBeGreaterThan(0);
+        if (base.gram !== null && s === 1) expect(m.loss.gram).toBeGreaterThanOrEqual(0);
+      }
+      expect(state.gramTeacher !== null).toBe(base.gram !== null);
+      disposeDinoState(state);
+    });
+  }
+});

@@ -9,6 +9,7 @@ import { gramLoss, gramWeight } from './gram-loss.ts';
 import { dinoHeadForward, initDinoHeadParams, type DinoHeadConfig } from './heads.ts';
 import { ibotPatchLoss } from './ibot-loss.ts';
 import { koleoLoss } from './koleo-loss.ts';
+import { gatherRows } from './ops.ts';
 import { paramGroupFor } from './param-groups.ts';
 import type { DinoRecipe } from './presets.ts';
 import { Rng } from './rng.ts';
@@ -310,7 +311,7 @@ export async function computeLocalStep(state: DinoState, batch: CropBatch, colle
       let ibot: tf.Scalar = tf.scalar(0);
       if (recipe.ibot !== null && maskedIdx !== null && maskWeights !== null && patchTargets !== null) {
         const flat = tf.reshape<tf.Rank.R2>(sg.patches, [nG * B * nPatches, vit.embedDim]);
-        const patchLogits = dinoHeadForward(state.student, ibotHead.prefix, ibotHead.cfg, tf.gather(flat, maskedIdx));
+        const patchLogits = dinoHeadForward(state.student, ibotHead.prefix, ibotHead.cfg, gatherRows(flat, maskedIdx));
         ibot = ibotPatchLoss(patchLogits, patchTargets, maskWeights, { studentTemp: recipe.studentTemp, nImages: nG * B });
         total = tf.add(total, tf.mul(ibot, recipe.ibot.weight));
       }
