@@ -1,4 +1,4 @@
-// `npm run bench -- learn [--preset dino] [--minutes 15] [--knn-train 10000] [--seed 0]`
+// `npm run bench -- learn [--preset dinov2] [--minutes 15] [--knn-train 10000] [--seed 0]`
 // Trains from scratch on Fashion-MNIST (train split: first 6,000 images of each class) in
 // one process for at most --minutes, then evaluates weighted k-NN (k 20, T 0.07, cosine)
 // on the teacher's CLS features: train features from --knn-train images of the train
@@ -28,7 +28,7 @@ import { log, report } from '../lib/report.ts';
 
 const { values } = parseArgs({
   options: {
-    preset: { type: 'string', default: 'dino' },
+    preset: { type: 'string', default: 'dinov2' },
     minutes: { type: 'string', default: '15' },
     'knn-train': { type: 'string', default: '10000' },
     seed: { type: 'string', default: '0' },

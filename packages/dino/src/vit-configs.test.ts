@@ -56,7 +56,7 @@ describe('ViT configurations', () => {
     ];
     for (const cfg of variants) expect(allocatedCount(cfg)).toBe(vitParamCount(cfg));
     expect(vitParamCount(tiny)).toBe(7216);
-    expect(vitParamCount(VIT_CONFIGS['vit-fmnist'])).toBe(1_792_896);
+    expect(vitParamCount(VIT_CONFIGS['vit-fmnist'])).toBe(802_048);
   });
 
   it('has consistent shapes: whole patch grids, whole heads, a 4 × 4 Fashion-MNIST grid', () => {
