@@ -1,4 +1,4 @@
-// `npm run bench -- step [--preset dino] [--steps 8] [--backend wasm]`
+// `npm run bench -- step [--preset dinov2] [--steps 8] [--backend wasm]`
 // Times the full training step of a recipe's default small config and compares its
 // achieved GFLOP/s (analytic count, packages/dino/src/flops.ts) with a 1024x1024 tfjs matMul
 // measured in the same run on the same backend.
@@ -19,7 +19,7 @@ import { log, median, report } from '../lib/report.ts';
 
 const { values } = parseArgs({
   options: {
-    preset: { type: 'string', default: 'dino' },
+    preset: { type: 'string', default: 'dinov2' },
     steps: { type: 'string', default: '8' },
     backend: { type: 'string', default: 'wasm' },
   },
