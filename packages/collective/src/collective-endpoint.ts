@@ -1,0 +1,253 @@
+/**
+ * The `dinofleet.v1.Collective` service of one worker process, shared by every
+ * generation the worker takes part in.
+ *
+ * Why an endpoint and not a service per RingAllReduce: a grpc-js server takes its services
+ * before it starts and never drops one, while a RingAllReduce lives for one generation. The
+ * worker's address must also stay the same across generations (the coordinator hands it to
+ * the other ranks). So the endpoint is registered once, and routes each inbound Exchange
+ * stream, by the job and generation of its first chunk, to the RingAllReduce registered
+ * for them.
+ */
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import {
+  AbortedError,
+  FailedPreconditionError,
+  GrpcServer,
+  InvalidArgumentError,
+  UnavailableError,
+  toServiceError,
+} from '@dinofleet/proto';
+import type { CollectiveServer, DinofleetError, ExchangeRequest, ExchangeResponse, GrpcServerAddress } from '@dinofleet/proto';
+import { COLLECTIVE_EXCHANGE_DEFINITION } from './exchange-codec.ts';
+
+/** Default of {@link CollectiveEndpointOptions.unclaimedStreamTimeoutMs}, in ms. */
+export const DEFAULT_UNCLAIMED_STREAM_TIMEOUT_MS = 10_000;
+
+/** A server-side Exchange stream. */
+export type InboundExchangeStream = ServerDuplexStream<ExchangeRequest, ExchangeResponse>;
+
+/** What a RingAllReduce registers with an endpoint to receive its inbound stream. */
+export interface InboundStreamSink {
+  /**
+   * Takes over `stream`, whose first chunks (`received`, at least one, all of the sink's
+   * job and generation) the endpoint has already read. From now on the sink listens.
+   */
+  attachInbound(stream: InboundExchangeStream, received: readonly ExchangeRequest[]): void;
+  /** The endpoint is closing: fail with `err`. */
+  abort(err: DinofleetError): void;
+}
+
+/** Settings for {@link CollectiveEndpoint}. */
+export interface CollectiveEndpointOptions {
+  /**
+   * A server to serve the Collective service on, e.g. the worker's only gRPC server. The
+   * endpoint adds its service in the constructor, so the server must not be started yet;
+   * the caller keeps ownership and closes it. @default a server of the endpoint's own,
+   * closed by {@link CollectiveEndpoint.close}
+   */
+  server?: GrpcServer;
+  /** "host:port" of the endpoint's own server (ignored with `server`). @default "127.0.0.1:0" */
+  address?: string;
+  /**
+   * How long an inbound stream for a job and generation that no RingAllReduce has
+   * registered yet waits for one (its sender may simply be quicker to enter the
+   * generation), in ms. Range 1..600000. @default 10000
+   */
+  unclaimedStreamTimeoutMs?: number;
+}
+
+interface UnclaimedStream {
+  readonly stream: InboundExchangeStream;
+  readonly job: string;
+  readonly generation: number;
+  readonly received: ExchangeRequest[];
+  readonly timer: NodeJS.Timeout;
+  readonly onData: (message: ExchangeRequest) => void;
+  readonly onGone: () => void;
+}
+
+function sinkKey(job: string, generation: number): string {
+  return `${generation}\u0000${job}`;
+}
+
+function rejectStream(stream: InboundExchangeStream, err: DinofleetError): void {
+  stream.removeAllListeners('data');
+  // grpc-js turns an 'error' on a server stream into the call's status and ends it.
+  stream.emit('error', toServiceError(err));
+}
+
+/**
+ * Serves `dinofleet.v1.Collective` for one worker and routes inbound ring streams to the
+ * RingAllReduce of their generation. Create it, `start()` it (or start the shared server),
+ * then build one RingAllReduce per generation on it; `close()` (or `await using`).
+ */
+export class CollectiveEndpoint implements AsyncDisposable {
+  readonly #server: GrpcServer;
+  readonly #ownsServer: boolean;
+  readonly #unclaimedStreamTimeoutMs: number;
+  readonly #sinks = new Map<string, InboundStreamSink>();
+  /** Highest generation ever registered per job: an older one is stale. */
+  readonly #latestGeneration = new Map<string, number>();
+  readonly #unclaimed = new Set<UnclaimedStream>();
+  #address: string | undefined;
+  #closed: Promise<void> | undefined;
+
+  constructor(options: CollectiveEndpointOptions = {}) {
+    const timeoutMs = options.unclaimedStreamTimeoutMs ?? DEFAULT_UNCLAIMED_STREAM_TIMEOUT_MS;
+    if (!Number.isFinite(timeoutMs) || timeoutMs < 1 || timeoutMs > 600_000) {
+      throw new InvalidArgumentError(`unclaimedStreamTimeoutMs must be in 1..600000 ms, got ${timeoutMs}`);
+    }
+    this.#unclaimedStreamTimeoutMs = timeoutMs;
+    this.#ownsServer = options.server === undefined;
+    this.#server = options.server ?? new GrpcServer(options.address === undefined ? {} : { address: options.address });
+    const implementation: CollectiveServer = { exchange: (stream) => this.#onStream(stream) };
+    this.#server.addService(COLLECTIVE_EXCHANGE_DEFINITION, implementation);
+  }
+
+  /**
+   * Starts the server (idempotent; with a shared server this starts that server) and
+   * resolves with the address other ranks dial.
+   */
+  async start(): Promise<GrpcServerAddress> {
+    if (this.#closed !== undefined) throw new FailedPreconditionError('CollectiveEndpoint.start() after close()');
+    const bound = await this.#server.start();
+    this.#address = bound.address;
+    return bound;
+  }
+
+  /** "host:port" of this endpoint, once {@link start} resolved. */
+  get address(): string {
+    if (this.#address === undefined) throw new FailedPreconditionError('CollectiveEndpoint.address before start()');
+    return this.#address;
+  }
+
+  /**
+   * Routes inbound streams of (`job`, `generation`) to `sink` until the returned function
+   * is called. Streams for an older generation of the job are refused as stale from now
+   * on. Used by RingAllReduce; one sink per job and generation.
+   */
+  register(job: string, generation: number, sink: InboundStreamSink): () => void {
+    if (this.#closed !== undefined) throw new FailedPreconditionError('CollectiveEndpoint is closed');
+    const key = sinkKey(job, generation);
+    if (this.#sinks.has(key)) {
+      throw new FailedPreconditionError(`a collective for job ${job} generation ${generation} is registered already`);
+    }
+    this.#sinks.set(key, sink);
+    this.#latestGeneration.set(job, Math.max(generation, this.#latestGeneration.get(job) ?? -1));
+    for (const waiting of [...this.#unclaimed]) {
+      if (waiting.job !== job || waiting.generation > generation) continue;
+      this.#forget(waiting);
+      if (waiting.generation === generation) sink.attachInbound(waiting.stream, waiting.received);
+      else rejectStream(waiting.stream, this.#staleError(waiting.job, waiting.generation));
+    }
+    return () => {
+      if (this.#sinks.get(key) === sink) this.#sinks.delete(key);
+    };
+  }
+
+  #staleError(job: string, generation: number): AbortedError {
+    const latest = this.#latestGeneration.get(job);
+    return new AbortedError(
+      latest === generation
+        ? `stale generation ${generation} for job ${job}: it has ended on this rank`
+        : `stale generation ${generation} for job ${job}: this rank is at generation ${latest}`,
+    );
+  }
+
+  #onStream(stream: InboundExchangeStream): void {
+    if (this.#closed !== undefined) {
+      rejectStream(stream, new UnavailableError('collective endpoint is closing'));
+      return;
+    }
+    // Errors after the call ended (a client that vanished) must not crash the process;
+    // whoever owns the stream also listens.
+    stream.on('error', () => undefined);
+    stream.once('data', (first: ExchangeRequest) => this.#route(stream, first));
+  }
+
+  #route(stream: InboundExchangeStream, first: ExchangeRequest): void {
+    if (this.#closed !== undefined) {
+      rejectStream(stream, new UnavailableError('collective endpoint is closing'));
+      return;
+    }
+    const { jobId: job, generation } = first;
+    const sink = this.#sinks.get(sinkKey(job, generation));
+    if (sink !== undefined) {
+      sink.attachInbound(stream, [first]);
+      return;
+    }
+    const latest = this.#latestGeneration.get(job);
+    if (latest !== undefined && generation <= latest) {
+      // Either an older generation, or this one already closed here: both are over.
+      rejectStream(stream, this.#staleError(job, generation));
+      return;
+    }
+    // A newer generation than this rank has entered: its sender got there first. Hold the
+    // stream (reading and keeping its chunks) until the RingAllReduce registers.
+    const received: ExchangeRequest[] = [first];
+    const waiting: UnclaimedStream = {
+      stream,
+      job,
+      generation,
+      received,
+      onData: (message) => {
+        received.push(message);
+      },
+      onGone: () => this.#forget(waiting),
+      timer: setTimeout(() => {
+        this.#forget(waiting);
+        rejectStream(
+          stream,
+          new AbortedError(
+            `no collective for job ${job} generation ${generation} registered here within ${this.#unclaimedStreamTimeoutMs} ms`,
+          ),
+        );
+      }, this.#unclaimedStreamTimeoutMs),
+    };
+    stream.on('data', waiting.onData);
+    stream.once('cancelled', waiting.onGone);
+    stream.once('end', waiting.onGone);
+    this.#unclaimed.add(waiting);
+  }
+
+  #forget(waiting: UnclaimedStream): void {
+    clearTimeout(waiting.timer);
+    waiting.stream.off('data', waiting.onData);
+    waiting.stream.off('cancelled', waiting.onGone);
+    waiting.stream.off('end', waiting.onGone);
+    this.#unclaimed.delete(waiting);
+  }
+
+  /**
+   * Fails every registered RingAllReduce and every waiting stream, then closes the
+   * endpoint's own server (a shared server is left to its owner). Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closed ??= this.#shutdown();
+    return this.#closed;
+  }
+
+  async #shutdown(): Promise<void> {
+    const closing = new UnavailableError('collective endpoint closed');
+    for (const waiting of [...this.#unclaimed]) {
+      this.#forget(waiting);
+      rejectStream(waiting.stream, closing);
+    }
+    const sinks = [...this.#sinks.values()];
+    this.#sinks.clear();
+    for (const sink of sinks) {
+      try {
+        sink.abort(closing);
+      } catch {
+        // Keep closing the others; a sink's abort only tears down its own streams.
+      }
+    }
+    if (this.#ownsServer) await this.#server.close(1_000);
+  }
+
+  /** `await using endpoint = new CollectiveEndpoint()` closes it. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
