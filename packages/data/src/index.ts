@@ -8,3 +8,58 @@ export {
   type FashionMnistOptions,
   type LabelledImages,
 } from './fashion-mnist.ts';
+export {
+  createS3Client,
+  DEFAULT_S3_MAX_ATTEMPTS,
+  DEFAULT_S3_REGION,
+  DEFAULT_S3_REQUEST_TIMEOUT_MS,
+  describeS3Config,
+  resolveS3Config,
+  S3ConfigError,
+  type S3Config,
+  type S3Credentials,
+  type S3Options,
+} from './s3-config.ts';
+export { getObjectRange, RangeReadError, type ObjectRange, type ObjectRangeOptions } from './s3-range.ts';
+export {
+  backoffDelayMs,
+  DEFAULT_BACKOFF_BASE_MS,
+  DEFAULT_BACKOFF_CAP_MS,
+  isRetryableS3Error,
+  type BackoffOptions,
+} from './retry-backoff.ts';
+export {
+  DEFAULT_MAX_RECORD_BYTES,
+  DEFAULT_SPLIT_BLOCK_BYTES,
+  MAX_MANIFEST_SPLITS,
+  ManifestFormatError,
+  manifestSplit,
+  manifestSplitCount,
+  planManifestObjectSplits,
+  planManifestSplits,
+  readSplitRecords,
+  statManifest,
+  type ManifestObject,
+  type ManifestRecord,
+  type ManifestSplit,
+  type ManifestSplitPlanOptions,
+  type ReadSplitOptions,
+} from './manifest-splits.ts';
+export { ManifestRecordError, parseManifestRecord, type ManifestEntry } from './manifest-record.ts';
+export {
+  DEFAULT_MAX_DECODE_PIXELS,
+  DecodeError,
+  DecodeErrorCode,
+  decodeImage,
+  encodePng,
+  type DecodeImageOptions,
+} from './image-decode.ts';
+export {
+  DEFAULT_FETCH_CONCURRENCY,
+  DEFAULT_FETCH_RETRIES,
+  DEFAULT_MAX_IMAGE_OBJECT_BYTES,
+  FetchSkipReason,
+  fetchImages,
+  type FetchedImage,
+  type FetchImagesOptions,
+} from './image-fetcher.ts';

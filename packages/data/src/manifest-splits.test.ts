@@ -1,0 +1,320 @@
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { parseManifestRecord } from './manifest-record.ts';
+import { manifestSplit, planManifestObjectSplits, planManifestSplits, readSplitRecords } from './manifest-splits.ts';
+import type { ManifestRecord, ManifestSplit } from './manifest-splits.ts';
+import { memoryS3 } from './testing/memory-s3.ts';
+import { startTestS3 } from './testing/s3.ts';
+import type { TestS3 } from './testing/s3.ts';
+
+const encoder = new TextEncoder();
+
+/** The records of a whole manifest, computed the obvious way: split on '\n'. */
+function expectedRecords(bytes: Uint8Array): ManifestRecord[] {
+  const records: ManifestRecord[] = [];
+  let start = 0;
+  const decoder = new TextDecoder();
+  for (let i = 0; i <= bytes.byteLength; i++) {
+    if (i === bytes.byteLength || bytes[i] === 0x0a) {
+      if (i === bytes.byteLength && start === i) break;
+      let line = bytes.subarray(start, i);
+      if (line.byteLength > 0 && line[line.byteLength - 1] === 0x0d) line = line.subarray(0, -1);
+      if (line.byteLength > 0) records.push({ offset: start, text: decoder.decode(line) });
+      start = i + 1;
+    }
+  }
+  return records;
+}
+
+/** Deterministic PRNG (mulberry32) so a failure can be replayed. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A manifest with random line lengths, empty lines, CRLF, multi-byte UTF-8, TAB labels. */
+function randomManifest(seed: number, lines: number, maxLineBytes: number): Uint8Array {
+  const random = rng(seed);
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789/_-.é漢';
+  let text = '';
+  for (let i = 0; i < lines; i++) {
+    const kind = random();
+    if (kind < 0.1) {
+      text += random() < 0.5 ? '\n' : '\r\n';
+      continue;
+    }
+    const length = 1 + Math.floor(random() ** 3 * maxLineBytes);
+    let line = '';
+    for (let j = 0; j < length; j++) line += alphabet[Math.floor(random() * alphabet.length)];
+    if (random() < 0.3) line += `\t${Math.floor(random() * 10)}`;
+    text += line + (random() < 0.2 ? '\r\n' : '\n');
+  }
+  if (random() < 0.5) text = text.replace(/\r?\n$/, '');
+  return encoder.encode(text);
+}
+
+async function readAllSplits(
+  client: Parameters<typeof readSplitRecords>[0],
+  bucket: string,
+  key: string,
+  splits: readonly ManifestSplit[],
+  blockBytes: number,
+): Promise<ManifestRecord[][]> {
+  const out: ManifestRecord[][] = [];
+  for (const split of splits) {
+    const records: ManifestRecord[] = [];
+    for await (const record of readSplitRecords(client, bucket, key, split, { blockBytes })) records.push(record);
+    out.push(records);
+  }
+  return out;
+}
+
+describe('planManifestSplits', () => {
+  it('tiles [0, size) with near-equal contiguous splits', () => {
+    for (const sizeBytes of [0, 1, 2, 7, 100, 1023, 2 ** 40 + 3]) {
+      for (const splitCount of [1, 2, 3, 7, 64, 1000]) {
+        const splits = planManifestSplits({ sizeBytes, splitCount });
+        expect(splits).toHaveLength(splitCount);
+        let at = 0;
+        const bad = splits.filter((split, i) => {
+          const length = split.end - split.start;
+          const ok = split.index === i && split.start === at && length >= Math.floor(sizeBytes / splitCount) && length <= Math.ceil(sizeBytes / splitCount);
+          at = split.end;
+          return !ok;
+        });
+        expect(bad).toEqual([]);
+        expect(at).toBe(sizeBytes);
+      }
+    }
+  });
+
+  it('derives the count from a target size and stays exact for huge objects', () => {
+    expect(planManifestSplits({ sizeBytes: 0, targetSplitBytes: 10 })).toEqual([{ index: 0, start: 0, end: 0 }]);
+    expect(planManifestSplits({ sizeBytes: 25, targetSplitBytes: 10 }).map((s) => [s.start, s.end])).toEqual([
+      [0, 9],
+      [9, 17],
+      [17, 25],
+    ]);
+    const size = Number.MAX_SAFE_INTEGER;
+    const last = manifestSplit(size, 1_000_003, 1_000_002);
+    expect(last.end).toBe(size);
+  });
+
+  it('rejects bad options naming the field', () => {
+    expect(() => planManifestSplits({ sizeBytes: -1, splitCount: 1 })).toThrow(/sizeBytes/);
+    expect(() => planManifestSplits({ sizeBytes: 10, splitCount: 0 })).toThrow(/splitCount/);
+    expect(() => planManifestSplits({ sizeBytes: 10, targetSplitBytes: 0.5 })).toThrow(/targetSplitBytes/);
+    expect(() => planManifestSplits({ sizeBytes: 2 ** 50, targetSplitBytes: 1 })).toThrow(/targetSplitBytes/);
+  });
+});
+
+describe('readSplitRecords (in-memory S3, exhaustive cuts)', () => {
+  const handmade: Record<string, string> = {
+    empty: '',
+    oneByte: 'a',
+    oneNewline: '\n',
+    crlfOnly: '\r\n\r\n',
+    noTrailingNewline: 'a\nbb\nccc',
+    trailingNewline: 'a\nbb\nccc\n',
+    emptyLines: '\n\na\n\n\nb\n\n',
+    crlf: 'k1\r\nk2\t3\r\n\r\nk3\r\n',
+    bareCarriageReturn: 'a\rb\n\r\nc\r',
+    utf8: 'é\n漢字/ü.png\t7\n\u{1f600}\n',
+    longLine: `${'x'.repeat(50)}\ny\n${'z'.repeat(37)}`,
+  };
+
+  it('every cut of hand-made manifests yields every record exactly once, in order', async () => {
+    for (const [name, text] of Object.entries(handmade)) {
+      const bytes = encoder.encode(text);
+      const { client } = memoryS3(new Map([['m', bytes]]), 3);
+      const expected = expectedRecords(bytes);
+      for (let splitCount = 1; splitCount <= bytes.byteLength + 2; splitCount++) {
+        for (const blockBytes of [1, 2, 5, 64]) {
+          const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount });
+          const perSplit = await readAllSplits(client, 'b', 'm', splits, blockBytes);
+          expect(perSplit.flat(), `${name} splits=${splitCount} block=${blockBytes}`).toEqual(expected);
+          // Each record is owned by the split its first byte falls in.
+          for (const [i, records] of perSplit.entries()) {
+            for (const record of records) {
+              expect(record.offset).toBeGreaterThanOrEqual(splits[i]!.start);
+              expect(record.offset).toBeLessThan(splits[i]!.end);
+            }
+          }
+        }
+      }
+    }
+  });
+
+  it('random manifests with lines longer than a block, every split count up to more than the line count', async () => {
+    for (let seed = 1; seed <= 8; seed++) {
+      const bytes = randomManifest(seed, 30 + seed * 3, 60);
+      const { client } = memoryS3(new Map([['m', bytes]]), 7);
+      const expected = expectedRecords(bytes);
+      expect(expected.length).toBeGreaterThan(20);
+      for (let splitCount = 1; splitCount <= 80; splitCount++) {
+        const blockBytes = [3, 16, 40, 4096][(seed + splitCount) % 4]!;
+        const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount });
+        const records = (await readAllSplits(client, 'b', 'm', splits, blockBytes)).flat();
+        expect(records, `seed=${seed} splits=${splitCount} block=${blockBytes}`).toEqual(expected);
+      }
+    }
+  });
+
+  it('a split reads little past its end and no GET exceeds the block size', async () => {
+    const bytes = randomManifest(99, 2000, 80);
+    const { client, requests } = memoryS3(new Map([['m', bytes]]), 1024);
+    const blockBytes = 256;
+    const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount: 10 });
+    const records = (await readAllSplits(client, 'b', 'm', splits, blockBytes)).flat();
+    expect(records).toEqual(expectedRecords(bytes));
+    const longestLine = Math.max(...expectedRecords(bytes).map((r) => encoder.encode(r.text).byteLength + 2));
+    for (const request of requests) {
+      const [start, end] = request.range!;
+      expect(end - start).toBeLessThanOrEqual(blockBytes);
+    }
+    const bytesRead = requests.reduce((sum, r) => sum + r.range![1] - r.range![0], 0);
+    // Each split re-reads one byte before its start, and after its end only the doubling
+    // tail reads (the first is min(4 KiB, blockBytes)) that finish its last record.
+    expect(bytesRead).toBeLessThanOrEqual(bytes.byteLength + splits.length * (1 + 2 * Math.max(blockBytes, longestLine)));
+  });
+});
+
+describe('readSplitRecords failures', () => {
+  it('rejects a record longer than maxRecordBytes and an object shorter than the split', async () => {
+    const bytes = encoder.encode(`short\n${'x'.repeat(100)}\nend\n`);
+    const { client } = memoryS3(new Map([['m', bytes]]));
+    const split = { index: 0, start: 0, end: bytes.byteLength };
+    const read = async (s: ManifestSplit, options: Parameters<typeof readSplitRecords>[4]): Promise<string[]> => {
+      const texts: string[] = [];
+      for await (const record of readSplitRecords(client, 'b', 'm', s, options)) texts.push(record.text);
+      return texts;
+    };
+    await expect(read(split, { blockBytes: 16, maxRecordBytes: 64 })).rejects.toThrow(/record at byte 6 is longer than maxRecordBytes/);
+    expect(await read(split, { blockBytes: 16, maxRecordBytes: 100 })).toEqual(['short', 'x'.repeat(100), 'end']);
+    await expect(read({ index: 3, start: 50, end: bytes.byteLength + 10 }, { blockBytes: 16 })).rejects.toThrow(/shorter than split 3/);
+    await expect(read(split, { blockBytes: 0 })).rejects.toThrow(/blockBytes/);
+  });
+});
+
+describe('readSplitRecords against s3rver', () => {
+  let s3: TestS3;
+  beforeAll(async () => {
+    s3 = await startTestS3();
+  });
+  afterAll(async () => {
+    await s3.close();
+  });
+
+  async function put(key: string, body: Uint8Array): Promise<void> {
+    await s3.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: key, Body: body }));
+  }
+
+  it('plans from one HeadObject and reads every record exactly once for many split counts', async () => {
+    const manifests: [string, Uint8Array][] = [
+      ['empty.txt', new Uint8Array(0)],
+      ['one-byte.txt', encoder.encode('k')],
+      ['crlf.txt', encoder.encode('a/1.png\t0\r\n\r\nb/2.png\t1\r\nc/3.png')],
+      ['random.txt', randomManifest(7, 300, 120)],
+    ];
+    const requests: { command: string; range?: string }[] = [];
+    s3.client.middlewareStack.add(
+      (next, context) => (args) => {
+        const input = args.input as { Range?: string };
+        requests.push({ command: String(context.commandName), ...(input.Range !== undefined && { range: input.Range }) });
+        return next(args);
+      },
+      { step: 'initialize', name: 'countRequests' },
+    );
+    try {
+      for (const [key, bytes] of manifests) {
+        await put(key, bytes);
+        const expected = expectedRecords(bytes);
+        for (const splitCount of [1, 2, 3, 7, 40]) {
+          requests.length = 0;
+          const plan = await planManifestObjectSplits(s3.client, s3.bucket, key, { splitCount });
+          expect(requests).toEqual([{ command: 'HeadObjectCommand' }]);
+          expect(plan.sizeBytes).toBe(bytes.byteLength);
+          const blockBytes = splitCount % 2 === 0 ? 256 : 4096;
+          const records = (await readAllSplits(s3.client, s3.bucket, key, plan.splits, blockBytes)).flat();
+          expect(records, `${key} splits=${splitCount}`).toEqual(expected);
+          expect(requests.every((r) => r.command === 'HeadObjectCommand' || r.range !== undefined)).toBe(true);
+        }
+      }
+    } finally {
+      s3.client.middlewareStack.remove('countRequests');
+    }
+  });
+
+  it('streams a 20 MB manifest in 1 MiB ranged GETs', async () => {
+    // ~90 k ASCII lines of 20–420 bytes (building 20 MB of short lines is slow on a busy core).
+    const pads = Array.from({ length: 397 }, (_, n) => 'p'.repeat(n));
+    const lines: string[] = [];
+    let size = 0;
+    for (let i = 0; size < 20_000_000; i++) {
+      const line = `images/${i}/${pads[i % 397]}.jpg\t${i % 1000}`;
+      lines.push(line);
+      size += line.length + 1;
+    }
+    const bytes = Buffer.from(`${lines.join('\n')}\n`, 'latin1');
+    await put('big.txt', bytes);
+    const ranges: string[] = [];
+    s3.client.middlewareStack.add(
+      (next) => (args) => {
+        const range = (args.input as { Range?: string }).Range;
+        if (range !== undefined) ranges.push(range);
+        return next(args);
+      },
+      { step: 'initialize', name: 'recordRanges' },
+    );
+    try {
+      const blockBytes = 1024 * 1024;
+      const plan = await planManifestObjectSplits(s3.client, s3.bucket, 'big.txt', { splitCount: 3 });
+      let count = 0;
+      let expectedOffset = 0;
+      let wrongOffsets = 0;
+      for (const split of plan.splits) {
+        for await (const record of readSplitRecords(s3.client, s3.bucket, 'big.txt', split, { blockBytes, etag: plan.etag! })) {
+          if (record.offset !== expectedOffset || record.text !== lines[count]) wrongOffsets++;
+          expectedOffset += lines[count]!.length + 1;
+          if (count % 20_000 === 0) {
+            expect(parseManifestRecord(record)).toEqual({
+              offset: record.offset,
+              key: lines[count]!.split('\t')[0],
+              label: String(count % 1000),
+            });
+          }
+          count++;
+        }
+      }
+      expect(count).toBe(lines.length);
+      expect(wrongOffsets).toBe(0);
+      const sizes = ranges.map((range) => {
+        const [start, end] = range.replace('bytes=', '').split('-').map(Number);
+        return end! - start! + 1;
+      });
+      expect(Math.max(...sizes)).toBeLessThanOrEqual(blockBytes);
+      // 20 MB in 1 MiB blocks: 20 full blocks, plus per split one partial block at its end
+      // and a small tail read to finish its last record.
+      expect(sizes.length).toBeLessThanOrEqual(Math.ceil(bytes.byteLength / blockBytes) + 2 * plan.splits.length);
+    } finally {
+      s3.client.middlewareStack.remove('recordRanges');
+    }
+  });
+});
+
+describe('parseManifestRecord', () => {
+  it('parses key and optional label, rejects malformed lines', () => {
+    expect(parseManifestRecord({ offset: 5, text: 'a/b.png' })).toEqual({ offset: 5, key: 'a/b.png' });
+    expect(parseManifestRecord({ offset: 0, text: 'a b.png\t3' })).toEqual({ offset: 0, key: 'a b.png', label: '3' });
+    expect(() => parseManifestRecord({ offset: 9, text: '\t3' })).toThrow(/byte 9.*key is empty/);
+    expect(() => parseManifestRecord({ offset: 9, text: 'k\t' })).toThrow(/empty label/);
+    expect(() => parseManifestRecord({ offset: 9, text: 'k\t1\t2' })).toThrow(/more than one TAB/);
+  });
+});

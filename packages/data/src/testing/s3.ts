@@ -1,0 +1,70 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
+import S3rver from 's3rver';
+
+import { createS3Client, resolveS3Config } from '../s3-config.ts';
+
+/** A running s3rver on loopback with one fresh bucket. */
+export interface TestS3 {
+  /** A client for the server, path style, static credentials. */
+  readonly client: S3Client;
+  /** A bucket created for this instance alone (`dinofleet-test-<random>`). */
+  readonly bucket: string;
+  /** `http://127.0.0.1:<port>`. */
+  readonly endpoint: string;
+  /** Stops the server and deletes its directory; idempotent, runs every cleanup. */
+  close(): Promise<void>;
+  /** Same as {@link TestS3.close}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Starts s3rver on `127.0.0.1`, port 0, in a temporary directory, and creates a bucket with
+ * a unique name so tests never see each other's objects.
+ */
+export async function startTestS3(): Promise<TestS3> {
+  const directory = await mkdtemp(join(tmpdir(), 'dinofleet-s3rver-'));
+  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory });
+  let address;
+  try {
+    address = await server.run();
+  } catch (error) {
+    await rm(directory, { recursive: true, force: true });
+    throw error;
+  }
+  const endpoint = `http://127.0.0.1:${address.port}`;
+  // s3rver checks signatures against these fixed credentials.
+  const client = createS3Client(
+    resolveS3Config({ endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } }, {}),
+  );
+  const bucket = `dinofleet-test-${randomUUID().slice(0, 18)}`;
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      const failures: unknown[] = [];
+      try {
+        client.destroy();
+      } catch (error) {
+        failures.push(error);
+      }
+      await server.close().catch((error: unknown) => failures.push(error));
+      await rm(directory, { recursive: true, force: true }).catch((error: unknown) => failures.push(error));
+      if (failures.length > 0) throw new AggregateError(failures, 'closing the test S3 server failed');
+    })();
+    return closing;
+  };
+
+  try {
+    await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  } catch (error) {
+    await close().catch(() => undefined);
+    throw error;
+  }
+  return { client, bucket, endpoint, close, [Symbol.asyncDispose]: close };
+}
