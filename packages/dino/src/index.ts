@@ -6,7 +6,7 @@ import '@tensorflow/tfjs';
 
 // Primitives and parameters
 export { Rng } from './rng.ts';
-export { attention, gatherRows, gelu, layerNorm, linear } from './ops.ts';
+export { attention, gatherRows, gelu, layerNorm, linear, multiHeadAttention } from './ops.ts';
 export { paramNames, type GradMap, type ParamMap } from './params.ts';
 
 // Model

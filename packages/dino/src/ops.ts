@@ -128,54 +128,74 @@ export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D,
 }
 
 /**
- * Attention keeps the heads in the batch dimension: `[N, 3·H·d]` is viewed as `[N, 3H, d]`
- * and transposed to `[3H, N, d]` (a transpose that keeps the innermost d-run whole is
- * ~30× cheaper per element on wasm than a general one such as the 5-D
- * `[B,T,3,H,d] -> [3,B,H,T,d]`), then split into q, k, v `[H·B, T, d]` along axis 0.
- * Batched matMuls never reach XNNPACK (a naive loop, transposed operands cost the same
- * there), so the backward uses transposed flags freely and one batched matMul covers all
- * heads.
+ * Attention keeps the heads in the batch dimension: each of q, k, v `[N, H·d]` is viewed as
+ * `[N, H, d]` and transposed to `[H, N, d]` (a transpose that keeps the innermost d-run
+ * whole is ~30× cheaper per element on wasm than a general one), i.e. `[H·B, T, d]`.
+ * q, k and v arrive as separate tensors: splitting a fused `[N, 3D]` activation costs
+ * SplitV/Slice at ~8 ns per element on wasm (15-20 % of a training step), while the
+ * model slices only the small fused weight. Batched matMuls never reach XNNPACK (a naive
+ * loop, transposed operands cost the same there), so the backward uses transposed flags
+ * freely and one batched matMul covers all heads.
  */
 function attentionCustom(batch: number, tokens: number, heads: number) {
-  return tf.customGrad(((qkv: tf.Tensor2D, save: tf.GradSaveFunc) => {
-    const rows = qkv.shape[0];
-    const dim = qkv.shape[1] / 3;
+  return tf.customGrad(((q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, save: tf.GradSaveFunc) => {
+    const rows = q.shape[0];
+    const dim = q.shape[1];
     const headDim = dim / heads;
     const scale = 1 / Math.sqrt(headDim);
-    const [q, k, v, probs, value] = tf.tidy(() => {
-      const byHead = tf.transpose(tf.reshape(qkv, [rows, 3 * heads, headDim]), [1, 0, 2]);
-      const [qh, kh, vh] = tf.split(tf.reshape<tf.Rank.R3>(byHead, [3 * heads * batch, tokens, headDim]), 3, 0) as [
-        tf.Tensor3D,
-        tf.Tensor3D,
-        tf.Tensor3D,
-      ];
-      const p = tf.softmax(tf.mul<tf.Tensor3D>(tf.matMul(qh, kh, false, true), scale), -1);
-      const out = tf.transpose(tf.reshape(tf.matMul(p, vh), [heads, rows, headDim]), [1, 0, 2]);
-      return [qh, kh, vh, p, tf.reshape<tf.Rank.R2>(out, [rows, dim])];
+    const toHeads = (x: tf.Tensor2D): tf.Tensor3D =>
+      tf.reshape<tf.Rank.R3>(tf.transpose(tf.reshape(x, [rows, heads, headDim]), [1, 0, 2]), [heads * batch, tokens, headDim]);
+    const [qh, kh, vh, probs, value] = tf.tidy(() => {
+      const [qs, ks, vs] = [toHeads(q), toHeads(k), toHeads(v)];
+      const p = tf.softmax(tf.mul<tf.Tensor3D>(tf.matMul(qs, ks, false, true), scale), -1);
+      const out = tf.transpose(tf.reshape(tf.matMul(p, vs), [heads, rows, headDim]), [1, 0, 2]);
+      return [qs, ks, vs, p, tf.reshape<tf.Rank.R2>(out, [rows, dim])];
     }) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D, tf.Tensor3D, tf.Tensor2D];
-    save([q, k, v, probs]);
+    save([qh, kh, vh, probs]);
     // save() keeps clones; these handles are no longer needed.
-    tf.dispose([q, k, v, probs]);
+    tf.dispose([qh, kh, vh, probs]);
+    const fromHeads = (x: tf.Tensor3D): tf.Tensor2D =>
+      tf.reshape<tf.Rank.R2>(tf.transpose(tf.reshape(x, [heads, rows, headDim]), [1, 0, 2]), [rows, dim]);
     return {
       value,
       gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) =>
         tf.tidy(() => {
           const [qs, ks, vs, ps] = saved as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
-          const dOut = tf.reshape<tf.Rank.R3>(
-            tf.transpose(tf.reshape(dy, [rows, heads, headDim]), [1, 0, 2]),
-            [heads * batch, tokens, headDim],
-          );
-          const dv = tf.matMul(ps, dOut, true, false);
+          const dOut = toHeads(dy);
+          const dv: tf.Tensor3D = tf.matMul(ps, dOut, true, false);
           const dProbs = tf.matMul(dOut, vs, false, true);
           // Softmax backward: dS = P ⊙ (dP − Σ_j P·dP), times the 1/√d of the forward.
           const dScores = tf.mul<tf.Tensor3D>(tf.mul(ps, tf.sub(dProbs, tf.sum(tf.mul(ps, dProbs), -1, true))), scale);
-          const dq = tf.matMul(dScores, ks);
-          const dk = tf.matMul(dScores, qs, true, false);
-          const dByHead = tf.reshape(tf.concat([dq, dk, dv], 0), [3 * heads, rows, headDim]);
-          return tf.reshape(tf.transpose(dByHead, [1, 0, 2]), [rows, 3 * dim]);
+          const dq: tf.Tensor3D = tf.matMul(dScores, ks);
+          const dk: tf.Tensor3D = tf.matMul(dScores, qs, true, false);
+          return [fromHeads(dq), fromHeads(dk), fromHeads(dv)];
         }),
     };
   }) as unknown as CustomGradientFunc);
+}
+
+/**
+ * Multi-head scaled dot-product self-attention from separate projections, `softmax(q kᵀ /
+ * √d) v` per head. The fast path: no activation is split.
+ * @param q `[batch × tokens, dim]`, head h in columns `h·headDim ..`; `k`, `v` likewise.
+ * @returns `[batch × tokens, dim]`, heads concatenated, ready for the output projection.
+ */
+export function multiHeadAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  batch: number,
+  tokens: number,
+  heads: number,
+): tf.Tensor2D {
+  const [rows, dim] = q.shape;
+  if (rows !== batch * tokens || dim % heads !== 0 || k.shape.join() !== q.shape.join() || v.shape.join() !== q.shape.join()) {
+    throw new Error(
+      `attention: q [${q.shape.join(', ')}], k [${k.shape.join(', ')}], v [${v.shape.join(', ')}] do not fit ` +
+        `batch ${batch} × tokens ${tokens} rows of heads ${heads} × headDim`,
+    );
+  }
+  return attentionCustom(batch, tokens, heads)(q, k, v) as tf.Tensor2D;
 }
 
 /**
@@ -191,7 +211,9 @@ export function attention(qkv: tf.Tensor2D, batch: number, tokens: number, heads
         `3 × heads ${heads} × headDim`,
     );
   }
-  return attentionCustom(batch, tokens, heads)(qkv) as tf.Tensor2D;
+  // Splitting the activation costs a copy; the model's fast path is multiHeadAttention.
+  const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+  return multiHeadAttention(q, k, v, batch, tokens, heads);
 }
 
 /**

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { attention, gelu, layerNorm, linear } from './ops.ts';
+import { attention, gelu, layerNorm, linear, multiHeadAttention } from './ops.ts';
 import type { ParamMap } from './params.ts';
 import type { Rng } from './rng.ts';
 import { vitGridSize, type VitConfig } from './vit-configs.ts';
@@ -257,9 +257,20 @@ function block(
   const residual = (y: tf.Tensor2D, keep: tf.Tensor2D | null): tf.Tensor2D => (keep === null ? y : tf.mul(y, keep));
 
   const h1 = layerNorm(x, vec(params, `${b}.norm1.weight`), vec(params, `${b}.norm1.bias`));
-  let qkv = linear(h1, mat(params, `${b}.attn.qkv.weight`), cfg.qkvBias ? vec(params, `${b}.attn.qkv.bias`) : undefined);
-  if (rope !== null) qkv = applyRope(qkv, rope, batch, tokens, numPrefix, cfg.numHeads);
-  const attn = attention(qkv, batch, tokens, cfg.numHeads);
+  const qkvWeight = mat(params, `${b}.attn.qkv.weight`);
+  const qkvBias = cfg.qkvBias ? vec(params, `${b}.attn.qkv.bias`) : undefined;
+  let attn: tf.Tensor2D;
+  if (rope === null) {
+    // q, k, v from column slices of the fused weight: slicing the [D, 3D] weight is cheap,
+    // splitting the [B·T, 3D] activation is not (see multiHeadAttention).
+    const [wq, wk, wv] = tf.split(qkvWeight, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+    const [bq, bk, bv] =
+      qkvBias === undefined ? [undefined, undefined, undefined] : (tf.split(qkvBias, 3) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor1D]);
+    attn = multiHeadAttention(linear(h1, wq, bq), linear(h1, wk, bk), linear(h1, wv, bv), batch, tokens, cfg.numHeads);
+  } else {
+    const qkv = applyRope(linear(h1, qkvWeight, qkvBias), rope, batch, tokens, numPrefix, cfg.numHeads);
+    attn = attention(qkv, batch, tokens, cfg.numHeads);
+  }
   const proj = linear(attn, mat(params, `${b}.attn.proj.weight`), vec(params, `${b}.attn.proj.bias`));
   const x1 = tf.add<tf.Tensor2D>(x, residual(ls('ls1', proj), attnKeep));
 
