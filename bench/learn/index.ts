@@ -113,15 +113,13 @@ function knnOf(params: Parameters<typeof embedImages>[0]): number {
   return acc;
 }
 
+// Raw pixels: the normalised 28x28 images themselves as features.
 const pixelAcc = tf.tidy(() => {
   const px = evalTrain.pixels.length / evalTrain.labels.length;
-  return knnTopPixels(px);
-});
-function knnTopPixels(px: number): number {
   const train = tf.tensor2d(evalTrain.pixels, [evalTrain.labels.length, px]);
   const test = tf.tensor2d(evalTest.pixels, [evalTest.labels.length, px]);
   return knnTop1Accuracy(train, evalTrain.labels, test, evalTest.labels, { numClasses: 10 });
-}
+});
 const randomInit = createDinoState(recipe, seed, { totalSteps });
 const randomAcc = knnOf(randomInit.teacher);
 disposeDinoState(randomInit);

@@ -172,7 +172,6 @@ const DINO: DinoRecipe = {
 const DINOV2: DinoRecipe = {
   ...DINO,
   name: 'dinov2',
-  dinoHead: { ...SMALL_HEAD, weightNorm: true },
   targets: 'sinkhorn_knopp',
   ibot: {
     weight: 1,

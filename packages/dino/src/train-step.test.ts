@@ -107,6 +107,19 @@ describe('the training step', () => {
     disposeDinoState(state);
   });
 
+  it('reports the center norm for a reference-size head (DINOv3: 262,144 prototypes)', async () => {
+    const outDim = 262_144;
+    const recipe = tiny(PRESETS.dino, { dinoHead: { ...TINY_HEAD, outDim } });
+    const state = createDinoState(recipe, 1, { totalSteps: 10 });
+    const metrics = await trainStep(state, buildCropBatch(images(4, 2), recipe.crops, new Rng(3)));
+    expect(state.center.length).toBe(outDim);
+    let sum = 0;
+    for (const c of state.center) sum += c * c;
+    expect(metrics.centerNorm).toBeGreaterThan(0);
+    expect(metrics.centerNorm).toBeCloseTo(Math.sqrt(sum), 6);
+    disposeDinoState(state);
+  });
+
   it('is bit-for-bit reproducible from the seed', async () => {
     const recipe = tiny(PRESETS.dinov3, { dropPathRate: 0.2 });
     const run = async (): Promise<Record<string, Float32Array>> => {

@@ -44,7 +44,7 @@ export interface CropBatch {
 export interface StepCollective {
   /** Images in the global batch (all ranks together). */
   readonly globalBatchSize: number;
-  /** This rank's index, for its random stream. @default 0 */
+  /** This rank's index in the generation (0 in one process); it seeds the rank's random stream. */
   readonly rank: number;
   /** Element-wise sum of a small tensor over all ranks (Sinkhorn-Knopp's statistics). */
   reduceSum(local: tf.Tensor): Promise<tf.Tensor>;
@@ -295,7 +295,8 @@ export async function computeLocalStep(state: DinoState, batch: CropBatch, colle
     const trainableNames = Object.keys(state.student).filter(isTrainable);
     const varList = trainableNames.map((n) => state.student[n] as tf.Variable);
     const parts: tf.Scalar[] = [];
-    let studentArgmax: tf.Tensor | null = null;
+    // Written inside the gradient closure, kept past it for the agreement indicator.
+    const kept: { studentArgmax?: tf.Tensor } = {};
     const dropPath = recipe.dropPathRate > 0 ? { rate: recipe.dropPathRate, rng: rng.fork(2) } : undefined;
     const { value, grads } = tf.variableGrads(() => {
       const sg = vitForward(state.student, vit, globals, {
@@ -305,7 +306,7 @@ export async function computeLocalStep(state: DinoState, batch: CropBatch, colle
       const sl = locals !== null ? vitForward(state.student, vit, locals, dropPath !== undefined ? { dropPath } : {}) : null;
       const cls = sl !== null ? tf.concat([sg.cls, sl.cls], 0) : sg.cls;
       const logits = dinoHeadForward(state.student, 'dino_head', recipe.dinoHead, cls);
-      studentArgmax = tf.keep(tf.argMax(tf.slice(logits, [0, 0], [nG * B, -1]), 1));
+      kept.studentArgmax = tf.keep(tf.argMax(tf.slice(logits, [0, 0], [nG * B, -1]), 1));
       const dino = dinoCrossEntropyLoss(logits, clsTargets, { nGlobal: nG, nCrops, studentTemp: recipe.studentTemp });
       let total: tf.Scalar = tf.mul(dino, recipe.dinoWeight);
       let ibot: tf.Scalar = tf.scalar(0);
@@ -345,15 +346,17 @@ export async function computeLocalStep(state: DinoState, batch: CropBatch, colle
     const stacked = tf.stack(parts);
     const partValues = await stacked.data();
     tf.dispose([stacked, ...parts]);
+    const studentArgmax = kept.studentArgmax;
+    if (studentArgmax === undefined) throw new Error('computeLocalStep: the student forward did not run');
     const collapse = tf.tidy(() => {
       const p = clsTargets;
       const entropy = tf.neg(tf.sum(tf.mul(p, tf.log(tf.add(p, 1e-12)))));
-      const agree = tf.sum(tf.cast(tf.equal(studentArgmax as unknown as tf.Tensor, tf.argMax(p, 1)), 'float32'));
+      const agree = tf.sum(tf.cast(tf.equal(studentArgmax, tf.argMax(p, 1)), 'float32'));
       return tf.stack([entropy, agree]);
     });
     const collapseValues = await collapse.data();
     collapse.dispose();
-    (studentArgmax as tf.Tensor | null)?.dispose();
+    studentArgmax.dispose();
 
     return {
       grads: named,
@@ -402,10 +405,9 @@ export function applyUpdate(state: DinoState, grads: Record<string, tf.Tensor>, 
   const teacherTemp = schedules.teacherTemp(step);
   const clipped = clipByGlobalNorm(grads, recipe.optim.clipGrad > 0 ? recipe.optim.clipGrad : Number.POSITIVE_INFINITY);
   if (clipped.grads !== grads) tf.dispose(Object.values(grads));
-  const centerNorm = Math.hypot(...state.center);
   if (!Number.isFinite(clipped.norm) || !Number.isFinite(lossTotal)) {
     tf.dispose(Object.values(clipped.grads));
-    return { applied: false, gradNorm: clipped.norm, lr, weightDecay, momentum, teacherTemp, centerNorm };
+    return { applied: false, gradNorm: clipped.norm, lr, weightDecay, momentum, teacherTemp, centerNorm: l2Norm(state.center) };
   }
   state.optimizer.step(clipped.grads, { lr, weightDecay, freezeLastLayer: step < schedules.lastLayerLrZeroUntilStep });
   tf.dispose(Object.values(clipped.grads));
@@ -419,7 +421,14 @@ export function applyUpdate(state: DinoState, grads: Record<string, tf.Tensor>, 
   }
   state.step = step + 1;
   refreshGramTeacher(state);
-  return { applied: true, gradNorm: clipped.norm, lr, weightDecay, momentum, teacherTemp, centerNorm: Math.hypot(...state.center) };
+  return { applied: true, gradNorm: clipped.norm, lr, weightDecay, momentum, teacherTemp, centerNorm: l2Norm(state.center) };
+}
+
+/** Euclidean norm with a loop: `Math.hypot(...v)` overflows the call stack for 262 144 prototypes. */
+function l2Norm(values: Float32Array): number {
+  let sum = 0;
+  for (const v of values) sum += v * v;
+  return Math.sqrt(sum);
 }
 
 /** DINOv3: the Gram teacher is a frozen copy of the EMA teacher, retaken every `refreshSteps`. */
