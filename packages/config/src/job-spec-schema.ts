@@ -45,6 +45,8 @@ export const JOB_SPEC_LIMITS = {
   maxLabels: 64,
   /** Most workers in a fleet. */
   maxWorkers: 1024,
+  /** Most manifest shards. */
+  maxShards: 10_000_000,
   /** Largest global batch, in images per step. */
   maxGlobalBatchSize: 1 << 20,
   /** Longest run, in optimiser steps. */
@@ -78,6 +80,10 @@ export interface DataSpec {
   readonly manifest: string;
   /** How the manifest is written. @default 'lines' */
   readonly format: ManifestFormat;
+  /** Shards (leases) the manifest is split into; [1, 1e7]. @default null: one per MiB of manifest, at least 4 per worker */
+  readonly shards: number | null;
+  /** Verification mode: the coordinator keeps the sample ids of every committed step. @default false */
+  readonly recordSamples: boolean;
 }
 
 /** `spec.training`: how long and how big. Exactly one of `steps` and `epochs` is set. */
@@ -202,6 +208,10 @@ const RECIPE_SCHEMA = strictMapping({
 const DATA_SCHEMA = strictMapping({
   manifest: s3Uri('object').describe('s3:// URI of the image manifest object.'),
   format: oneOf(MANIFEST_FORMATS).default('lines').describe('Manifest format.'),
+  shards: boundedInt(1, JOB_SPEC_LIMITS.maxShards)
+    .optional()
+    .describe('Shards (leases) the manifest is split into; default: one per 1 MiB of manifest, at least 4 per worker.'),
+  recordSamples: z.boolean({ error: 'must be true or false' }).default(false).describe('Keep the sample ids of every committed step (verification mode).'),
 });
 
 const TRAINING_SCHEMA = strictMapping({
@@ -319,7 +329,7 @@ function resolveSpecBody(spec: z.output<typeof SPEC_SCHEMA>): JobSpecBody {
       : { steps: null, epochs: training.epochs ?? 0, ...common };
   return {
     recipe: { preset: recipe.preset, overrides: recipe.overrides },
-    data: { manifest: data.manifest, format: data.format },
+    data: { manifest: data.manifest, format: data.format, shards: data.shards ?? null, recordSamples: data.recordSamples },
     training: length,
     fleet: { workers: fleet.workers, minWorkers: fleet.minWorkers, maxWorkers: fleet.maxWorkers ?? fleet.workers },
     checkpoint:

@@ -38,7 +38,7 @@ describe('resolveJobSpec: defaults', () => {
       metadata: { name: 'job-1', labels: {} },
       spec: {
         recipe: { preset: 'dinov2', overrides: {} },
-        data: { manifest: 's3://bucket/manifest.txt', format: 'lines' },
+        data: { manifest: 's3://bucket/manifest.txt', format: 'lines', shards: null, recordSamples: false },
         training: { steps: 100, epochs: null, globalBatchSize: PRESETS.dinov2.globalBatchSize, seed: 0, backend: 'wasm' },
         fleet: { workers: 1, minWorkers: 1, maxWorkers: 1 },
         checkpoint: null,

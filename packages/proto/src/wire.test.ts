@@ -13,9 +13,17 @@ describe('generated wire types', () => {
           generation: 7,
           step: 2 ** 53 - 1, // the largest step a JS number holds exactly
           stateHash: Buffer.from('0123456789abcdef0123456789abcdef', 'hex'),
-          dataCursor: { leaseId: 'lease-3', epoch: 2, position: 4096 },
+          dataCursors: [
+            { leaseId: 'e2-s3', epoch: 2, position: 8192, exhausted: true },
+            { leaseId: 'e2-s4', epoch: 2, position: 4096, exhausted: false },
+          ],
           sampleCount: 64,
           lossParts: { dino: 10.5, koleo: -0.25 },
+          sampleIds: [0, 37, 2 ** 40],
+          skipped: [{ sampleId: 74, key: 'train/0/12.png', reason: 'decode_error' }],
+          imagesPerSecond: 21.5,
+          lr: 1e-4,
+          checkpointUri: '',
         },
       },
     };
@@ -40,9 +48,12 @@ describe('generated wire types', () => {
           perRankBatch: 64,
           gradientAccumulation: 2,
           startStep: 120,
-          shardLease: { leaseId: 'l-1', epoch: 0, begin: 0, end: 1000, cursor: 128 },
+          shardLease: { leaseId: 'e0-s1', epoch: 0, begin: 0, end: 1000, cursor: 128, shard: 1 },
           jobSpecJson: '{}',
           teacherSyncAddress: '127.0.0.1:5000',
+          totalSteps: 1000,
+          manifestUri: 's3://bucket/manifest.txt',
+          manifestEtag: '"abc"',
         },
       },
     };

@@ -46,6 +46,15 @@ export interface PushTeacherSumsRequest {
   count: number;
   /** World size of the generation, so teacher-sync knows when the step is complete. */
   worldSize: number;
+  /**
+   * Per-dimension sum over this rank's teacher patch-head outputs of masked patches
+   * (iBOT with centering), raw little-endian float32; empty when the recipe has none.
+   */
+  patchSums: Buffer;
+  /** Number of patch outputs summed into `patch_sums`. */
+  patchCount: number;
+  /** The recipe's center momentum m: center(s+1) = m·center(s) + (1−m)·Σsums/Σcount. */
+  centerMomentum: number;
 }
 
 /** Acknowledges a push. */
@@ -75,6 +84,8 @@ export interface GetCenterResponse {
   center: Buffer;
   /** Generation whose sums produced it. */
   generation: number;
+  /** The iBOT patch center, same encoding; empty when the recipe has none. */
+  patchCenter: Buffer;
 }
 
 /** Asks for every center from `from_step` on. */
@@ -93,6 +104,8 @@ export interface WatchCentersResponse {
   center: Buffer;
   /** Generation whose sums produced it. */
   generation: number;
+  /** The iBOT patch center, same encoding; empty when the recipe has none. */
+  patchCenter: Buffer;
 }
 
 /** Describes a teacher snapshot; first message of a snapshot transfer. */
@@ -109,6 +122,11 @@ export interface TeacherSnapshotHeader {
   sha256: Buffer;
   /** Encoding of the bytes, e.g. "safetensors". */
   format: string;
+  /**
+   * Where teacher-sync also writes the snapshot ("s3://bucket/prefix/"; the object is
+   * <prefix>teacher/step-<step>.safetensors); "" keeps it in memory only.
+   */
+  storeUri: string;
 }
 
 /** Part of a snapshot, sent in order after the header. */
@@ -165,7 +183,18 @@ export interface PutTeacherSnapshotResponse {
 }
 
 function createBasePushTeacherSumsRequest(): PushTeacherSumsRequest {
-  return { jobId: "", generation: 0, step: 0, rank: 0, sums: Buffer.alloc(0), count: 0, worldSize: 0 };
+  return {
+    jobId: "",
+    generation: 0,
+    step: 0,
+    rank: 0,
+    sums: Buffer.alloc(0),
+    count: 0,
+    worldSize: 0,
+    patchSums: Buffer.alloc(0),
+    patchCount: 0,
+    centerMomentum: 0,
+  };
 }
 
 export const PushTeacherSumsRequest: MessageFns<PushTeacherSumsRequest> = {
@@ -190,6 +219,15 @@ export const PushTeacherSumsRequest: MessageFns<PushTeacherSumsRequest> = {
     }
     if (message.worldSize !== 0) {
       writer.uint32(56).uint32(message.worldSize);
+    }
+    if (message.patchSums.length !== 0) {
+      writer.uint32(66).bytes(message.patchSums);
+    }
+    if (message.patchCount !== 0) {
+      writer.uint32(72).uint32(message.patchCount);
+    }
+    if (message.centerMomentum !== 0) {
+      writer.uint32(81).double(message.centerMomentum);
     }
     return writer;
   },
@@ -263,6 +301,30 @@ export const PushTeacherSumsRequest: MessageFns<PushTeacherSumsRequest> = {
             message.worldSize = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.patchSums = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.patchCount = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.centerMomentum = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -287,6 +349,9 @@ export const PushTeacherSumsRequest: MessageFns<PushTeacherSumsRequest> = {
     message.sums = object.sums ?? Buffer.alloc(0);
     message.count = object.count ?? 0;
     message.worldSize = object.worldSize ?? 0;
+    message.patchSums = object.patchSums ?? Buffer.alloc(0);
+    message.patchCount = object.patchCount ?? 0;
+    message.centerMomentum = object.centerMomentum ?? 0;
     return message;
   },
 };
@@ -426,7 +491,7 @@ export const GetCenterRequest: MessageFns<GetCenterRequest> = {
 };
 
 function createBaseGetCenterResponse(): GetCenterResponse {
-  return { step: 0, center: Buffer.alloc(0), generation: 0 };
+  return { step: 0, center: Buffer.alloc(0), generation: 0, patchCenter: Buffer.alloc(0) };
 }
 
 export const GetCenterResponse: MessageFns<GetCenterResponse> = {
@@ -439,6 +504,9 @@ export const GetCenterResponse: MessageFns<GetCenterResponse> = {
     }
     if (message.generation !== 0) {
       writer.uint32(24).uint64(message.generation);
+    }
+    if (message.patchCenter.length !== 0) {
+      writer.uint32(34).bytes(message.patchCenter);
     }
     return writer;
   },
@@ -480,6 +548,14 @@ export const GetCenterResponse: MessageFns<GetCenterResponse> = {
             message.generation = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.patchCenter = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -500,6 +576,7 @@ export const GetCenterResponse: MessageFns<GetCenterResponse> = {
     message.step = object.step ?? 0;
     message.center = object.center ?? Buffer.alloc(0);
     message.generation = object.generation ?? 0;
+    message.patchCenter = object.patchCenter ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -572,7 +649,7 @@ export const WatchCentersRequest: MessageFns<WatchCentersRequest> = {
 };
 
 function createBaseWatchCentersResponse(): WatchCentersResponse {
-  return { step: 0, center: Buffer.alloc(0), generation: 0 };
+  return { step: 0, center: Buffer.alloc(0), generation: 0, patchCenter: Buffer.alloc(0) };
 }
 
 export const WatchCentersResponse: MessageFns<WatchCentersResponse> = {
@@ -585,6 +662,9 @@ export const WatchCentersResponse: MessageFns<WatchCentersResponse> = {
     }
     if (message.generation !== 0) {
       writer.uint32(24).uint64(message.generation);
+    }
+    if (message.patchCenter.length !== 0) {
+      writer.uint32(34).bytes(message.patchCenter);
     }
     return writer;
   },
@@ -626,6 +706,14 @@ export const WatchCentersResponse: MessageFns<WatchCentersResponse> = {
             message.generation = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.patchCenter = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -646,12 +734,13 @@ export const WatchCentersResponse: MessageFns<WatchCentersResponse> = {
     message.step = object.step ?? 0;
     message.center = object.center ?? Buffer.alloc(0);
     message.generation = object.generation ?? 0;
+    message.patchCenter = object.patchCenter ?? Buffer.alloc(0);
     return message;
   },
 };
 
 function createBaseTeacherSnapshotHeader(): TeacherSnapshotHeader {
-  return { jobId: "", generation: 0, step: 0, sizeBytes: 0, sha256: Buffer.alloc(0), format: "" };
+  return { jobId: "", generation: 0, step: 0, sizeBytes: 0, sha256: Buffer.alloc(0), format: "", storeUri: "" };
 }
 
 export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
@@ -673,6 +762,9 @@ export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
     }
     if (message.format !== "") {
       writer.uint32(50).string(message.format);
+    }
+    if (message.storeUri !== "") {
+      writer.uint32(58).string(message.storeUri);
     }
     return writer;
   },
@@ -738,6 +830,14 @@ export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
             message.format = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.storeUri = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -761,6 +861,7 @@ export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
     message.sizeBytes = object.sizeBytes ?? 0;
     message.sha256 = object.sha256 ?? Buffer.alloc(0);
     message.format = object.format ?? "";
+    message.storeUri = object.storeUri ?? "";
     return message;
   },
 };

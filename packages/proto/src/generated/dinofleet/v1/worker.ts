@@ -9,9 +9,12 @@ import {
   Client,
   type ClientDuplexStream,
   type ClientOptions,
+  type ClientUnaryCall,
   type handleBidiStreamingCall,
+  type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
+  type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 
@@ -53,33 +56,56 @@ export interface WorkerCapabilities {
 }
 
 /**
- * A contiguous range of the job's sample order leased to one rank. Leases live in the
- * coordinator's queue; a dead worker's lease returns there with its committed cursor.
+ * A shard of the manifest leased to one rank: a byte range of the manifest object,
+ * record-aligned (the shard owns the records whose first byte lies in [begin, end)), read
+ * in order from `cursor`. Leases live in the coordinator's BullMQ lease queue; a dead
+ * worker's lease returns there with its committed cursor, and the next owner resumes
+ * exactly there, so no record is trained on twice or skipped within an epoch.
  */
 export interface ShardLease {
-  /** Lease id, unique within the job. */
+  /** Lease id, unique within the job (e.g. "e0-s17": epoch 0, shard 17). */
   leaseId: string;
-  /** Epoch whose permutation of the manifest this range indexes (0-based). */
+  /** Epoch this pass over the shard belongs to (0-based). */
   epoch: number;
-  /** First sample position of the range in the epoch's order (inclusive). */
+  /** First byte of the shard in the manifest object (inclusive). */
   begin: number;
-  /** End of the range (exclusive). */
+  /** End of the shard in the manifest object (exclusive). */
   end: number;
   /**
-   * Position to resume from: samples before it were consumed by committed steps.
-   * begin <= cursor <= end.
+   * Byte offset of the next unread record: records before it were consumed by committed
+   * steps. begin <= cursor <= end; cursor == end means the shard is used up.
    */
   cursor: number;
+  /** Index of the shard in the job's shard plan. */
+  shard: number;
 }
 
-/** How far a rank has read its shard lease, reported with each step. */
+/** How far a rank has read one lease, reported with each step. */
 export interface DataCursor {
   /** Lease the cursor belongs to. */
   leaseId: string;
   /** Epoch of the lease. */
   epoch: number;
-  /** Next sample position in the epoch's order after this step's batch. */
+  /** Byte offset of the next unread record after this step's batch. */
   position: number;
+  /**
+   * True when the lease has no record left at or after `position`: the coordinator
+   * completes it once the step commits.
+   */
+  exhausted: boolean;
+}
+
+/**
+ * A manifest entry that was skipped instead of trained on (missing or corrupt object);
+ * the rank read a later record in its place.
+ */
+export interface SkippedSample {
+  /** Byte offset of the manifest record (the sample id). */
+  sampleId: number;
+  /** Object key. */
+  key: string;
+  /** "missing", "decode_error", "read_error", ... */
+  reason: string;
 }
 
 /** First message on a Control stream. A worker re-registers (new stream) after any break. */
@@ -91,7 +117,15 @@ export interface Register {
   /** Compute backend in use. */
   backend: ComputeBackend;
   /** What this worker can do. */
-  capabilities?: WorkerCapabilities | undefined;
+  capabilities?:
+    | WorkerCapabilities
+    | undefined;
+  /** Job whose training state the worker holds ("" when none), for a reconnect. */
+  jobId: string;
+  /** Committed steps of the state it holds (its DinoState.step). */
+  stateStep: number;
+  /** Hash of that state (as in CommitStep), empty when none. */
+  stateHash: Buffer;
 }
 
 /**
@@ -122,10 +156,11 @@ export interface CommitStep {
    * teacher, center, step, rng); equal on all ranks when they are in lock-step.
    */
   stateHash: Buffer;
-  /** Lease position after this step's batch. */
-  dataCursor?:
-    | DataCursor
-    | undefined;
+  /**
+   * Every lease this rank read in the step, in read order, each with its position after
+   * the step's batch (a batch may finish one lease and start the next).
+   */
+  dataCursors: DataCursor[];
   /**
    * Number of samples this rank consumed in the step (its per-rank batch, or fewer at
    * the end of a lease).
@@ -136,6 +171,19 @@ export interface CommitStep {
    * "total"). The coordinator averages them for progress reports.
    */
   lossParts: { [key: string]: number };
+  /**
+   * Sample ids (manifest byte offsets) trained on in this step, in batch order. The
+   * coordinator keeps them in the sample ledger when the job records samples.
+   */
+  sampleIds: number[];
+  /** Entries skipped in this step (missing or corrupt objects). */
+  skipped: SkippedSample[];
+  /** Images per second this rank trained at over the step (its per-rank batch / step time). */
+  imagesPerSecond: number;
+  /** Learning rate the step applied (peak parameter group). */
+  lr: number;
+  /** S3 URI of the checkpoint written after this step ("" when none was). */
+  checkpointUri: string;
 }
 
 export interface CommitStep_LossPartsEntry {
@@ -186,7 +234,10 @@ export interface Assignment {
   gradientAccumulation: number;
   /** First step to run in this generation (the first uncommitted step). */
   startStep: number;
-  /** The sample range this rank reads, resuming at its cursor. */
+  /**
+   * The lease this rank reads first, resuming at its cursor; further leases come from
+   * AcquireLease when it is used up.
+   */
   shardLease?:
     | ShardLease
     | undefined;
@@ -197,6 +248,36 @@ export interface Assignment {
   jobSpecJson: string;
   /** host:port of the teacher-sync service for this job. */
   teacherSyncAddress: string;
+  /**
+   * Total optimizer steps of the job (fixes the schedules); the job ends when step
+   * total_steps commits.
+   */
+  totalSteps: number;
+  /** S3 URI of the manifest object (from the spec), repeated here for convenience. */
+  manifestUri: string;
+  /** ETag of the manifest object when the shards were planned; reads fail if it changed. */
+  manifestEtag: string;
+}
+
+/** Asks for the next shard lease once the rank's current one is used up. */
+export interface AcquireLeaseRequest {
+  /** Job the rank trains. */
+  jobId: string;
+  /** Generation the rank is in; FAILED_PRECONDITION when it is no longer current. */
+  generation: number;
+  /** The asking rank. */
+  rank: number;
+  /** The asking worker (must hold `rank` in `generation`). */
+  workerId: string;
+}
+
+/**
+ * The next lease; the coordinator starts the next epoch's leases when the current epoch
+ * has none left to hand out.
+ */
+export interface AcquireLeaseResponse {
+  /** The lease, to read from its cursor. */
+  lease?: ShardLease | undefined;
 }
 
 /** Acknowledges that step `step` committed: its samples are consumed and its update stands. */
@@ -369,7 +450,7 @@ export const WorkerCapabilities: MessageFns<WorkerCapabilities> = {
 };
 
 function createBaseShardLease(): ShardLease {
-  return { leaseId: "", epoch: 0, begin: 0, end: 0, cursor: 0 };
+  return { leaseId: "", epoch: 0, begin: 0, end: 0, cursor: 0, shard: 0 };
 }
 
 export const ShardLease: MessageFns<ShardLease> = {
@@ -388,6 +469,9 @@ export const ShardLease: MessageFns<ShardLease> = {
     }
     if (message.cursor !== 0) {
       writer.uint32(40).uint64(message.cursor);
+    }
+    if (message.shard !== 0) {
+      writer.uint32(48).uint32(message.shard);
     }
     return writer;
   },
@@ -445,6 +529,14 @@ export const ShardLease: MessageFns<ShardLease> = {
             message.cursor = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.shard = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -467,12 +559,13 @@ export const ShardLease: MessageFns<ShardLease> = {
     message.begin = object.begin ?? 0;
     message.end = object.end ?? 0;
     message.cursor = object.cursor ?? 0;
+    message.shard = object.shard ?? 0;
     return message;
   },
 };
 
 function createBaseDataCursor(): DataCursor {
-  return { leaseId: "", epoch: 0, position: 0 };
+  return { leaseId: "", epoch: 0, position: 0, exhausted: false };
 }
 
 export const DataCursor: MessageFns<DataCursor> = {
@@ -485,6 +578,9 @@ export const DataCursor: MessageFns<DataCursor> = {
     }
     if (message.position !== 0) {
       writer.uint32(24).uint64(message.position);
+    }
+    if (message.exhausted !== false) {
+      writer.uint32(32).bool(message.exhausted);
     }
     return writer;
   },
@@ -526,6 +622,14 @@ export const DataCursor: MessageFns<DataCursor> = {
             message.position = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.exhausted = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -546,12 +650,100 @@ export const DataCursor: MessageFns<DataCursor> = {
     message.leaseId = object.leaseId ?? "";
     message.epoch = object.epoch ?? 0;
     message.position = object.position ?? 0;
+    message.exhausted = object.exhausted ?? false;
+    return message;
+  },
+};
+
+function createBaseSkippedSample(): SkippedSample {
+  return { sampleId: 0, key: "", reason: "" };
+}
+
+export const SkippedSample: MessageFns<SkippedSample> = {
+  encode(message: SkippedSample, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sampleId !== 0) {
+      writer.uint32(8).uint64(message.sampleId);
+    }
+    if (message.key !== "") {
+      writer.uint32(18).string(message.key);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SkippedSample {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSkippedSample();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sampleId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<SkippedSample>, I>>(base?: I): SkippedSample {
+    return SkippedSample.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SkippedSample>, I>>(object: I): SkippedSample {
+    const message = createBaseSkippedSample();
+    message.sampleId = object.sampleId ?? 0;
+    message.key = object.key ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };
 
 function createBaseRegister(): Register {
-  return { workerId: "", collectiveAddress: "", backend: 0, capabilities: undefined };
+  return {
+    workerId: "",
+    collectiveAddress: "",
+    backend: 0,
+    capabilities: undefined,
+    jobId: "",
+    stateStep: 0,
+    stateHash: Buffer.alloc(0),
+  };
 }
 
 export const Register: MessageFns<Register> = {
@@ -567,6 +759,15 @@ export const Register: MessageFns<Register> = {
     }
     if (message.capabilities !== undefined) {
       WorkerCapabilities.encode(message.capabilities, writer.uint32(34).fork()).join();
+    }
+    if (message.jobId !== "") {
+      writer.uint32(42).string(message.jobId);
+    }
+    if (message.stateStep !== 0) {
+      writer.uint32(48).uint64(message.stateStep);
+    }
+    if (message.stateHash.length !== 0) {
+      writer.uint32(58).bytes(message.stateHash);
     }
     return writer;
   },
@@ -616,6 +817,30 @@ export const Register: MessageFns<Register> = {
             message.capabilities = WorkerCapabilities.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.stateStep = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.stateHash = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -639,6 +864,9 @@ export const Register: MessageFns<Register> = {
     message.capabilities = (object.capabilities !== undefined && object.capabilities !== null)
       ? WorkerCapabilities.fromPartial(object.capabilities)
       : undefined;
+    message.jobId = object.jobId ?? "";
+    message.stateStep = object.stateStep ?? 0;
+    message.stateHash = object.stateHash ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -723,7 +951,19 @@ export const Heartbeat: MessageFns<Heartbeat> = {
 };
 
 function createBaseCommitStep(): CommitStep {
-  return { generation: 0, step: 0, stateHash: Buffer.alloc(0), dataCursor: undefined, sampleCount: 0, lossParts: {} };
+  return {
+    generation: 0,
+    step: 0,
+    stateHash: Buffer.alloc(0),
+    dataCursors: [],
+    sampleCount: 0,
+    lossParts: {},
+    sampleIds: [],
+    skipped: [],
+    imagesPerSecond: 0,
+    lr: 0,
+    checkpointUri: "",
+  };
 }
 
 export const CommitStep: MessageFns<CommitStep> = {
@@ -737,8 +977,8 @@ export const CommitStep: MessageFns<CommitStep> = {
     if (message.stateHash.length !== 0) {
       writer.uint32(26).bytes(message.stateHash);
     }
-    if (message.dataCursor !== undefined) {
-      DataCursor.encode(message.dataCursor, writer.uint32(34).fork()).join();
+    for (const v of message.dataCursors) {
+      DataCursor.encode(v!, writer.uint32(34).fork()).join();
     }
     if (message.sampleCount !== 0) {
       writer.uint32(40).uint32(message.sampleCount);
@@ -746,6 +986,25 @@ export const CommitStep: MessageFns<CommitStep> = {
     globalThis.Object.entries(message.lossParts).forEach(([key, value]: [string, number]) => {
       CommitStep_LossPartsEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
     });
+    if (message.sampleIds.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.sampleIds) {
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    for (const v of message.skipped) {
+      SkippedSample.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.imagesPerSecond !== 0) {
+      writer.uint32(73).double(message.imagesPerSecond);
+    }
+    if (message.lr !== 0) {
+      writer.uint32(81).double(message.lr);
+    }
+    if (message.checkpointUri !== "") {
+      writer.uint32(90).string(message.checkpointUri);
+    }
     return writer;
   },
 
@@ -791,7 +1050,7 @@ export const CommitStep: MessageFns<CommitStep> = {
               break;
             }
 
-            message.dataCursor = DataCursor.decode(reader, reader.uint32());
+            message.dataCursors.push(DataCursor.decode(reader, reader.uint32()));
             continue;
           }
           case 5: {
@@ -811,6 +1070,56 @@ export const CommitStep: MessageFns<CommitStep> = {
             if (entry6.value !== undefined) {
               message.lossParts[entry6.key] = entry6.value;
             }
+            continue;
+          }
+          case 7: {
+            if (tag === 56) {
+              message.sampleIds.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.sampleIds.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.skipped.push(SkippedSample.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.imagesPerSecond = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.lr = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.checkpointUri = reader.string();
             continue;
           }
         }
@@ -833,9 +1142,7 @@ export const CommitStep: MessageFns<CommitStep> = {
     message.generation = object.generation ?? 0;
     message.step = object.step ?? 0;
     message.stateHash = object.stateHash ?? Buffer.alloc(0);
-    message.dataCursor = (object.dataCursor !== undefined && object.dataCursor !== null)
-      ? DataCursor.fromPartial(object.dataCursor)
-      : undefined;
+    message.dataCursors = object.dataCursors?.map((e) => DataCursor.fromPartial(e)) || [];
     message.sampleCount = object.sampleCount ?? 0;
     message.lossParts = (globalThis.Object.entries(object.lossParts ?? {}) as [string, number][]).reduce(
       (acc: { [key: string]: number }, [key, value]: [string, number]) => {
@@ -846,6 +1153,11 @@ export const CommitStep: MessageFns<CommitStep> = {
       },
       {},
     );
+    message.sampleIds = object.sampleIds?.map((e) => e) || [];
+    message.skipped = object.skipped?.map((e) => SkippedSample.fromPartial(e)) || [];
+    message.imagesPerSecond = object.imagesPerSecond ?? 0;
+    message.lr = object.lr ?? 0;
+    message.checkpointUri = object.checkpointUri ?? "";
     return message;
   },
 };
@@ -1064,6 +1376,9 @@ function createBaseAssignment(): Assignment {
     shardLease: undefined,
     jobSpecJson: "",
     teacherSyncAddress: "",
+    totalSteps: 0,
+    manifestUri: "",
+    manifestEtag: "",
   };
 }
 
@@ -1101,6 +1416,15 @@ export const Assignment: MessageFns<Assignment> = {
     }
     if (message.teacherSyncAddress !== "") {
       writer.uint32(90).string(message.teacherSyncAddress);
+    }
+    if (message.totalSteps !== 0) {
+      writer.uint32(96).uint64(message.totalSteps);
+    }
+    if (message.manifestUri !== "") {
+      writer.uint32(106).string(message.manifestUri);
+    }
+    if (message.manifestEtag !== "") {
+      writer.uint32(114).string(message.manifestEtag);
     }
     return writer;
   },
@@ -1206,6 +1530,30 @@ export const Assignment: MessageFns<Assignment> = {
             message.teacherSyncAddress = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.totalSteps = longToNumber(reader.uint64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.manifestUri = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.manifestEtag = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1236,6 +1584,157 @@ export const Assignment: MessageFns<Assignment> = {
       : undefined;
     message.jobSpecJson = object.jobSpecJson ?? "";
     message.teacherSyncAddress = object.teacherSyncAddress ?? "";
+    message.totalSteps = object.totalSteps ?? 0;
+    message.manifestUri = object.manifestUri ?? "";
+    message.manifestEtag = object.manifestEtag ?? "";
+    return message;
+  },
+};
+
+function createBaseAcquireLeaseRequest(): AcquireLeaseRequest {
+  return { jobId: "", generation: 0, rank: 0, workerId: "" };
+}
+
+export const AcquireLeaseRequest: MessageFns<AcquireLeaseRequest> = {
+  encode(message: AcquireLeaseRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(16).uint64(message.generation);
+    }
+    if (message.rank !== 0) {
+      writer.uint32(24).uint32(message.rank);
+    }
+    if (message.workerId !== "") {
+      writer.uint32(34).string(message.workerId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AcquireLeaseRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAcquireLeaseRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.rank = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<AcquireLeaseRequest>, I>>(base?: I): AcquireLeaseRequest {
+    return AcquireLeaseRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AcquireLeaseRequest>, I>>(object: I): AcquireLeaseRequest {
+    const message = createBaseAcquireLeaseRequest();
+    message.jobId = object.jobId ?? "";
+    message.generation = object.generation ?? 0;
+    message.rank = object.rank ?? 0;
+    message.workerId = object.workerId ?? "";
+    return message;
+  },
+};
+
+function createBaseAcquireLeaseResponse(): AcquireLeaseResponse {
+  return { lease: undefined };
+}
+
+export const AcquireLeaseResponse: MessageFns<AcquireLeaseResponse> = {
+  encode(message: AcquireLeaseResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.lease !== undefined) {
+      ShardLease.encode(message.lease, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AcquireLeaseResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAcquireLeaseResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lease = ShardLease.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<AcquireLeaseResponse>, I>>(base?: I): AcquireLeaseResponse {
+    return AcquireLeaseResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AcquireLeaseResponse>, I>>(object: I): AcquireLeaseResponse {
+    const message = createBaseAcquireLeaseResponse();
+    message.lease = (object.lease !== undefined && object.lease !== null)
+      ? ShardLease.fromPartial(object.lease)
+      : undefined;
     return message;
   },
 };
@@ -1676,6 +2175,17 @@ export const WorkerControlService = {
     responseSerialize: (value: ControlResponse): Buffer => Buffer.from(ControlResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ControlResponse => ControlResponse.decode(value),
   },
+  /** The next shard lease for a rank whose lease is used up (or nearly so; ranks prefetch). */
+  acquireLease: {
+    path: "/dinofleet.v1.WorkerControl/AcquireLease" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AcquireLeaseRequest): Buffer => Buffer.from(AcquireLeaseRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AcquireLeaseRequest => AcquireLeaseRequest.decode(value),
+    responseSerialize: (value: AcquireLeaseResponse): Buffer =>
+      Buffer.from(AcquireLeaseResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AcquireLeaseResponse => AcquireLeaseResponse.decode(value),
+  },
 } as const;
 
 export interface WorkerControlServer extends UntypedServiceImplementation {
@@ -1685,6 +2195,8 @@ export interface WorkerControlServer extends UntypedServiceImplementation {
    * Abort / Stop. Either side ending the stream removes the worker from membership.
    */
   control: handleBidiStreamingCall<ControlRequest, ControlResponse>;
+  /** The next shard lease for a rank whose lease is used up (or nearly so; ranks prefetch). */
+  acquireLease: handleUnaryCall<AcquireLeaseRequest, AcquireLeaseResponse>;
 }
 
 export interface WorkerControlClient extends Client {
@@ -1696,6 +2208,22 @@ export interface WorkerControlClient extends Client {
   control(): ClientDuplexStream<ControlRequest, ControlResponse>;
   control(options: Partial<CallOptions>): ClientDuplexStream<ControlRequest, ControlResponse>;
   control(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ControlRequest, ControlResponse>;
+  /** The next shard lease for a rank whose lease is used up (or nearly so; ranks prefetch). */
+  acquireLease(
+    request: AcquireLeaseRequest,
+    callback: (error: ServiceError | null, response: AcquireLeaseResponse) => void,
+  ): ClientUnaryCall;
+  acquireLease(
+    request: AcquireLeaseRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AcquireLeaseResponse) => void,
+  ): ClientUnaryCall;
+  acquireLease(
+    request: AcquireLeaseRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AcquireLeaseResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const WorkerControlClient = makeGenericClientConstructor(
