@@ -5,11 +5,14 @@ import type { CropBatch } from './train-step.ts';
 /**
  * Builds a crop-major {@link CropBatch} from decoded images: every image gets its own
  * random stream (forked from `rng` in image order), so a batch is reproducible from the
- * seed whatever the order in which crops are computed.
+ * seed whatever the order in which crops are computed. `firstIndex` is the position of
+ * `images[0]` in the global batch: a rank building its slice of a global batch passes its
+ * offset, so its crops are exactly those of the same images in a one-process batch.
  */
-export function buildCropBatch(images: readonly Image[], cfg: MultiCropConfig, rng: Rng): CropBatch {
+export function buildCropBatch(images: readonly Image[], cfg: MultiCropConfig, rng: Rng, firstIndex = 0): CropBatch {
   if (images.length === 0) throw new RangeError('buildCropBatch: the batch is empty');
-  const views = images.map((img, i) => multiCrop(img, cfg, rng.fork(i)));
+  if (!Number.isSafeInteger(firstIndex) || firstIndex < 0) throw new RangeError(`buildCropBatch: firstIndex must be a non-negative integer, got ${firstIndex}`);
+  const views = images.map((img, i) => multiCrop(img, cfg, rng.fork(firstIndex + i)));
   const nGlobal = views[0]?.global.length ?? 0;
   const globalCrops: Image[] = [];
   const localCrops: Image[] = [];

@@ -81,6 +81,7 @@ export {
 } from './presets.ts';
 export {
   applyUpdate,
+  type ApplyUpdateOptions,
   computeLocalStep,
   createDinoState,
   disposeDinoState,

@@ -397,7 +397,23 @@ export interface UpdateResult {
  * update the EMA teacher and the centers, and advance the step. Identical inputs give
  * bit-identical states on every rank. Disposes `grads`.
  */
-export function applyUpdate(state: DinoState, grads: Record<string, tf.Tensor>, sums: TeacherSums, lossTotal: number): UpdateResult {
+export interface ApplyUpdateOptions {
+  /**
+   * Who advances the running centers. `local` (one process): from `sums` here.
+   * `external` (the cluster): teacher-sync owns them; the worker sets `state.center` and
+   * `state.ibotCenter` from teacher-sync before the next step, and `sums` is ignored.
+   * @default 'local'
+   */
+  readonly centers?: 'local' | 'external';
+}
+
+export function applyUpdate(
+  state: DinoState,
+  grads: Record<string, tf.Tensor>,
+  sums: TeacherSums,
+  lossTotal: number,
+  options: ApplyUpdateOptions = {},
+): UpdateResult {
   const { recipe, schedules, step } = state;
   const lr = schedules.lr(step);
   const weightDecay = schedules.weightDecay(step);
@@ -412,7 +428,7 @@ export function applyUpdate(state: DinoState, grads: Record<string, tf.Tensor>, 
   state.optimizer.step(clipped.grads, { lr, weightDecay, freezeLastLayer: step < schedules.lastLayerLrZeroUntilStep });
   tf.dispose(Object.values(clipped.grads));
   emaUpdate(state.teacher, state.student, momentum);
-  if (recipe.targets === 'centering') {
+  if (recipe.targets === 'centering' && options.centers !== 'external') {
     const m = recipe.teacher.centerMomentum;
     state.center = updateCenter(state.center, sums.cls, sums.clsCount, m);
     if (state.ibotCenter !== null && sums.patch !== null && sums.patchCount > 0) {
