@@ -63,3 +63,24 @@ export {
   type FetchedImage,
   type FetchImagesOptions,
 } from './image-fetcher.ts';
+export {
+  decodeSafetensors,
+  encodeSafetensors,
+  MAX_SAFETENSORS_HEADER_BYTES,
+  SAFETENSORS_METADATA_KEY,
+  SafetensorsError,
+  type DecodedSafetensors,
+  type NamedTensor,
+} from './safetensors.ts';
+export {
+  CHECKPOINT_LATEST_FILE,
+  CHECKPOINT_MANIFEST_FILE,
+  CHECKPOINT_MODEL_FILE,
+  CHECKPOINT_STATE_FILE,
+  CheckpointError,
+  readCheckpoint,
+  writeCheckpoint,
+  type CheckpointFile,
+  type CheckpointManifest,
+  type LoadedCheckpoint,
+} from './checkpoint.ts';

@@ -1,0 +1,105 @@
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+import { callUnary, createClient, HealthCheckResponse_ServingStatus as ServingStatus, HealthClient } from '@dinofleet/proto';
+import { afterEach, describe, expect, it } from 'vitest';
+
+const REPO_ROOT = resolve(import.meta.dirname, '../../..');
+const MAIN = 'services/teacher-sync/src/main.ts';
+
+interface Spawned {
+  readonly child: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr(): string;
+}
+
+const children: ChildProcess[] = [];
+
+afterEach(() => {
+  for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
+
+function spawnMain(args: readonly string[], env: NodeJS.ProcessEnv = {}): Spawned {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, DINOFLEET_LISTEN: '', DINOFLEET_METRICS_LISTEN: '', DINOFLEET_READY_FILE: '', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  children.push(child);
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => {
+    child.on('exit', (code, signal) => done({ code, signal }));
+  });
+  return { child, exited, stderr: () => stderr };
+}
+
+async function waitForFile(path: string, spawned: Spawned, timeoutMs: number): Promise<string> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await readFile(path, 'utf8');
+    } catch {
+      if (spawned.child.exitCode !== null) throw new Error(`teacher-sync exited ${spawned.child.exitCode}: ${spawned.stderr()}`);
+      if (Date.now() > until) throw new Error(`no ready file after ${timeoutMs} ms: ${spawned.stderr()}`);
+      await new Promise((done) => setTimeout(done, 50));
+    }
+  }
+}
+
+describe('teacher-sync process', () => {
+  it('writes the ready file, serves health and /metrics, and exits 0 on SIGTERM', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'teacher-sync-main-'));
+    try {
+      const readyFile = join(dir, 'ready.json');
+      const spawned = spawnMain(['--ready-file', readyFile, '--log-level', 'info', '--metrics-listen', '127.0.0.1:0']);
+      const ready = JSON.parse(await waitForFile(readyFile, spawned, 60_000)) as Record<string, unknown>;
+      expect(Object.keys(ready).sort()).toEqual(['grpcAddress', 'metricsAddress', 'pid', 'service']);
+      expect(ready.service).toBe('teacher-sync');
+      expect(ready.pid).toBe(spawned.child.pid);
+      expect(ready.grpcAddress).toMatch(/^127\.0\.0\.1:\d+$/);
+      expect(ready.metricsAddress).toMatch(/^127\.0\.0\.1:\d+$/);
+
+      const health = createClient(HealthClient, ready.grpcAddress as string);
+      try {
+        for (const service of ['', 'dinofleet.v1.TeacherSync']) {
+          expect((await callUnary(health, 'check', { service }, { deadlineMs: 5000 })).status).toBe(ServingStatus.SERVING);
+        }
+      } finally {
+        health.close();
+      }
+      const metrics = await (await fetch(`http://${ready.metricsAddress as string}/metrics`)).text();
+      expect(metrics).toContain('dinofleet_teacher_sync_pushes_total 0');
+      expect(metrics).toContain('dinofleet_teacher_sync_snapshot_bytes');
+
+      spawned.child.kill('SIGTERM');
+      expect(await spawned.exited).toEqual({ code: 0, signal: null });
+      // Node's own warnings (the AWS SDK's Node version notice) are not JSON; the logs are.
+      const lines = spawned
+        .stderr()
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as { msg: string; name: string });
+      expect(new Set(lines.map((line) => line.name))).toEqual(new Set(['teacher-sync']));
+      expect(lines.map((line) => line.msg)).toEqual(expect.arrayContaining(['serving', 'draining', 'stopped']));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('exits 2 with a usage line for an unknown flag or a bad value', async () => {
+    const unknown = spawnMain(['--nope']);
+    expect((await unknown.exited).code).toBe(2);
+    expect(unknown.stderr()).toMatch(/^teacher-sync: .*--nope.*; usage: teacher-sync \[--listen host:port\]/);
+    expect(unknown.stderr().trim().split('\n')).toHaveLength(1);
+
+    const badLevel = spawnMain([], { DINOFLEET_LOG_LEVEL: 'loud' });
+    expect((await badLevel.exited).code).toBe(2);
+    expect(badLevel.stderr()).toMatch(/--log-level must be one of debug, info, warn, error, silent, got "loud"/);
+  });
+});

@@ -1,0 +1,43 @@
+/**
+ * teacher-sync's Prometheus series (names fixed by docs/cluster.md, "Metrics").
+ */
+import { Counter, Gauge } from 'prom-client';
+import type { Registry } from 'prom-client';
+
+/** The counters and gauges teacher-sync updates. */
+export interface TeacherSyncMetrics {
+  /** Accepted PushTeacherSums calls (repeats and ignored pushes included). */
+  readonly pushes: Counter;
+  /** Centers computed. */
+  readonly centers: Counter;
+  /** Teacher snapshots verified and stored. */
+  readonly snapshots: Counter;
+  /** Size of the latest stored teacher snapshot, in bytes. */
+  readonly snapshotBytes: Gauge;
+}
+
+/** Registers teacher-sync's series on `registry`. */
+export function createTeacherSyncMetrics(registry: Registry): TeacherSyncMetrics {
+  return {
+    pushes: new Counter({
+      name: 'dinofleet_teacher_sync_pushes_total',
+      help: 'PushTeacherSums calls accepted (repeated and ignored pushes included).',
+      registers: [registry],
+    }),
+    centers: new Counter({
+      name: 'dinofleet_teacher_sync_centers_total',
+      help: 'Centers computed from the complete sums of a step.',
+      registers: [registry],
+    }),
+    snapshots: new Counter({
+      name: 'dinofleet_teacher_sync_snapshots_total',
+      help: 'Teacher snapshots received, verified and stored.',
+      registers: [registry],
+    }),
+    snapshotBytes: new Gauge({
+      name: 'dinofleet_teacher_sync_snapshot_bytes',
+      help: 'Size of the latest stored teacher snapshot, in bytes.',
+      registers: [registry],
+    }),
+  };
+}

@@ -1,0 +1,406 @@
+import { createHash } from 'node:crypto';
+
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { Metadata } from '@grpc/grpc-js';
+import { encodeSafetensors } from '@dinofleet/data';
+import { startTestS3 } from '@dinofleet/data/testing';
+import type { TestS3 } from '@dinofleet/data/testing';
+import { updateCenter } from '@dinofleet/dino';
+import {
+  callUnary,
+  createClient,
+  fromServiceError,
+  HealthCheckResponse_ServingStatus as ServingStatus,
+  HealthClient,
+  TeacherSyncClient,
+} from '@dinofleet/proto';
+import type {
+  DinofleetError,
+  GetTeacherSnapshotResponse,
+  PushTeacherSumsRequest,
+  PutTeacherSnapshotRequest,
+  PutTeacherSnapshotResponse,
+  TeacherSnapshotHeader,
+  WatchCentersResponse,
+} from '@dinofleet/proto';
+import { createLogger, LogLevel } from '@dinofleet/telemetry';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { float32FromBytes, float32ToBytes } from './float32-bytes.ts';
+import { SNAPSHOT_CHUNK_BYTES } from './teacher-sync-service.ts';
+import { startTeacherSync } from './teacher-sync-server.ts';
+import type { TeacherSyncOptions, TeacherSyncServer } from './teacher-sync-server.ts';
+
+const DEADLINE_MS = 10_000;
+const silent = createLogger({ name: 'teacher-sync', level: LogLevel.Silent });
+
+let s3: TestS3;
+
+beforeAll(async () => {
+  s3 = await startTestS3();
+});
+
+afterAll(async () => {
+  await s3.close();
+});
+
+interface Fixture extends AsyncDisposable {
+  readonly server: TeacherSyncServer;
+  readonly client: TeacherSyncClient;
+}
+
+async function startFixture(options: TeacherSyncOptions = {}): Promise<Fixture> {
+  const server = await startTeacherSync({ logger: silent, s3: s3.client, drainGraceMs: 1000, ...options });
+  const client = createClient(TeacherSyncClient, server.grpcAddress);
+  return {
+    server,
+    client,
+    [Symbol.asyncDispose]: async () => {
+      client.close();
+      await server.close();
+    },
+  };
+}
+
+/** Deterministic values with plenty of mantissa bits, so rounding order shows. */
+function values(seed: number, n: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = Math.sin(seed * 12.9898 + i * 78.233) * 43758.5453 - 17.25 * i;
+  return out;
+}
+
+type PushFields = Omit<Partial<PushTeacherSumsRequest>, 'sums'> & { rank: number; sums: Float32Array };
+
+function pushRequest(fields: PushFields): PushTeacherSumsRequest {
+  return {
+    jobId: 'job-a',
+    generation: 1,
+    step: 0,
+    count: 8,
+    worldSize: 2,
+    patchSums: Buffer.alloc(0),
+    patchCount: 0,
+    centerMomentum: 0.9,
+    ...fields,
+    sums: float32ToBytes(fields.sums),
+  };
+}
+
+function push(client: TeacherSyncClient, request: PushTeacherSumsRequest) {
+  return callUnary(client, 'pushTeacherSums', request, { deadlineMs: DEADLINE_MS });
+}
+
+function getCenter(client: TeacherSyncClient, jobId: string, step: number, deadlineMs = DEADLINE_MS) {
+  return callUnary(client, 'getCenter', { jobId, step }, { deadlineMs });
+}
+
+function bits(values: Float32Array): number[] {
+  return Array.from(new Uint32Array(values.buffer, values.byteOffset, values.length));
+}
+
+/** Σ in rank order, rounded to float32 after each addition, as docs/cluster.md fixes it. */
+function float32Sum(parts: readonly Float32Array[]): Float32Array {
+  const total = new Float32Array((parts[0] as Float32Array).length);
+  for (const part of parts) for (let i = 0; i < total.length; i++) total[i] = Math.fround((total[i] as number) + (part[i] as number));
+  return total;
+}
+
+function putSnapshot(client: TeacherSyncClient, messages: readonly PutTeacherSnapshotRequest[]): Promise<PutTeacherSnapshotResponse> {
+  return new Promise((resolve, reject) => {
+    const call = client.putTeacherSnapshot(new Metadata(), { deadline: Date.now() + DEADLINE_MS }, (err, response) => {
+      if (err !== null) reject(fromServiceError(err));
+      else resolve(response);
+    });
+    call.on('error', () => undefined);
+    for (const message of messages) call.write(message);
+    call.end();
+  });
+}
+
+function snapshotMessages(header: TeacherSnapshotHeader, bytes: Uint8Array, chunkBytes = SNAPSHOT_CHUNK_BYTES): PutTeacherSnapshotRequest[] {
+  const messages: PutTeacherSnapshotRequest[] = [{ part: { $case: 'header', header } }];
+  for (let offset = 0; offset < bytes.length; offset += chunkBytes) {
+    messages.push({ part: { $case: 'chunk', chunk: { offset, data: Buffer.from(bytes.subarray(offset, offset + chunkBytes)) } } });
+  }
+  return messages;
+}
+
+async function getSnapshot(client: TeacherSyncClient, jobId: string, step: number): Promise<{ header: TeacherSnapshotHeader; bytes: Buffer }> {
+  const stream = client.getTeacherSnapshot({ jobId, step }, { deadline: Date.now() + DEADLINE_MS });
+  let header: TeacherSnapshotHeader | undefined;
+  const chunks: Buffer[] = [];
+  try {
+    for await (const message of stream as AsyncIterable<GetTeacherSnapshotResponse>) {
+      if (message.part?.$case === 'header') header = message.part.header;
+      else if (message.part?.$case === 'chunk') {
+        expect(message.part.chunk.offset).toBe(chunks.reduce((n, c) => n + c.length, 0));
+        expect(message.part.chunk.data.length).toBeLessThanOrEqual(SNAPSHOT_CHUNK_BYTES);
+        chunks.push(message.part.chunk.data);
+      }
+    }
+  } catch (err) {
+    throw fromServiceError(err);
+  }
+  if (header === undefined) throw new Error('no header');
+  return { header, bytes: Buffer.concat(chunks) };
+}
+
+async function rejection(promise: Promise<unknown>): Promise<DinofleetError> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as DinofleetError;
+  }
+  throw new Error('expected a rejection');
+}
+
+describe('teacher-sync centers', () => {
+  it('computes the center from two ranks exactly as updateCenter of the rank-ordered float32 sums', async () => {
+    await using f = await startFixture();
+    const dims = 37;
+    const [s0, s1] = [values(1, dims), values(2, dims)];
+    const [p0, p1] = [values(3, 5), values(4, 5)];
+    const patch = (rank: number, sums: Float32Array, patchCount: number) => ({ patchSums: float32ToBytes(sums), patchCount, rank });
+
+    // Rank 1 first: the sum must still run in rank order.
+    const first = await push(f.client, pushRequest({ ...patch(1, p1, 0), sums: s1, count: 6 }));
+    expect(first).toEqual({ ranksReceived: 1, centerReady: false });
+    const second = await push(f.client, pushRequest({ ...patch(0, p0, 11), sums: s0, count: 10 }));
+    expect(second).toEqual({ ranksReceived: 2, centerReady: true });
+
+    const center1 = updateCenter(new Float32Array(dims), float32Sum([s0, s1]), 16, 0.9);
+    const patch1 = updateCenter(new Float32Array(5), float32Sum([p0, p1]), 11, 0.9);
+    const got1 = await getCenter(f.client, 'job-a', 1);
+    expect(got1.step).toBe(1);
+    expect(got1.generation).toBe(1);
+    expect(bits(float32FromBytes(got1.center, 'center'))).toEqual(bits(center1));
+    expect(bits(float32FromBytes(got1.patchCenter, 'patch'))).toEqual(bits(patch1));
+
+    // Step 1 builds on center_1; no patch outputs anywhere keeps the patch center.
+    const [t0, t1] = [values(5, dims), values(6, dims)];
+    await push(f.client, pushRequest({ ...patch(0, new Float32Array(5), 0), step: 1, sums: t0, count: 4 }));
+    await push(f.client, pushRequest({ ...patch(1, new Float32Array(5), 0), step: 1, sums: t1, count: 4 }));
+    const got2 = await getCenter(f.client, 'job-a', 2);
+    expect(bits(float32FromBytes(got2.center, 'center'))).toEqual(bits(updateCenter(center1, float32Sum([t0, t1]), 8, 0.9)));
+    expect(bits(float32FromBytes(got2.patchCenter, 'patch'))).toEqual(bits(patch1));
+
+    const metrics = await f.server.registry.metrics();
+    expect(metrics).toMatch(/^dinofleet_teacher_sync_pushes_total 4$/m);
+    expect(metrics).toMatch(/^dinofleet_teacher_sync_centers_total 2$/m);
+  });
+
+  it('GetCenter waits for the center and answers once the last rank pushes', async () => {
+    await using f = await startFixture();
+    const waiting = getCenter(f.client, 'job-w', 1);
+    let settled = false;
+    void waiting.finally(() => {
+      settled = true;
+    });
+    await push(f.client, pushRequest({ jobId: 'job-w', rank: 0, sums: values(1, 4) }));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(settled).toBe(false);
+    await push(f.client, pushRequest({ jobId: 'job-w', rank: 1, sums: values(2, 4) }));
+    const center = await waiting;
+    expect(center.step).toBe(1);
+    expect(bits(float32FromBytes(center.center, 'center'))).toEqual(
+      bits(updateCenter(new Float32Array(4), float32Sum([values(1, 4), values(2, 4)]), 16, 0.9)),
+    );
+  });
+
+  it('GetCenter fails with DEADLINE_EXCEEDED when the center does not appear in time', async () => {
+    await using f = await startFixture();
+    const started = Date.now();
+    const err = await rejection(getCenter(f.client, 'job-d', 3, 300));
+    expect(err.code).toBe('DEADLINE_EXCEEDED');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+  });
+
+  it('treats a repeated push as idempotent', async () => {
+    await using f = await startFixture();
+    const r0 = pushRequest({ jobId: 'job-i', rank: 0, sums: values(1, 3) });
+    expect(await push(f.client, r0)).toEqual({ ranksReceived: 1, centerReady: false });
+    expect(await push(f.client, r0)).toEqual({ ranksReceived: 1, centerReady: false });
+    expect(await push(f.client, pushRequest({ jobId: 'job-i', rank: 1, sums: values(2, 3) }))).toEqual({ ranksReceived: 2, centerReady: true });
+    const before = await getCenter(f.client, 'job-i', 1);
+    expect(await push(f.client, r0)).toEqual({ ranksReceived: 2, centerReady: true });
+    // Another generation's sums for the same step change nothing either.
+    expect(await push(f.client, pushRequest({ jobId: 'job-i', generation: 2, rank: 0, worldSize: 1, sums: values(9, 3) }))).toEqual({
+      ranksReceived: 0,
+      centerReady: true,
+    });
+    const after = await getCenter(f.client, 'job-i', 1);
+    expect(after).toEqual(before);
+    expect(await f.server.registry.metrics()).toMatch(/^dinofleet_teacher_sync_centers_total 1$/m);
+  });
+
+  it('rejects malformed pushes with INVALID_ARGUMENT messages that say what is wrong', async () => {
+    await using f = await startFixture();
+    await push(f.client, pushRequest({ jobId: 'job-v', rank: 0, sums: values(1, 4) }));
+    const cases: [PushFields, RegExp][] = [
+      [{ rank: 1, sums: values(1, 5) }, /sums has 5 values, earlier pushes for the job had 4/],
+      [{ rank: 1, sums: values(1, 4), count: 0 }, /count must be ≥ 1/],
+      [{ rank: 0, sums: values(1, 4), worldSize: 0 }, /world_size must be ≥ 1, got 0/],
+      [{ rank: 2, sums: values(1, 4) }, /rank 2 must be < world_size 2/],
+      [{ rank: 1, sums: values(1, 4), centerMomentum: 1.5 }, /center_momentum must be in \[0, 1\], got 1.5/],
+      [{ rank: 1, sums: values(1, 4), centerMomentum: Number.NaN }, /center_momentum must be in \[0, 1\], got NaN/],
+      [{ rank: 1, sums: values(1, 4), worldSize: 3 }, /world_size 3 differs from 2/],
+      [{ rank: 1, sums: values(1, 4), centerMomentum: 0.5 }, /center_momentum 0.5 differs from 0.9/],
+      [{ rank: 1, sums: new Float32Array(0) }, /sums must not be empty/],
+      [{ rank: 1, sums: values(1, 4), patchCount: 3 }, /patch_count is 3 but patch_sums is empty/],
+      [{ rank: 1, sums: values(1, 4), jobId: '' }, /job_id must not be empty/],
+    ];
+    for (const [fields, message] of cases) {
+      const err = await rejection(push(f.client, pushRequest({ jobId: 'job-v', ...fields })));
+      expect(err.code, String(message)).toBe('INVALID_ARGUMENT');
+      expect(err.message).toMatch(message);
+    }
+    const odd = { ...pushRequest({ jobId: 'job-v', rank: 1, sums: values(1, 4) }), sums: Buffer.alloc(7) };
+    expect((await rejection(push(f.client, odd))).message).toMatch(/multiple of 4 bytes/);
+    // None of that counted: rank 1's real push still completes the step.
+    expect(await push(f.client, pushRequest({ jobId: 'job-v', rank: 1, sums: values(2, 4) }))).toEqual({ ranksReceived: 2, centerReady: true });
+  });
+
+  it('holds complete sums until the previous center exists, then computes the chain in order', async () => {
+    await using f = await startFixture();
+    const single = (step: number, seed: number) => pushRequest({ jobId: 'job-h', step, rank: 0, worldSize: 1, sums: values(seed, 3) });
+    expect(await push(f.client, single(1, 2))).toEqual({ ranksReceived: 1, centerReady: false });
+    expect(await push(f.client, single(0, 1))).toEqual({ ranksReceived: 1, centerReady: true });
+    const center1 = updateCenter(new Float32Array(3), values(1, 3), 8, 0.9);
+    const center2 = updateCenter(center1, values(2, 3), 8, 0.9);
+    expect(bits(float32FromBytes((await getCenter(f.client, 'job-h', 2)).center, 'center'))).toEqual(bits(center2));
+    // Step 0 uses zeros once the job's shape is known.
+    expect(bits(float32FromBytes((await getCenter(f.client, 'job-h', 0)).center, 'center'))).toEqual([0, 0, 0]);
+  });
+
+  it('WatchCenters sends the kept centers, then each new one', async () => {
+    await using f = await startFixture();
+    const single = (step: number, seed: number) => pushRequest({ jobId: 'job-s', step, rank: 0, worldSize: 1, sums: values(seed, 2) });
+    await push(f.client, single(0, 1));
+    await push(f.client, single(1, 2));
+    const stream = f.client.watchCenters({ jobId: 'job-s', fromStep: 2 }, { deadline: Date.now() + DEADLINE_MS });
+    const seen: WatchCentersResponse[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (message: WatchCentersResponse) => {
+        seen.push(message);
+        if (seen.length === 3) resolve();
+      });
+      stream.on('error', (err) => reject(fromServiceError(err)));
+    });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await push(f.client, single(2, 3));
+    await push(f.client, single(3, 4));
+    await done;
+    stream.cancel();
+    expect(seen.map((m) => m.step)).toEqual([2, 3, 4]);
+    expect(seen[2]?.center).toEqual((await getCenter(f.client, 'job-s', 4)).center);
+  });
+
+  it('on close, a waiting GetCenter fails with UNAVAILABLE instead of holding the drain', async () => {
+    const f = await startFixture();
+    const waiting = rejection(getCenter(f.client, 'job-c', 9));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const started = Date.now();
+    await f.server.close();
+    expect(Date.now() - started).toBeLessThan(900);
+    expect((await waiting).code).toBe('UNAVAILABLE');
+    f.client.close();
+  });
+});
+
+describe('teacher-sync snapshots', () => {
+  const snapshotBytes = encodeSafetensors({ 'teacher/w': { shape: [3, 100_000], data: values(7, 300_000) } });
+  const sha256 = createHash('sha256').update(snapshotBytes).digest();
+  const header = (fields: Partial<TeacherSnapshotHeader> = {}): TeacherSnapshotHeader => ({
+    jobId: 'job-snap',
+    generation: 1,
+    step: 50,
+    sizeBytes: snapshotBytes.length,
+    sha256,
+    format: 'safetensors',
+    storeUri: '',
+    ...fields,
+  });
+
+  it('round-trips a snapshot through gRPC and writes it to S3', async () => {
+    await using f = await startFixture();
+    const storeUri = `s3://${s3.bucket}/ckpt/job-snap/`;
+    expect(snapshotBytes.length).toBeGreaterThan(SNAPSHOT_CHUNK_BYTES);
+    const stored = await putSnapshot(f.client, snapshotMessages(header({ storeUri }), snapshotBytes));
+    expect(stored).toEqual({ step: 50, sizeBytes: snapshotBytes.length });
+
+    const latest = await getSnapshot(f.client, 'job-snap', 0);
+    expect(latest.header).toMatchObject({ jobId: 'job-snap', generation: 1, step: 50, sizeBytes: snapshotBytes.length, format: 'safetensors', storeUri });
+    expect(latest.header.sha256.equals(sha256)).toBe(true);
+    expect(latest.bytes.equals(snapshotBytes)).toBe(true);
+    expect((await getSnapshot(f.client, 'job-snap', 50)).bytes.equals(snapshotBytes)).toBe(true);
+
+    const object = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: 'ckpt/job-snap/teacher/step-00000050.safetensors' }));
+    expect(Buffer.from(await (object.Body as NonNullable<typeof object.Body>).transformToByteArray()).equals(snapshotBytes)).toBe(true);
+
+    // Two are kept: after steps 100 and 150, step 50 is gone and 0 means 150.
+    const small = new Uint8Array([1, 2, 3]);
+    const smallSha = createHash('sha256').update(small).digest();
+    for (const step of [100, 150]) await putSnapshot(f.client, snapshotMessages(header({ step, sizeBytes: 3, sha256: smallSha }), small));
+    expect((await getSnapshot(f.client, 'job-snap', 0)).header.step).toBe(150);
+    expect((await rejection(getSnapshot(f.client, 'job-snap', 50))).code).toBe('NOT_FOUND');
+    const metrics = await f.server.registry.metrics();
+    expect(metrics).toMatch(/^dinofleet_teacher_sync_snapshots_total 3$/m);
+    expect(metrics).toMatch(/^dinofleet_teacher_sync_snapshot_bytes 3$/m);
+  });
+
+  it('rejects a SHA-256 mismatch with DATA_LOSS and stores nothing', async () => {
+    await using f = await startFixture();
+    const storeUri = `s3://${s3.bucket}/bad/`;
+    const wrong = Buffer.from(sha256);
+    wrong[0] = (wrong[0] as number) ^ 0xff;
+    const err = await rejection(putSnapshot(f.client, snapshotMessages(header({ sha256: wrong, storeUri }), snapshotBytes)));
+    expect(err.code).toBe('DATA_LOSS');
+    expect(err.message).toMatch(/SHA-256 of the bytes is [0-9a-f]{64}, the header says [0-9a-f]{64}; nothing was stored/);
+    expect((await rejection(getSnapshot(f.client, 'job-snap', 0))).code).toBe('NOT_FOUND');
+    const listing = await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: 'bad/' }));
+    expect(listing.Contents ?? []).toEqual([]);
+    expect(await f.server.registry.metrics()).toMatch(/^dinofleet_teacher_sync_snapshots_total 0$/m);
+  });
+
+  it('rejects short, long, out-of-order, oversized and headless uploads', async () => {
+    await using f = await startFixture({ maxSnapshotBytes: 1000 });
+    const bytes = new Uint8Array(600).fill(7);
+    const h = header({ sizeBytes: 600, sha256: createHash('sha256').update(bytes).digest() });
+    const messages = snapshotMessages(h, bytes, 200);
+    const cases: [PutTeacherSnapshotRequest[], string, RegExp][] = [
+      [messages.slice(0, 3), 'INVALID_ARGUMENT', /ended after 400 of 600 bytes/],
+      [[...messages, messages[1] as PutTeacherSnapshotRequest], 'INVALID_ARGUMENT', /chunk at offset 0, expected 600/],
+      [[messages[0] as PutTeacherSnapshotRequest, messages[2] as PutTeacherSnapshotRequest], 'INVALID_ARGUMENT', /chunk at offset 200, expected 0/],
+      [messages.slice(1), 'INVALID_ARGUMENT', /first PutTeacherSnapshot message must be the header/],
+      [snapshotMessages(header({ sizeBytes: 5000 }), new Uint8Array(0)), 'RESOURCE_EXHAUSTED', /5000 bytes exceed teacher-sync's limit of 1000/],
+      [snapshotMessages(header({ sha256: Buffer.alloc(3), sizeBytes: 0 }), new Uint8Array(0)), 'INVALID_ARGUMENT', /sha256 must be 32 bytes/],
+      [snapshotMessages(header({ format: 'npz', sizeBytes: 0 }), new Uint8Array(0)), 'INVALID_ARGUMENT', /format must be "safetensors"/],
+      [snapshotMessages(header({ storeUri: 'gs://x/', sizeBytes: 0 }), new Uint8Array(0)), 'INVALID_ARGUMENT', /store_uri "gs:\/\/x\/" must look like s3:\/\/bucket\/prefix\//],
+    ];
+    for (const [stream, code, message] of cases) {
+      const err = await rejection(putSnapshot(f.client, stream));
+      expect(err.code, String(message)).toBe(code);
+      expect(err.message).toMatch(message);
+    }
+    expect((await rejection(getSnapshot(f.client, 'job-snap', 0))).code).toBe('NOT_FOUND');
+  });
+});
+
+describe('teacher-sync server', () => {
+  it('serves health for the server and TeacherSync, and /metrics', async () => {
+    await using f = await startFixture();
+    const health = createClient(HealthClient, f.server.grpcAddress);
+    try {
+      for (const service of ['', 'dinofleet.v1.TeacherSync']) {
+        expect((await callUnary(health, 'check', { service }, { deadlineMs: DEADLINE_MS })).status).toBe(ServingStatus.SERVING);
+      }
+    } finally {
+      health.close();
+    }
+    const response = await fetch(`http://${f.server.metricsAddress}/metrics`);
+    const text = await response.text();
+    for (const name of ['pushes_total', 'centers_total', 'snapshots_total', 'snapshot_bytes']) {
+      expect(text).toContain(`dinofleet_teacher_sync_${name}`);
+    }
+  });
+});
