@@ -1,1 +1,25 @@
-export {};
+/**
+ * @dinofleet/coordinator: jobs in BullMQ/Redis, membership and generations, shard leases,
+ * the step commit, scaling. `startCoordinator` runs one in-process (tests, `main.ts`).
+ */
+export { JOBS_QUEUE, startCoordinator } from './coordinator.ts';
+export type { Coordinator, CoordinatorOptions } from './coordinator.ts';
+export { CoordinatorMetrics, LabelledMetric } from './coordinator-metrics.ts';
+export { COORDINATOR_FLAG_OPTIONS, COORDINATOR_USAGE, resolveCoordinatorConfig } from './coordinator-config.ts';
+export type { CoordinatorConfig, CoordinatorFlags } from './coordinator-config.ts';
+export { JobRunner, RunFailure, hashPrefix, specFormat } from './job-runner.ts';
+export type { Generation, JobRunnerContext, RunOutcome } from './job-runner.ts';
+export { DEFAULT_PAGE_SIZE, MAX_IDEMPOTENCY_KEY_LENGTH, MAX_PAGE_SIZE, jobService, newJobId } from './job-service.ts';
+export type { JobServiceContext, QueuedJobData } from './job-service.ts';
+export { JOB_STATE_NAMES, JobKeys, JobStore, MAX_JOB_EVENTS, TERMINAL_STATES, jobStateName, jobStateOf, toWireJob } from './job-store.ts';
+export type { JobRecord, JobStateName, PlannedShard } from './job-store.ts';
+export { LocalProcessScaler } from './local-process-scaler.ts';
+export type { LocalProcessScalerOptions, SpawnWorker, SpawnedWorker } from './local-process-scaler.ts';
+export { checkManifest, isManifestMissing, manifestMissingMessage } from './manifest-check.ts';
+export { NoScaler } from './scaler.ts';
+export type { Scaler } from './scaler.ts';
+export { LEASE_LOCK_MS, ShardLeases, leaseId, leaseQueueName, obliterateLeaseQueue } from './shard-leases.ts';
+export type { LeaseData } from './shard-leases.ts';
+export { epochShardOrder, meanRecordBytes, perRankBatch, planShards, shardCount } from './shard-plan.ts';
+export { ClaimTimeoutError, WorkerRegistry } from './worker-registry.ts';
+export type { HeldState, WorkerSession } from './worker-registry.ts';

@@ -1,0 +1,141 @@
+/**
+ * The WorkerControl service: the Control stream each worker holds (Register first, then
+ * Heartbeat / CommitStep / Leaving) and AcquireLease.
+ */
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import {
+  FailedPreconditionError,
+  NotFoundError,
+  unaryHandler,
+} from '@dinofleet/proto';
+import type { AcquireLeaseRequest, AcquireLeaseResponse, ControlRequest, ControlResponse, WorkerControlServer } from '@dinofleet/proto';
+import type { Logger } from '@dinofleet/telemetry';
+import type { WorkerRegistry, WorkerSession } from './worker-registry.ts';
+
+/** Who answers AcquireLease for a job (its runner in this process). */
+export interface LeaseAuthority {
+  acquireLease(request: AcquireLeaseRequest): Promise<AcquireLeaseResponse>;
+}
+
+/** Options of {@link workerControlService}. */
+export interface WorkerControlOptions {
+  readonly registry: WorkerRegistry;
+  readonly logger: Logger;
+  /** The runner of a job, or undefined when the job does not run here. */
+  readonly runnerOf: (jobId: string) => LeaseAuthority | undefined;
+  /**
+   * Whether a job a registering worker holds state for may still continue with it (it
+   * exists and is not terminal). Workers holding such state are kept for that job's
+   * resume; the others are fresh idle workers.
+   */
+  readonly heldJobIsLive: (jobId: string) => Promise<boolean>;
+}
+
+/** The grpc-js implementation of WorkerControl. */
+export function workerControlService(options: WorkerControlOptions): WorkerControlServer {
+  const { registry, logger } = options;
+  return {
+    control: (call: ServerDuplexStream<ControlRequest, ControlResponse>) => {
+      let session: WorkerSession | undefined;
+      let ended = false;
+      const endStream = (): void => {
+        if (ended) return;
+        ended = true;
+        try {
+          call.end();
+        } catch {
+          // already torn down
+        }
+      };
+      const gone = (reason: string): void => {
+        if (session !== undefined) registry.remove(session, reason);
+        endStream();
+      };
+      call.on('data', (request: ControlRequest) => {
+        const message = request.message;
+        if (message === undefined) return;
+        if (session === undefined) {
+          if (message.$case !== 'register') {
+            logger.warn('control stream did not start with Register; closing it', { first: message.$case });
+            endStream();
+            return;
+          }
+          const register = message.register;
+          if (register.workerId === '') {
+            logger.warn('Register without worker_id; closing the stream');
+            endStream();
+            return;
+          }
+          session = {
+            workerId: register.workerId,
+            collectiveAddress: register.collectiveAddress,
+            backend: register.backend,
+            capabilities: register.capabilities,
+            held: { jobId: register.jobId, stateStep: register.stateStep, stateHash: Buffer.from(register.stateHash).toString('hex') },
+            claimedBy: undefined,
+            lastSeenMs: Date.now(),
+            send: (response) => {
+              if (ended || call.destroyed || call.writableEnded) return;
+              call.write(response);
+            },
+            end: endStream,
+          };
+          logger.info('worker registered', {
+            workerId: register.workerId,
+            collectiveAddress: register.collectiveAddress,
+            heldJob: register.jobId,
+            heldStep: register.stateStep,
+          });
+          registry.register(session);
+          if (register.jobId !== '') {
+            const registered = session;
+            options.heldJobIsLive(register.jobId).then(
+              (live) => {
+                if (live || registered.held.jobId !== register.jobId) return;
+                registered.held = { jobId: '', stateStep: 0, stateHash: '' };
+                registry.wake();
+              },
+              (err: unknown) => logger.warn('checking the job a worker holds failed', { err, jobId: register.jobId }),
+            );
+          }
+          return;
+        }
+        registry.touch(session);
+        switch (message.$case) {
+          case 'register':
+            logger.warn('second Register on one control stream ignored', { workerId: session.workerId });
+            return;
+          case 'heartbeat':
+            return;
+          case 'commitStep':
+            registry.commit(session, message.commitStep);
+            return;
+          case 'leaving':
+            logger.info('worker leaving', { workerId: session.workerId, reason: message.leaving.reason });
+            gone(`worker left (${message.leaving.reason === '' ? 'no reason given' : message.leaving.reason})`);
+            return;
+          default: {
+            const unknown: never = message;
+            return unknown;
+          }
+        }
+      });
+      call.on('end', () => gone('control stream ended'));
+      call.on('cancelled', () => gone('control stream cancelled'));
+      call.on('error', (err: Error) => gone(`control stream failed: ${err.message}`));
+      call.on('close', () => gone('control stream closed'));
+    },
+    acquireLease: unaryHandler(async (request: AcquireLeaseRequest) => {
+      const runner = options.runnerOf(request.jobId);
+      if (runner === undefined) {
+        throw new NotFoundError(`job ${request.jobId} is not running on this coordinator; wait for the next Assignment`);
+      }
+      return runner.acquireLease(request);
+    }, { onInternalError: (err, path) => logger.error('internal error', { path, err }) }),
+  };
+}
+
+/** Thrown for a lease request from a rank that is not (or no longer) in the generation. */
+export function staleRankError(message: string): FailedPreconditionError {
+  return new FailedPreconditionError(message);
+}

@@ -1,0 +1,120 @@
+/**
+ * The coordinator's flags (docs/cluster.md "coordinator"): parsed by `main.ts` with
+ * `parseArgs`, each also read from its environment variable (the flag wins), resolved and
+ * checked here so a bad value stops start-up with a message naming the flag.
+ */
+import { LogLevel } from '@dinofleet/telemetry';
+
+/** One usage line for errors and `--help`. */
+export const COORDINATOR_USAGE =
+  'usage: coordinator --redis-url redis://host:port --teacher-sync-address host:port [--redis-prefix p] [--listen host:port] ' +
+  '[--metrics-listen host:port] [--ready-file path] [--log-level debug|info|warn|error] [--max-running-jobs n] [--scaler none|local] ' +
+  '[--initial-workers n] [--worker-backend wasm|cpu|tensorflow] [--worker-log-dir dir] [--worker-wait-seconds s] [--heartbeat-timeout-seconds s]';
+
+/** The flags as `parseArgs` returns them. */
+export type CoordinatorFlags = Partial<Record<string, string | boolean | undefined>>;
+
+/** The resolved coordinator settings. */
+export interface CoordinatorConfig {
+  readonly redisUrl: string;
+  readonly redisPrefix: string;
+  readonly teacherSyncAddress: string;
+  readonly listen: string;
+  readonly metricsListen: string;
+  readonly readyFile: string | undefined;
+  readonly logLevel: LogLevel;
+  readonly maxRunningJobs: number;
+  readonly scaler: 'none' | 'local';
+  readonly initialWorkers: number;
+  readonly workerBackend: 'wasm' | 'cpu' | 'tensorflow';
+  readonly workerLogDir: string | undefined;
+  readonly workerWaitSeconds: number;
+  readonly heartbeatTimeoutSeconds: number;
+}
+
+/** The `parseArgs` option table. */
+export const COORDINATOR_FLAG_OPTIONS = {
+  'redis-url': { type: 'string' },
+  'redis-prefix': { type: 'string' },
+  'teacher-sync-address': { type: 'string' },
+  listen: { type: 'string' },
+  'metrics-listen': { type: 'string' },
+  'ready-file': { type: 'string' },
+  'log-level': { type: 'string' },
+  'max-running-jobs': { type: 'string' },
+  scaler: { type: 'string' },
+  'initial-workers': { type: 'string' },
+  'worker-backend': { type: 'string' },
+  'worker-log-dir': { type: 'string' },
+  'worker-wait-seconds': { type: 'string' },
+  'heartbeat-timeout-seconds': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const ENV: Readonly<Record<string, string>> = {
+  'redis-url': 'DINOFLEET_REDIS_URL',
+  'redis-prefix': 'DINOFLEET_REDIS_PREFIX',
+  'teacher-sync-address': 'DINOFLEET_TEACHER_SYNC_ADDRESS',
+  listen: 'DINOFLEET_LISTEN',
+  'metrics-listen': 'DINOFLEET_METRICS_LISTEN',
+  'ready-file': 'DINOFLEET_READY_FILE',
+  'log-level': 'DINOFLEET_LOG_LEVEL',
+  scaler: 'DINOFLEET_SCALER',
+};
+
+const HOST_PORT = /^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/;
+
+/** Resolves flags + environment into a {@link CoordinatorConfig}; throws RangeError naming the flag. */
+export function resolveCoordinatorConfig(flags: CoordinatorFlags, env: NodeJS.ProcessEnv = process.env): CoordinatorConfig {
+  const read = (flag: string): string | undefined => {
+    const value = flags[flag];
+    if (typeof value === 'string') return value;
+    const name = ENV[flag];
+    const fromEnv = name === undefined ? undefined : env[name];
+    return fromEnv === undefined || fromEnv === '' ? undefined : fromEnv;
+  };
+  const required = (flag: string): string => {
+    const value = read(flag);
+    if (value === undefined) throw new RangeError(`--${flag}${ENV[flag] === undefined ? '' : ` (or ${ENV[flag]})`} is required`);
+    return value;
+  };
+  const address = (flag: string, fallback: string): string => {
+    const value = read(flag) ?? fallback;
+    if (!HOST_PORT.test(value)) throw new RangeError(`--${flag} must be host:port, got ${JSON.stringify(value)}`);
+    return value;
+  };
+  const integer = (flag: string, fallback: number, min: number, max: number): number => {
+    const raw = read(flag);
+    if (raw === undefined) return fallback;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < min || n > max) throw new RangeError(`--${flag} must be an integer in [${min}, ${max}], got ${JSON.stringify(raw)}`);
+    return n;
+  };
+  const oneOf = <T extends string>(flag: string, allowed: readonly T[], fallback: T): T => {
+    const value = read(flag) ?? fallback;
+    if (!(allowed as readonly string[]).includes(value)) throw new RangeError(`--${flag} must be one of ${allowed.join(', ')}, got ${JSON.stringify(value)}`);
+    return value as T;
+  };
+  const redisUrl = required('redis-url');
+  if (!/^rediss?:\/\//.test(redisUrl)) throw new RangeError(`--redis-url must be redis://host:port, got ${JSON.stringify(redisUrl)}`);
+  const teacherSyncAddress = required('teacher-sync-address');
+  if (!HOST_PORT.test(teacherSyncAddress)) throw new RangeError(`--teacher-sync-address must be host:port, got ${JSON.stringify(teacherSyncAddress)}`);
+  const redisPrefix = read('redis-prefix') ?? 'dinofleet';
+  if (!/^[A-Za-z0-9_.{}-]{1,64}$/.test(redisPrefix)) throw new RangeError(`--redis-prefix must be 1-64 letters, digits, '_', '.', '-', got ${JSON.stringify(redisPrefix)}`);
+  return {
+    redisUrl,
+    redisPrefix,
+    teacherSyncAddress,
+    listen: address('listen', '127.0.0.1:0'),
+    metricsListen: address('metrics-listen', '127.0.0.1:0'),
+    readyFile: read('ready-file'),
+    logLevel: oneOf('log-level', [LogLevel.Debug, LogLevel.Info, LogLevel.Warn, LogLevel.Error], LogLevel.Info),
+    maxRunningJobs: integer('max-running-jobs', 1, 1, 1000),
+    scaler: oneOf('scaler', ['none', 'local'] as const, 'none'),
+    initialWorkers: integer('initial-workers', 0, 0, 1024),
+    workerBackend: oneOf('worker-backend', ['wasm', 'cpu', 'tensorflow'] as const, 'wasm'),
+    workerLogDir: read('worker-log-dir'),
+    workerWaitSeconds: integer('worker-wait-seconds', 300, 1, 86_400),
+    heartbeatTimeoutSeconds: integer('heartbeat-timeout-seconds', 10, 1, 3600),
+  };
+}

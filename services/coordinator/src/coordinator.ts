@@ -1,0 +1,298 @@
+/**
+ * The coordinator process in one object: Redis, the `jobs` queue and its processor, the
+ * worker registry, JobService + WorkerControl on one gRPC server, `/metrics`, the scaler.
+ * `startCoordinator` is what `main.ts` runs and what tests run in-process.
+ */
+import type { S3Client } from '@aws-sdk/client-s3';
+import { Queue, UnrecoverableError, WaitingError, Worker } from 'bullmq';
+import type { Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { createS3Client, resolveS3Config } from '@dinofleet/data';
+import { GrpcServer, JobServiceService, UnavailableError, WorkerControlService } from '@dinofleet/proto';
+import { createLogger, MetricsServer, Registry } from '@dinofleet/telemetry';
+import type { Logger } from '@dinofleet/telemetry';
+import { workerControlService } from './control-stream.ts';
+import { CoordinatorMetrics } from './coordinator-metrics.ts';
+import { JobRunner } from './job-runner.ts';
+import type { RunOutcome } from './job-runner.ts';
+import { jobService } from './job-service.ts';
+import type { QueuedJobData } from './job-service.ts';
+import { JobStore, TERMINAL_STATES } from './job-store.ts';
+import type { JobStateName } from './job-store.ts';
+import { LocalProcessScaler } from './local-process-scaler.ts';
+import type { SpawnWorker } from './local-process-scaler.ts';
+import { NoScaler } from './scaler.ts';
+import type { Scaler } from './scaler.ts';
+import { WorkerRegistry } from './worker-registry.ts';
+
+/** Name of the BullMQ queue of training jobs. */
+export const JOBS_QUEUE = 'jobs';
+
+/** Options of {@link startCoordinator} (the flags of docs/cluster.md "coordinator"). */
+export interface CoordinatorOptions {
+  /** `redis://host:port`. Required. */
+  readonly redisUrl: string;
+  /** Prefix of every Redis key and BullMQ queue. @default 'dinofleet' */
+  readonly redisPrefix?: string;
+  /** teacher-sync "host:port" sent in every Assignment. Required. */
+  readonly teacherSyncAddress: string;
+  /** gRPC listen address. @default '127.0.0.1:0' */
+  readonly listen?: string;
+  /** `/metrics` listen address. @default '127.0.0.1:0' */
+  readonly metricsListen?: string;
+  /** Jobs run at once. @default 1 */
+  readonly maxRunningJobs?: number;
+  /** 'none', 'local', or a Scaler object. @default 'none' */
+  readonly scaler?: 'none' | 'local' | ((coordinatorAddress: string) => Scaler);
+  /** Local scaler: workers started at boot. @default 0 */
+  readonly initialWorkers?: number;
+  /** Local scaler: `--backend` of its workers. @default 'wasm' */
+  readonly workerBackend?: string;
+  /** Local scaler: directory of `<id>.log` files. */
+  readonly workerLogDir?: string;
+  /** Local scaler: how to spawn a worker. @default `spawnService` of `@dinofleet/local` */
+  readonly spawnWorker?: SpawnWorker;
+  /** A job fails if its workers do not register within this, seconds. @default 300 */
+  readonly workerWaitSeconds?: number;
+  /** A silent worker is lost after this, seconds. @default 10 */
+  readonly heartbeatTimeoutSeconds?: number;
+  /** S3 client; @default one from `resolveS3Config({}, env)` (closed with the coordinator). */
+  readonly s3Client?: S3Client;
+  /** Environment for S3 settings. @default process.env */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Logger. @default JSON lines on stderr at info */
+  readonly logger?: Logger;
+  /** How long close() lets gRPC calls drain, ms. @default 10000 */
+  readonly closeGraceMs?: number;
+}
+
+/** A running coordinator. */
+export interface Coordinator extends AsyncDisposable {
+  /** "host:port" of JobService and WorkerControl. */
+  readonly grpcAddress: string;
+  /** "host:port" of `/metrics` and `/healthz`. */
+  readonly metricsAddress: string;
+  /** Internals for tests. */
+  readonly store: JobStore;
+  readonly registry: WorkerRegistry;
+  /** The runner of a job running here. */
+  runnerOf(jobId: string): JobRunner | undefined;
+  /** Health NOT_SERVING, runners suspended, scaler workers stopped, everything closed. Idempotent. */
+  close(): Promise<void>;
+}
+
+function splitHostPort(address: string, flag: string): { host: string; port: number } {
+  const colon = address.lastIndexOf(':');
+  const port = Number(address.slice(colon + 1));
+  if (colon <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RangeError(`${flag} must be host:port, got ${JSON.stringify(address)}`);
+  }
+  return { host: address.slice(0, colon), port };
+}
+
+/** Starts a coordinator; resolves once it serves. */
+export async function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
+  const logger = options.logger ?? createLogger({ name: 'coordinator' });
+  const prefix = options.redisPrefix ?? 'dinofleet';
+  const maxRunningJobs = options.maxRunningJobs ?? 1;
+  if (!Number.isInteger(maxRunningJobs) || maxRunningJobs < 1) throw new RangeError(`maxRunningJobs must be an integer >= 1, got ${maxRunningJobs}`);
+  const workerWaitMs = (options.workerWaitSeconds ?? 300) * 1000;
+  const heartbeatTimeoutMs = (options.heartbeatTimeoutSeconds ?? 10) * 1000;
+  const metricsListen = splitHostPort(options.metricsListen ?? '127.0.0.1:0', 'metricsListen');
+
+  const cleanups: (() => Promise<unknown> | void)[] = [];
+  const runCleanups = async (): Promise<void> => {
+    const errors: unknown[] = [];
+    for (const cleanup of cleanups.splice(0).reverse()) {
+      try {
+        await cleanup();
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    if (errors.length > 0) logger.warn('some cleanups failed', { errors: errors.map(String) });
+  };
+
+  try {
+    const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null, lazyConnect: true, enableOfflineQueue: true });
+    redis.on('error', (err: Error) => logger.debug('redis error', { err: err.message }));
+    cleanups.push(() => redis.quit().catch(() => redis.disconnect()));
+    try {
+      await redis.connect();
+      await redis.ping();
+    } catch (err) {
+      throw new UnavailableError(
+        `cannot reach Redis at ${options.redisUrl}: ${err instanceof Error ? err.message : String(err)}; start redis-server or fix --redis-url`,
+        { cause: err },
+      );
+    }
+
+    const s3 = options.s3Client ?? createS3Client(resolveS3Config({}, options.env ?? process.env));
+    if (options.s3Client === undefined) cleanups.push(() => s3.destroy());
+
+    const store = new JobStore(redis, prefix);
+    const registry = new WorkerRegistry({
+      heartbeatTimeoutMs,
+      onCountChange: (n) => metrics.workersRegistered.set({}, n),
+    });
+    const metricsRegistry = new Registry();
+    const metrics = new CoordinatorMetrics(metricsRegistry, async () => {
+      const ids = await store.listIds();
+      const counts = new Map<JobStateName, number>();
+      for (const record of await store.getMany(ids)) counts.set(record.state, (counts.get(record.state) ?? 0) + 1);
+      return counts;
+    });
+    const metricsServer = new MetricsServer({ registry: metricsRegistry });
+    cleanups.push(() => metricsServer.close());
+    const { port: metricsPort } = await metricsServer.start(metricsListen);
+
+    const queue = new Queue<QueuedJobData>(JOBS_QUEUE, { connection: redis, prefix });
+    cleanups.push(() => queue.close());
+
+    const runners = new Map<string, JobRunner>();
+    const wanted = new Map<string, number>();
+    let scaler: Scaler = new NoScaler();
+    const initialWorkers = options.initialWorkers ?? 0;
+    const requestWorkers = async (jobId: string, workers: number): Promise<void> => {
+      if (workers > 0) wanted.set(jobId, workers);
+      else wanted.delete(jobId);
+      const total = [...wanted.values()].reduce((a, b) => a + b, 0);
+      await scaler.scaleTo(Math.max(initialWorkers, total));
+    };
+
+    const server = new GrpcServer({ address: options.listen ?? '127.0.0.1:0' });
+    const closingController = new AbortController();
+    server.addService(JobServiceService, jobService({
+      store,
+      queue,
+      s3,
+      logger,
+      cancelRunner: (jobId, reason) => {
+        const runner = runners.get(jobId);
+        runner?.cancel(reason);
+        return runner !== undefined;
+      },
+      closing: closingController.signal,
+    }));
+    server.addService(WorkerControlService, workerControlService({
+      registry,
+      logger,
+      runnerOf: (jobId) => runners.get(jobId),
+      heldJobIsLive: async (jobId) => {
+        const record = await store.get(jobId);
+        return record !== undefined && !TERMINAL_STATES.has(record.state);
+      },
+    }));
+    const grpcGraceMs = options.closeGraceMs ?? 10_000;
+    cleanups.push(() => server.close(grpcGraceMs));
+    const { address: grpcAddress } = await server.start();
+
+    // Control and watch streams end before the gRPC server drains, or it would wait for them.
+    cleanups.push(() => {
+      registry.close();
+      closingController.abort();
+    });
+    if (options.scaler === 'local') {
+      scaler = new LocalProcessScaler({
+        coordinatorAddress: grpcAddress,
+        ...(options.workerBackend !== undefined && { backend: options.workerBackend }),
+        ...(options.workerLogDir !== undefined && { logDir: options.workerLogDir }),
+        ...(options.spawnWorker !== undefined && { spawn: options.spawnWorker }),
+        logger,
+      });
+    } else if (typeof options.scaler === 'function') {
+      scaler = options.scaler(grpcAddress);
+    }
+    // Workers go before the gRPC server closes (cleanups run in reverse), so their
+    // Leaving reaches a coordinator whose runners are already suspended.
+    const activeScaler = scaler;
+    cleanups.push(() => activeScaler.close());
+    if (initialWorkers > 0) {
+      // In the background: the coordinator serves (and is ready) while workers boot.
+      scaler.scaleTo(initialWorkers).catch((err: unknown) => logger.error('starting the initial workers failed', { err }));
+    }
+
+    const context = {
+      store,
+      registry,
+      metrics,
+      logger,
+      s3,
+      connection: redis,
+      prefix,
+      teacherSyncAddress: options.teacherSyncAddress,
+      workerWaitMs,
+      requestWorkers,
+    };
+    const processor = async (job: Job<QueuedJobData>, token?: string): Promise<{ committedStep: number; checkpointUri: string }> => {
+      const jobId = job.data.jobId;
+      const runner = new JobRunner(context, jobId);
+      runners.set(jobId, runner);
+      let outcome: RunOutcome;
+      try {
+        outcome = await runner.run();
+      } finally {
+        runners.delete(jobId);
+      }
+      switch (outcome.kind) {
+        case 'succeeded':
+          return { committedStep: outcome.committedStep, checkpointUri: outcome.checkpointUri };
+        case 'failed':
+          throw new UnrecoverableError(outcome.message);
+        case 'cancelled':
+          throw new UnrecoverableError(`cancelled: ${outcome.reason}`);
+        case 'suspended':
+          // Back to waiting for the next coordinator, without counting as a failure.
+          await job.moveToWait(token);
+          throw new WaitingError();
+        default: {
+          const unknown: never = outcome;
+          return unknown;
+        }
+      }
+    };
+    const jobsWorker = new Worker<QueuedJobData>(JOBS_QUEUE, processor, {
+      connection: redis,
+      prefix,
+      concurrency: maxRunningJobs,
+      // A coordinator that died leaves its job active; the next one takes it back once
+      // the lock expires (stalled check), up to maxStalledCount times.
+      lockDuration: 30_000,
+      stalledInterval: 15_000,
+      maxStalledCount: 10,
+    });
+    jobsWorker.on('error', (err) => logger.warn('jobs worker error', { err: err.message }));
+    jobsWorker.on('failed', (job, err) => logger.info('job ended', { jobId: job?.id, outcome: err.message }));
+    cleanups.push(async () => {
+      for (const runner of runners.values()) runner.suspend();
+      await Promise.all([...runners.values()].map((r) => r.finished()));
+      await jobsWorker.close();
+    });
+
+    let closing: Promise<void> | undefined;
+    const close = (): Promise<void> => {
+      closing ??= (async () => {
+        server.setServing('', false);
+        server.setServing('dinofleet.v1.JobService', false);
+        server.setServing('dinofleet.v1.WorkerControl', false);
+        // Runners first (no job reacts to workers going away), then workers, then servers.
+        await runCleanups();
+      })();
+      return closing;
+    };
+    const metricsHost = metricsListen.host;
+    logger.info('coordinator serving', { grpcAddress, metricsAddress: `${metricsHost}:${metricsPort}`, prefix });
+    return {
+      grpcAddress,
+      metricsAddress: `${metricsHost}:${metricsPort}`,
+      store,
+      registry,
+      runnerOf: (jobId) => runners.get(jobId),
+      close,
+      [Symbol.asyncDispose]: close,
+    };
+  } catch (err) {
+    await runCleanups();
+    throw err;
+  }
+}

@@ -1,0 +1,320 @@
+/**
+ * JobService: SubmitJob, GetJob, ListJobs, WatchJob, ScaleJob, CancelJob, exactly as
+ * docs/cluster.md "Job lifecycle" says.
+ */
+import { randomBytes } from 'node:crypto';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { Queue } from 'bullmq';
+import { JobSpecError, parseJobSpec, parseS3Uri } from '@dinofleet/config';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  serverStreamHandler,
+  UnavailableError,
+  unaryHandler,
+} from '@dinofleet/proto';
+import type {
+  CancelJobRequest,
+  CancelJobResponse,
+  GetJobRequest,
+  GetJobResponse,
+  JobServiceServer,
+  ListJobsRequest,
+  ListJobsResponse,
+  ScaleJobRequest,
+  ScaleJobResponse,
+  SubmitJobRequest,
+  SubmitJobResponse,
+  WatchJobRequest,
+  WatchJobResponse,
+} from '@dinofleet/proto';
+import { JobState } from '@dinofleet/proto';
+import type { Logger } from '@dinofleet/telemetry';
+import { jobStateName, jobStateOf, Severity, TERMINAL_STATES, toWireJob } from './job-store.ts';
+import type { JobRecord, JobStateName, JobStore } from './job-store.ts';
+import { specFormat } from './job-runner.ts';
+import { checkManifest } from './manifest-check.ts';
+
+/** Longest idempotency key accepted, characters. */
+export const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
+/** ListJobs page size when the request says 0. */
+export const DEFAULT_PAGE_SIZE = 100;
+/** Largest ListJobs page. */
+export const MAX_PAGE_SIZE = 1000;
+
+/** The training job queue's data. */
+export interface QueuedJobData {
+  readonly jobId: string;
+}
+
+/** What JobService needs from the coordinator. */
+export interface JobServiceContext {
+  readonly store: JobStore;
+  readonly queue: Queue<QueuedJobData>;
+  readonly s3: S3Client;
+  readonly logger: Logger;
+  /** Tells the runner of a job (if it runs here) that it was cancelled. */
+  readonly cancelRunner: (jobId: string, reason: string) => boolean;
+  /** Aborts when the coordinator shuts down: open WatchJob streams end UNAVAILABLE. */
+  readonly closing: AbortSignal;
+}
+
+const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
+
+/** `<name>-<8 lowercase base32 characters>` (40 random bits). */
+export function newJobId(name: string): string {
+  const bytes = randomBytes(5);
+  let bits = 0n;
+  for (const byte of bytes) bits = (bits << 8n) | BigInt(byte);
+  let suffix = '';
+  for (let i = 7; i >= 0; i--) suffix += BASE32[Number((bits >> BigInt(i * 5)) & 31n)];
+  return `${name}-${suffix}`;
+}
+
+function describeSpecError(err: JobSpecError): string {
+  return `invalid job spec: ${err.issues.map((issue) => `${issue.path === '' ? '(spec)' : issue.path}: ${issue.message}`).join('; ')}`;
+}
+
+function encodePageToken(jobId: string): string {
+  return Buffer.from(jobId, 'utf8').toString('base64url');
+}
+
+function decodePageToken(token: string): string {
+  return Buffer.from(token, 'base64url').toString('utf8');
+}
+
+async function mustGet(store: JobStore, jobId: string): Promise<JobRecord> {
+  if (jobId === '') throw new InvalidArgumentError('job_id: must not be empty');
+  const record = await store.get(jobId);
+  if (record === undefined) throw new NotFoundError(`job ${jobId} not found; list jobs with ListJobs`);
+  return record;
+}
+
+/** The JobService implementation over the store and the `jobs` queue. */
+export function jobService(ctx: JobServiceContext): JobServiceServer {
+  const { store, logger } = ctx;
+  const handlerOptions = { onInternalError: (err: unknown, path: string) => logger.error('internal error', { path, err }) };
+
+  const submitJob = async (request: SubmitJobRequest): Promise<SubmitJobResponse> => {
+    if (request.idempotencyKey.length > MAX_IDEMPOTENCY_KEY_LENGTH) {
+      throw new InvalidArgumentError(`idempotency_key: must be at most ${MAX_IDEMPOTENCY_KEY_LENGTH} characters, got ${request.idempotencyKey.length}`);
+    }
+    if (request.spec.trim() === '') throw new InvalidArgumentError('spec: must be a job spec (YAML or JSON), got an empty string');
+    let spec;
+    try {
+      spec = parseJobSpec(request.spec, specFormat(request.spec));
+    } catch (err) {
+      if (err instanceof JobSpecError) throw new InvalidArgumentError(describeSpecError(err), { cause: err });
+      throw err;
+    }
+    if (request.idempotencyKey !== '') {
+      const existingId = await store.redis.get(store.keys.idempotency(request.idempotencyKey));
+      const existing = existingId === null ? undefined : await store.get(existingId);
+      if (existing !== undefined) return { jobId: existing.jobId, state: jobStateOf(existing.state), created: false };
+    }
+    const { bucket, key } = parseS3Uri(spec.spec.data.manifest);
+    const manifest = await checkManifest(ctx.s3, bucket, key);
+
+    const jobId = newJobId(spec.metadata.name);
+    const record: JobRecord = {
+      jobId,
+      name: spec.metadata.name,
+      state: 'QUEUED',
+      spec: request.spec,
+      workersDesired: spec.spec.fleet.workers,
+      workersActive: 0,
+      generation: 0,
+      committedStep: 0,
+      totalSteps: spec.spec.training.steps ?? 0,
+      createdAt: Date.now(),
+      startedAt: 0,
+      finishedAt: 0,
+      error: '',
+      progress: undefined,
+      lastHash: '',
+      manifestEtag: manifest.etag ?? '',
+      shards: undefined,
+      leaseEpoch: -1,
+    };
+    const created = await store.create(record, request.idempotencyKey);
+    if (!created.created) {
+      const existing = await store.get(created.jobId);
+      return { jobId: created.jobId, state: existing === undefined ? JobState.JOB_STATE_QUEUED : jobStateOf(existing.state), created: false };
+    }
+    await ctx.queue.add('train', { jobId }, { jobId, removeOnComplete: { count: 1000 }, removeOnFail: { count: 1000 } });
+    await store.appendEvent(jobId, {
+      severity: Severity.SEVERITY_INFO,
+      kind: 'job_submitted',
+      message: `job ${jobId} queued (${spec.spec.fleet.workers} workers)`,
+      generation: 0,
+      step: 0,
+    });
+    logger.info('job submitted', { jobId, workers: spec.spec.fleet.workers });
+    return { jobId, state: JobState.JOB_STATE_QUEUED, created: true };
+  };
+
+  const getJob = async (request: GetJobRequest): Promise<GetJobResponse> => {
+    const record = await mustGet(store, request.jobId);
+    return { job: toWireJob(record, { withSpec: true }) };
+  };
+
+  const listJobs = async (request: ListJobsRequest): Promise<ListJobsResponse> => {
+    const pageSize = request.pageSize === 0 ? DEFAULT_PAGE_SIZE : request.pageSize;
+    if (pageSize < 1 || pageSize > MAX_PAGE_SIZE) {
+      throw new InvalidArgumentError(`page_size: must be 0 (default ${DEFAULT_PAGE_SIZE}) or in [1, ${MAX_PAGE_SIZE}], got ${request.pageSize}`);
+    }
+    const states = new Set<JobStateName>();
+    for (const state of request.states) {
+      const name = jobStateName(state);
+      if (name === undefined) throw new InvalidArgumentError(`states: ${String(state)} is not a job state`);
+      states.add(name);
+    }
+    const ids = await store.listIds();
+    let start = 0;
+    if (request.pageToken !== '') {
+      const after = decodePageToken(request.pageToken);
+      const index = ids.indexOf(after);
+      if (index < 0) throw new InvalidArgumentError('page_token: not a token from a ListJobs response of this server');
+      start = index + 1;
+    }
+    const jobs: JobRecord[] = [];
+    let nextPageToken = '';
+    const batch = Math.max(pageSize, 100);
+    for (let i = start; i < ids.length && nextPageToken === ''; i += batch) {
+      const records = await store.getMany(ids.slice(i, i + batch));
+      for (const record of records) {
+        if (states.size > 0 && !states.has(record.state)) continue;
+        if (jobs.length === pageSize) {
+          nextPageToken = encodePageToken(jobs[jobs.length - 1]?.jobId ?? '');
+          break;
+        }
+        jobs.push(record);
+      }
+    }
+    return { jobs: jobs.map((r) => toWireJob(r, { withSpec: false })), nextPageToken };
+  };
+
+  async function* watchJob(request: WatchJobRequest, signal: AbortSignal): AsyncIterable<WatchJobResponse> {
+    await mustGet(store, request.jobId);
+    const buffered: WatchJobResponse[] = [];
+    let wake: (() => void) | undefined;
+    const unsubscribe = store.subscribe(request.jobId, (update) => {
+      buffered.push(update);
+      wake?.();
+    });
+    const onAbort = (): void => wake?.();
+    signal.addEventListener('abort', onAbort);
+    ctx.closing.addEventListener('abort', onAbort);
+    try {
+      const record = await mustGet(store, request.jobId);
+      let state = record.state;
+      yield { update: { $case: 'state', state: { from: JobState.JOB_STATE_UNSPECIFIED, to: jobStateOf(state), reason: record.error, atUnixMs: Date.now() } } };
+      if (TERMINAL_STATES.has(state)) return;
+      let lastStep = request.sinceStep;
+      if (record.progress !== undefined && record.progress.step > lastStep) {
+        lastStep = record.progress.step;
+        yield { update: { $case: 'progress', progress: record.progress } };
+      }
+      while (!signal.aborted) {
+        if (ctx.closing.aborted) throw new UnavailableError('the coordinator is shutting down; watch again with since_step');
+        const update = buffered.shift();
+        if (update === undefined) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          wake = undefined;
+          continue;
+        }
+        const u = update.update;
+        if (u === undefined) continue;
+        switch (u.$case) {
+          case 'progress':
+            if (u.progress.step <= lastStep) continue;
+            lastStep = u.progress.step;
+            yield update;
+            break;
+          case 'state': {
+            const to = jobStateName(u.state.to);
+            if (to === undefined || to === state) continue;
+            state = to;
+            yield update;
+            if (TERMINAL_STATES.has(to)) return;
+            break;
+          }
+          case 'event':
+            yield update;
+            break;
+          default: {
+            const unknown: never = u;
+            return unknown;
+          }
+        }
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      ctx.closing.removeEventListener('abort', onAbort);
+      unsubscribe();
+    }
+  }
+
+  const scaleJob = async (request: ScaleJobRequest): Promise<ScaleJobResponse> => {
+    const record = await mustGet(store, request.jobId);
+    if (TERMINAL_STATES.has(record.state)) {
+      throw new FailedPreconditionError(`job ${record.jobId} is ${record.state}; only queued or running jobs can be scaled`);
+    }
+    const spec = parseJobSpec(record.spec, specFormat(record.spec));
+    const { minWorkers, maxWorkers } = spec.spec.fleet;
+    if (request.workers < 1 || request.workers < minWorkers || request.workers > maxWorkers) {
+      throw new InvalidArgumentError(
+        `workers: must be within spec.fleet.minWorkers..maxWorkers (${minWorkers}..${maxWorkers}) of job ${record.jobId}, got ${request.workers}`,
+      );
+    }
+    await store.update(record.jobId, { workersDesired: request.workers });
+    await store.appendEvent(record.jobId, {
+      severity: Severity.SEVERITY_INFO,
+      kind: 'scale_requested',
+      message: `scale to ${request.workers} workers requested (takes effect at the next generation)`,
+      generation: record.generation,
+      step: record.committedStep,
+    });
+    return { jobId: record.jobId, workersDesired: request.workers, generation: record.generation };
+  };
+
+  const cancelJob = async (request: CancelJobRequest): Promise<CancelJobResponse> => {
+    const record = await mustGet(store, request.jobId);
+    if (TERMINAL_STATES.has(record.state)) {
+      throw new FailedPreconditionError(`job ${record.jobId} is already ${record.state}; only queued or running jobs can be cancelled`);
+    }
+    const reason = request.reason === '' ? 'cancelled by user' : request.reason;
+    const change = await store.setState(record.jobId, 'CANCELLED', `cancelled: ${reason}`, { error: `cancelled: ${reason}`, finishedAt: Date.now() });
+    if (!change.changed) {
+      // It reached a terminal state between the read and the write.
+      const now = await mustGet(store, record.jobId);
+      throw new FailedPreconditionError(`job ${record.jobId} is already ${now.state}; only queued or running jobs can be cancelled`);
+    }
+    await store.appendEvent(record.jobId, {
+      severity: Severity.SEVERITY_WARNING,
+      kind: 'job_cancelled',
+      message: `cancelled: ${reason}`,
+      generation: record.generation,
+      step: record.committedStep,
+    });
+    if (!ctx.cancelRunner(record.jobId, reason)) {
+      // Not running here: take it off the queue if it is still waiting (an active one
+      // elsewhere sees CANCELLED when it starts).
+      await ctx.queue.remove(record.jobId).catch((err: unknown) => logger.warn('removing a cancelled job from the queue failed', { err }));
+    }
+    logger.info('job cancelled', { jobId: record.jobId, reason });
+    return { jobId: record.jobId, state: JobState.JOB_STATE_CANCELLED };
+  };
+
+  return {
+    submitJob: unaryHandler(submitJob, handlerOptions),
+    getJob: unaryHandler(getJob, handlerOptions),
+    listJobs: unaryHandler(listJobs, handlerOptions),
+    watchJob: serverStreamHandler(watchJob, handlerOptions),
+    scaleJob: unaryHandler(scaleJob, handlerOptions),
+    cancelJob: unaryHandler(cancelJob, handlerOptions),
+  };
+}
