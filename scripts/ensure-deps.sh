@@ -25,3 +25,14 @@ if [ ! -f "$stamp" ] || [ -n "$changed" ]; then
   (cd "$root" && pnpm install $frozen --reporter=append-only >&2)
   touch "$stamp"
 fi
+# redis-server backs `dinofleet up` and the integration tests. Install it where we can;
+# elsewhere only say how, since only the code that starts a Redis needs it (and says so).
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "dinofleet: installing redis-server with apt-get" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2 ||
+      echo "dinofleet: apt-get install redis-server failed; install it yourself or pass --redis-url" >&2
+  else
+    echo "dinofleet: redis-server not found; install it (apt-get install redis-server, brew install redis) or pass --redis-url to dinofleet up" >&2
+  fi
+fi

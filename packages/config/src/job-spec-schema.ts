@@ -209,7 +209,7 @@ const DATA_SCHEMA = strictMapping({
   manifest: s3Uri('object').describe('s3:// URI of the image manifest object.'),
   format: oneOf(MANIFEST_FORMATS).default('lines').describe('Manifest format.'),
   shards: boundedInt(1, JOB_SPEC_LIMITS.maxShards)
-    .optional()
+    .nullish()
     .describe('Shards (leases) the manifest is split into; default: one per 1 MiB of manifest, at least 4 per worker.'),
   recordSamples: z.boolean({ error: 'must be true or false' }).default(false).describe('Keep the sample ids of every committed step (verification mode).'),
 });

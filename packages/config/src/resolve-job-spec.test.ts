@@ -76,6 +76,14 @@ describe('resolveJobSpec: defaults', () => {
     expect(job.spec.fleet).toEqual({ workers: 4, minWorkers: 2, maxWorkers: 16 });
   });
 
+  it('resolves a resolved spec to itself, so services can pass the resolved form along', () => {
+    const once = resolveJobSpec(minimal({ data: { manifest: 's3://bucket/m.txt', shards: 3, recordSamples: true }, checkpoint: { uri: 's3://bucket/ckpt' } }));
+    expect(resolveJobSpec(JSON.parse(JSON.stringify(once)))).toEqual(once);
+    const defaults = resolveJobSpec(minimal());
+    expect(defaults.spec.data.shards).toBeNull();
+    expect(resolveJobSpec(JSON.parse(JSON.stringify(defaults)))).toEqual(defaults);
+  });
+
   it('offers the same backends as @dinofleet/compute', () => {
     // Mirrors COMPUTE_BACKENDS there; config does not depend on compute (see job-spec-schema.ts).
     expect(COMPUTE_BACKEND_NAMES).toEqual(['wasm', 'cpu', 'tensorflow']);

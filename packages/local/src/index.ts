@@ -1,1 +1,28 @@
-export {};
+/**
+ * @dinofleet/local: a dinofleet fleet on loopback. Redis and an S3 endpoint as throw-away
+ * processes, the services as child processes that report readiness through a ready file,
+ * and Fashion-MNIST uploaded into S3 as a manifest-driven dataset.
+ */
+export { findRedisServer, pingRedis, RedisNotInstalledError, startRedis, type RedisServer, type RedisServerOptions } from './redis-server.ts';
+export { ensureBucket, s3ClientFromEnv, startS3, type S3Server, type S3ServerOptions } from './s3-server.ts';
+export {
+  DEFAULT_READY_TIMEOUT_MS,
+  DEFAULT_STOP_TIMEOUT_MS,
+  serviceEntry,
+  ServiceStartError,
+  spawnService,
+  type ServiceExit,
+  type ServiceName,
+  type ServiceProcess,
+  type ServiceReadyFile,
+  type SpawnServiceOptions,
+} from './service-process.ts';
+export { startLocalFleet, type LocalFleet, type LocalFleetOptions } from './local-fleet.ts';
+export {
+  DEFAULT_UPLOAD_CONCURRENCY,
+  uploadFashionMnist,
+  type UploadedFashionMnist,
+  type UploadFashionMnistOptions,
+} from './fashion-mnist-upload.ts';
+export { findFreePort } from './free-port.ts';
+export { findRepoRoot } from './repo-root.ts';

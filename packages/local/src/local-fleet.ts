@@ -1,0 +1,152 @@
+/**
+ * A whole fleet on loopback: Redis and S3 (unless given), teacher-sync, and the coordinator
+ * whose local scaler starts the workers (docs/cluster.md).
+ */
+import { mkdir } from 'node:fs/promises';
+import { join, resolve as resolvePath } from 'node:path';
+
+import { startRedis } from './redis-server.ts';
+import type { RedisServer } from './redis-server.ts';
+import { startS3 } from './s3-server.ts';
+import type { S3Server } from './s3-server.ts';
+import { spawnService } from './service-process.ts';
+import type { ServiceProcess } from './service-process.ts';
+
+/** Options of {@link startLocalFleet}. */
+export interface LocalFleetOptions {
+  /** Workers the coordinator's local scaler starts at boot (`--initial-workers`), ≥ 0. */
+  readonly workers: number;
+  /** A running Redis to use. @default a fresh `redis-server` ({@link startRedis}) */
+  readonly redisUrl?: string;
+  /** Environment pointing at an S3 endpoint (see `S3Server.env()`). @default a fresh s3rver ({@link startS3}) */
+  readonly s3?: { readonly env: Readonly<Record<string, string>> };
+  /** Compute backend of the workers (`--worker-backend`). @default 'wasm' */
+  readonly backend?: 'wasm' | 'cpu' | 'tensorflow';
+  /**
+   * Directory for `coordinator.log`, `teacher-sync.log` and the workers' `<id>.log`.
+   * @default none: output kept in memory only (see `ServiceProcess.logTail()`)
+   */
+  readonly logDir?: string;
+  /** Extra environment for every service, merged over `process.env`. @default none */
+  readonly env?: Readonly<Record<string, string>>;
+  /** Time each service has to become ready, ms. @default 90000 */
+  readonly readyTimeoutMs?: number;
+}
+
+/** A running local fleet. */
+export interface LocalFleet {
+  /** JobService / WorkerControl `host:port`. */
+  readonly coordinatorAddress: string;
+  /** TeacherSync `host:port`. */
+  readonly teacherSyncAddress: string;
+  /** Redis URL the coordinator uses. */
+  readonly redisUrl: string;
+  /** S3 environment every service got. */
+  readonly s3Env: Record<string, string>;
+  /** The Redis this fleet started, `null` when `redisUrl` was given. */
+  readonly redis: RedisServer | null;
+  /** The S3 server this fleet started, `null` when `s3` was given. */
+  readonly s3: S3Server | null;
+  /** The coordinator process. */
+  readonly coordinator: ServiceProcess;
+  /** The teacher-sync process. */
+  readonly teacherSync: ServiceProcess;
+  /**
+   * Stops the coordinator (which stops its workers), teacher-sync, then the servers this
+   * fleet started; runs every step even if one fails. Idempotent.
+   */
+  stop(): Promise<void>;
+  /** Same as {@link LocalFleet.stop}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** The coordinator drains for 10 s and then stops its workers; give it room before SIGKILL. */
+const COORDINATOR_STOP_TIMEOUT_MS = 30_000;
+
+/** Runs every cleanup in order; throws an AggregateError of the ones that failed. */
+async function runAll(steps: readonly (() => Promise<void>)[], what: string): Promise<void> {
+  const failures: unknown[] = [];
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (error) {
+      failures.push(error);
+    }
+  }
+  if (failures.length === 1) throw failures[0];
+  if (failures.length > 1) throw new AggregateError(failures, what);
+}
+
+/** Starts a fleet: Redis and S3 when not given, teacher-sync, then the coordinator. */
+export async function startLocalFleet(options: LocalFleetOptions): Promise<LocalFleet> {
+  if (!Number.isInteger(options.workers) || options.workers < 0) {
+    throw new RangeError(`workers must be an integer ≥ 0, got ${options.workers}`);
+  }
+  const logDir = options.logDir !== undefined ? resolvePath(options.logDir) : undefined;
+  if (logDir !== undefined) await mkdir(logDir, { recursive: true });
+  const readyTimeout = options.readyTimeoutMs !== undefined ? { readyTimeoutMs: options.readyTimeoutMs } : {};
+
+  // Everything started so far, stopped in reverse if a later step fails.
+  const cleanups: (() => Promise<void>)[] = [];
+  try {
+    let redis: RedisServer | null = null;
+    if (options.redisUrl === undefined) {
+      redis = await startRedis();
+      const started = redis;
+      cleanups.unshift(() => started.stop());
+    }
+    const redisUrl = options.redisUrl ?? redis!.url;
+
+    let s3: S3Server | null = null;
+    if (options.s3 === undefined) {
+      s3 = await startS3();
+      const started = s3;
+      cleanups.unshift(() => started.stop());
+    }
+    const s3Env: Record<string, string> = { ...(options.s3?.env ?? s3!.env()) };
+    const env = { ...options.env, ...s3Env };
+
+    const teacherSync = await spawnService('teacher-sync', {
+      env,
+      ...readyTimeout,
+      ...(logDir !== undefined && { logFile: join(logDir, 'teacher-sync.log') }),
+    });
+    cleanups.unshift(() => teacherSync.stop());
+
+    const coordinator = await spawnService('coordinator', {
+      args: [
+        '--scaler', 'local',
+        '--initial-workers', String(options.workers),
+        '--teacher-sync-address', teacherSync.grpcAddress,
+        '--redis-url', redisUrl,
+        '--worker-backend', options.backend ?? 'wasm',
+        ...(logDir !== undefined ? ['--worker-log-dir', logDir] : []),
+      ],
+      env,
+      ...readyTimeout,
+      ...(logDir !== undefined && { logFile: join(logDir, 'coordinator.log') }),
+    });
+    cleanups.unshift(() => coordinator.stop(COORDINATOR_STOP_TIMEOUT_MS));
+
+    let stopping: Promise<void> | undefined;
+    const stop = (): Promise<void> => {
+      stopping ??= runAll(cleanups, 'stopping the local fleet failed');
+      return stopping;
+    };
+    return {
+      coordinatorAddress: coordinator.grpcAddress,
+      teacherSyncAddress: teacherSync.grpcAddress,
+      redisUrl,
+      s3Env,
+      redis,
+      s3,
+      coordinator,
+      teacherSync,
+      stop,
+      [Symbol.asyncDispose]: stop,
+    };
+  } catch (error) {
+    await runAll(cleanups, 'cleaning up a fleet that failed to start').catch(() => undefined);
+    throw error;
+  }
+}
