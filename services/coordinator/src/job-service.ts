@@ -283,15 +283,15 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
 
   const cancelJob = async (request: CancelJobRequest): Promise<CancelJobResponse> => {
     const record = await mustGet(store, request.jobId);
-    if (TERMINAL_STATES.has(record.state)) {
-      throw new FailedPreconditionError(`job ${record.jobId} is already ${record.state}; only queued or running jobs can be cancelled`);
-    }
+    // Cancelling a finished job is a no-op that reports its state (jobs.proto), so a
+    // client can retry a cancel whose answer it lost without getting an error.
+    if (TERMINAL_STATES.has(record.state)) return { jobId: record.jobId, state: jobStateOf(record.state) };
     const reason = request.reason === '' ? 'cancelled by user' : request.reason;
     const change = await store.setState(record.jobId, 'CANCELLED', `cancelled: ${reason}`, { error: `cancelled: ${reason}`, finishedAt: Date.now() });
     if (!change.changed) {
       // It reached a terminal state between the read and the write.
       const now = await mustGet(store, record.jobId);
-      throw new FailedPreconditionError(`job ${record.jobId} is already ${now.state}; only queued or running jobs can be cancelled`);
+      return { jobId: record.jobId, state: jobStateOf(now.state) };
     }
     await store.appendEvent(record.jobId, {
       severity: Severity.SEVERITY_WARNING,

@@ -1,0 +1,40 @@
+// `npm run bench -- equivalence [--workers 2] [--steps 4] [--batch-size 16]`
+// A job on a local fleet (Redis, s3rver, coordinator, teacher-sync, N worker processes)
+// against the one-process trainer on the same batches: the largest |Δ| over every student
+// and teacher weight and the center. Target: max_abs_diff <= 1e-5.
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { log, report } from '../lib/report.ts';
+import { runEquivalence } from './equivalence.ts';
+
+const { values } = parseArgs({
+  options: {
+    workers: { type: 'string', default: '2' },
+    steps: { type: 'string', default: '6' },
+    'batch-size': { type: 'string', default: '16' },
+  },
+});
+const logDir = await mkdtemp(join(tmpdir(), 'dinofleet-equivalence-'));
+const result = await runEquivalence({
+  workers: Number(values.workers),
+  steps: Number(values.steps),
+  globalBatchSize: Number(values['batch-size']),
+  logDir,
+  log,
+});
+log(`process logs: ${logDir}`);
+log(`max |Δ|: student ${result.maxAbsDiffStudent.toExponential(2)}, teacher ${result.maxAbsDiffTeacher.toExponential(2)}, center ${result.maxAbsDiffCenter.toExponential(2)} over ${result.tensorsCompared} tensors`);
+report({
+  workers: result.workers,
+  steps: result.steps,
+  max_abs_diff: result.maxAbsDiff,
+  max_abs_diff_student: result.maxAbsDiffStudent,
+  max_abs_diff_teacher: result.maxAbsDiffTeacher,
+  max_abs_diff_center: result.maxAbsDiffCenter,
+  max_abs_update: result.maxAbsUpdate,
+  target: 1e-5,
+  met: result.maxAbsDiff <= 1e-5,
+  cluster_seconds: Number(result.clusterSeconds.toFixed(1)),
+});
