@@ -104,12 +104,13 @@ describe('a local fleet with two workers', { timeout: 240_000 }, () => {
     const corruptKey = upload.keys[5] as string;
     await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: missingKey }));
     await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: corruptKey, Body: Buffer.from('this is not a PNG') }));
-    // 2 steps x 16 images read 32 records, so both damaged entries (among the first 6 of
-    // their shards or later) are met whatever the shard order: one shard covers it all.
-    const spec = smallJobSpec(upload.manifestUri, { name: 'damaged', steps: 3, globalBatchSize: 16 }) as {
+    // Two shards of ~21 records, one per rank; both damaged entries lie in the first one,
+    // and each rank reads 2 steps x 8 images (plus replacements) from its own shard, so
+    // each damaged entry is met exactly once.
+    const spec = smallJobSpec(upload.manifestUri, { name: 'damaged', steps: 2, globalBatchSize: 16 }) as {
       spec: Record<string, Record<string, unknown>>;
     };
-    spec.spec.data = { ...spec.spec.data, shards: 1 };
+    spec.spec.data = { ...spec.spec.data, shards: 2 };
     const jobId = await submit(spec);
     const job = await waitForJob(client, jobId, isTerminal);
     expect(JobState[job.state], job.error).toBe('JOB_STATE_SUCCEEDED');

@@ -1,18 +1,21 @@
 import { multiCrop, stackCrops, type Image, type MultiCropConfig } from './multi-crop.ts';
-import type { Rng } from './rng.ts';
+import { Rng } from './rng.ts';
 import type { CropBatch } from './train-step.ts';
 
 /**
- * Builds a crop-major {@link CropBatch} from decoded images: every image gets its own
- * random stream (forked from `rng` in image order), so a batch is reproducible from the
- * seed whatever the order in which crops are computed. `firstIndex` is the position of
- * `images[0]` in the global batch: a rank building its slice of a global batch passes its
- * offset, so its crops are exactly those of the same images in a one-process batch.
+ * Builds a crop-major {@link CropBatch} from decoded images. Image k of the global batch
+ * gets its own random stream, a function of one draw from `rng` and of k alone, so a
+ * batch is reproducible from the seed whatever the order in which crops are computed, and
+ * a rank that builds only its slice passes `firstIndex` (the position of `images[0]` in
+ * the global batch) and gets exactly the crops those images get in a one-process batch.
  */
 export function buildCropBatch(images: readonly Image[], cfg: MultiCropConfig, rng: Rng, firstIndex = 0): CropBatch {
   if (images.length === 0) throw new RangeError('buildCropBatch: the batch is empty');
   if (!Number.isSafeInteger(firstIndex) || firstIndex < 0) throw new RangeError(`buildCropBatch: firstIndex must be a non-negative integer, got ${firstIndex}`);
-  const views = images.map((img, i) => multiCrop(img, cfg, rng.fork(firstIndex + i)));
+  // One draw for the whole batch; `rng.fork(k)` per image would draw k times, making
+  // image k's stream depend on how many images precede it in this call.
+  const batchSeed = rng.nextUint32();
+  const views = images.map((img, i) => multiCrop(img, cfg, imageRng(batchSeed, firstIndex + i)));
   const nGlobal = views[0]?.global.length ?? 0;
   const globalCrops: Image[] = [];
   const localCrops: Image[] = [];
@@ -28,6 +31,11 @@ export function buildCropBatch(images: readonly Image[], cfg: MultiCropConfig, r
     global: stackCrops(globalCrops),
     local: localCrops.length > 0 ? stackCrops(localCrops) : new Float32Array(0),
   };
+}
+
+/** The random stream of image `index` of a batch whose seed draw was `batchSeed`. */
+function imageRng(batchSeed: number, index: number): Rng {
+  return new Rng((Math.imul(batchSeed ^ 0x85ebca6b, 0xc2b2ae35) + Math.imul(index + 1, 0x9e3779b1)) >>> 0);
 }
 
 /**

@@ -1,0 +1,203 @@
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodePng, manifestSplit } from '@dinofleet/data';
+import { startTestS3 } from '@dinofleet/data/testing';
+import type { TestS3 } from '@dinofleet/data/testing';
+import type { ShardLease, SkippedSample } from '@dinofleet/proto';
+import { MemoryBatchSource, PrefetchingBatchSource, S3BatchLoader } from './batch-loader.ts';
+import type { TrainingBatch } from './batch-loader.ts';
+import { LeaseReader } from './lease-reader.ts';
+import { randomImages } from './testing/recipes.ts';
+
+/** 11 records; record 2's object is missing, record 5's is not an image. */
+const RECORDS = 11;
+const MISSING = 2;
+const CORRUPT = 5;
+
+interface Line {
+  readonly offset: number;
+  readonly key: string;
+}
+
+describe('S3BatchLoader on shard leases', () => {
+  let s3: TestS3;
+  const lines: Line[] = [];
+  let manifestBytes = 0;
+  const images = randomImages(RECORDS, 42);
+
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    let text = '';
+    for (let i = 0; i < RECORDS; i++) {
+      const key = `images/fmnist-${String(i).padStart(3, '0')}.png`;
+      lines.push({ offset: Buffer.byteLength(text), key });
+      text += `${key}\t${i % 10}\n`;
+      if (i === MISSING) continue;
+      const body = i === CORRUPT ? Buffer.from('this is not a png') : await encodePng(images[i] as (typeof images)[number]);
+      await s3.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: key, Body: body }));
+    }
+    manifestBytes = Buffer.byteLength(text);
+    await s3.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'manifest.txt', Body: text }));
+  });
+
+  afterAll(() => s3?.close());
+
+  /** Lease i of the manifest cut into 3 byte ranges (boundaries fall inside records). */
+  function lease(epoch: number, shard: number): ShardLease {
+    const split = manifestSplit(manifestBytes, 3, shard);
+    return { leaseId: `e${epoch}-s${shard}`, epoch, shard, begin: split.start, end: split.end, cursor: split.start };
+  }
+
+  /** The records a lease owns: those whose first byte lies in [begin, end). */
+  function owned(l: ShardLease): Line[] {
+    return lines.filter((line) => line.offset >= l.cursor && line.offset < l.end);
+  }
+
+  it('skips a missing and a corrupt image with reasons, replaces them, reports cursors, and acquires leases at the end', async () => {
+    const leases = [lease(0, 0), lease(0, 1), lease(0, 2), lease(1, 0)];
+    const acquired: string[] = [];
+    let nextLease = 1;
+    const reader = new LeaseReader({
+      s3: s3.client,
+      bucket: s3.bucket,
+      key: 'manifest.txt',
+      firstLease: leases[0] as ShardLease,
+      acquireLease: () => {
+        const l = leases[nextLease++];
+        if (l === undefined) return Promise.reject(new Error('no lease left'));
+        acquired.push(l.leaseId);
+        return Promise.resolve(l);
+      },
+    });
+    const skips: { skipped: SkippedSample; detail: string }[] = [];
+    const loader = new S3BatchLoader({
+      reader,
+      s3: s3.client,
+      bucket: s3.bucket,
+      batchSize: 3,
+      concurrency: 2,
+      channels: 1,
+      onSkip: (skipped, detail) => skips.push({ skipped, detail }),
+    });
+
+    // What the batches must be: the leases' records in order, bad ones dropped.
+    const sequence = leases.flatMap((l) => owned(l).map((line) => ({ ...line, lease: l })));
+    const good = sequence.filter((_, i) => i % RECORDS !== MISSING && i % RECORDS !== CORRUPT);
+
+    const batches: TrainingBatch[] = [];
+    const acquiredBefore: number[] = [];
+    for (let b = 0; b < 4; b++) {
+      acquiredBefore.push(acquired.length);
+      batches.push(await loader.next());
+    }
+    await loader.close();
+
+    // Images and sample ids: the good records in manifest order, across leases.
+    const ids = batches.flatMap((batch) => batch.sampleIds);
+    expect(ids).toEqual(good.slice(0, 12).map((g) => g.offset));
+    for (const batch of batches) expect(batch.images).toHaveLength(3);
+    const first = batches[0]?.images[0];
+    expect(first?.width).toBe(28);
+    expect(first?.channels).toBe(1);
+    // PNG is lossless at 8 bits: the decoded image is the uploaded one up to rounding.
+    const original = images[0]?.data ?? new Float32Array(0);
+    let worst = 0;
+    first?.data.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - (original[i] as number)))));
+    expect(worst).toBeLessThanOrEqual(0.5 / 255 + 1e-6);
+
+    // The skipped entries, with reasons, in the batch that replaced them.
+    const skippedEverywhere = batches.flatMap((batch) => batch.skipped);
+    expect(skippedEverywhere).toEqual([
+      { sampleId: lines[MISSING]?.offset, key: lines[MISSING]?.key, reason: 'missing' },
+      { sampleId: lines[CORRUPT]?.offset, key: lines[CORRUPT]?.key, reason: 'decode_error' },
+      // Epoch 1 reads the manifest again: the missing object is skipped again.
+      { sampleId: lines[MISSING]?.offset, key: lines[MISSING]?.key, reason: 'missing' },
+    ]);
+    expect(skips.map((s) => s.skipped.reason)).toEqual(['missing', 'decode_error', 'missing']);
+    expect(skips[1]?.detail).not.toBe('');
+
+    // Cursors: every lease a batch read, in order; its position is its next unread
+    // record (or its end, exhausted).
+    let consumed = 0;
+    for (const [b, batch] of batches.entries()) {
+      // Records this batch read: up to and including its last image (replacements included).
+      const lastId = batch.sampleIds.at(-1);
+      const upTo = sequence.findIndex((entry, i) => i >= consumed && entry.offset === lastId);
+      const read = sequence.slice(consumed, upTo + 1);
+      consumed = upTo + 1;
+      const touched = [...new Set(read.map((entry) => entry.lease))];
+      // A lease used up by the previous batch's last record was reported then.
+      const expected = touched.map((l) => {
+        const next = sequence.slice(consumed).find((entry) => entry.lease === l);
+        return { leaseId: l.leaseId, epoch: l.epoch, position: next?.offset ?? l.end, exhausted: next === undefined };
+      });
+      expect(batch.cursors, `batch ${b}`).toEqual(expected);
+    }
+    // Every lease read to its end is reported exhausted exactly once (the 12th good
+    // image is the last record of e1-s0, the first lease of epoch 1).
+    const exhausted = batches.flatMap((batch) => batch.cursors.filter((c) => c.exhausted).map((c) => c.leaseId));
+    expect(exhausted).toEqual(['e0-s0', 'e0-s1', 'e0-s2', 'e1-s0']);
+    expect(good[11]).toEqual({ ...lines[owned(lease(1, 0)).length - 1], lease: leases[3] });
+    // AcquireLease only once a lease is used up: never before the first batch.
+    expect(acquiredBefore[0]).toBe(0);
+    expect(acquired).toEqual(['e0-s1', 'e0-s2', 'e1-s0']);
+  });
+
+  it('resumes a lease at its cursor and reports an empty lease exhausted', async () => {
+    const l = lease(0, 1);
+    const ownedLines = owned(l);
+    // Resume at the lease's third record (its second is the corrupt one).
+    expect(ownedLines.length).toBeGreaterThanOrEqual(3);
+    expect(ownedLines[1]?.offset).toBe(lines[CORRUPT]?.offset);
+    const resumed: ShardLease = { ...l, cursor: (ownedLines[2] as Line).offset };
+    const empty: ShardLease = { ...lease(0, 0), cursor: lease(0, 0).end };
+    const reader = new LeaseReader({
+      s3: s3.client,
+      bucket: s3.bucket,
+      key: 'manifest.txt',
+      firstLease: empty,
+      acquireLease: () => Promise.resolve(resumed),
+    });
+    const loader = new S3BatchLoader({ reader, s3: s3.client, bucket: s3.bucket, batchSize: 1, channels: 1 });
+    const batch = await loader.next();
+    expect(batch.sampleIds).toEqual([ownedLines[2]?.offset]);
+    expect(batch.cursors).toEqual([
+      { leaseId: 'e0-s0', epoch: 0, position: empty.end, exhausted: true },
+      { leaseId: 'e0-s1', epoch: 0, position: ownedLines[3]?.offset ?? l.end, exhausted: ownedLines.length <= 3 },
+    ]);
+    await loader.close();
+  });
+
+  it('prefetches the next batch while the current one is used', async () => {
+    const samples = randomImages(6, 1).map((image, i) => ({ sampleId: i * 10, image }));
+    let calls = 0;
+    const memory = new MemoryBatchSource(samples, 2);
+    const counting = {
+      next: () => {
+        calls++;
+        return memory.next();
+      },
+      close: () => memory.close(),
+    };
+    const source = new PrefetchingBatchSource(counting);
+    const a = await source.next();
+    await new Promise((resolve) => setImmediate(resolve));
+    // The second batch was requested before anyone asked for it.
+    expect(calls).toBe(2);
+    const b = await source.next();
+    expect([...a.sampleIds, ...b.sampleIds]).toEqual([0, 10, 20, 30]);
+    await source.close();
+  });
+
+  it('loads no batch past the last step', async () => {
+    const samples = randomImages(6, 1).map((image, i) => ({ sampleId: i, image }));
+    const memory = new MemoryBatchSource(samples, 1);
+    let calls = 0;
+    const source = new PrefetchingBatchSource({ next: () => (calls++, memory.next()), close: () => memory.close() }, 2);
+    await source.next();
+    await source.next();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(calls).toBe(2);
+    await expect(source.next()).rejects.toThrow(/no batch left/);
+  });
+});

@@ -1,0 +1,199 @@
+/**
+ * Turns shard leases into training batches: manifest records → S3 objects → decoded
+ * images, with bounded concurrency, replacing every bad entry by the next record, and
+ * prefetching the next batch while the step runs (docs/cluster.md, step loop item 3). The
+ * step loop only sees {@link BatchSource}, so tests can feed it from memory.
+ */
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { Image } from '@dinofleet/dino';
+import { DEFAULT_FETCH_CONCURRENCY, ManifestRecordError, fetchImages, parseManifestRecord } from '@dinofleet/data';
+import type { DataCursor, SkippedSample } from '@dinofleet/proto';
+import type { LeaseReader } from './lease-reader.ts';
+
+/** One rank's images of one step and where they came from. */
+export interface TrainingBatch {
+  /** The images, in batch order. */
+  readonly images: readonly Image[];
+  /** Sample id (manifest byte offset) of each image, in batch order. */
+  readonly sampleIds: readonly number[];
+  /** Entries skipped while filling the batch (replaced by later records). */
+  readonly skipped: readonly SkippedSample[];
+  /** Every lease read for the batch, in read order, with its position after it. */
+  readonly cursors: readonly DataCursor[];
+}
+
+/** Where the step loop takes its batches from: one batch of the rank's size per call. */
+export interface BatchSource {
+  /** The next batch. Calls must not overlap. */
+  next(): Promise<TrainingBatch>;
+  /** Stops loading; a pending `next()` may reject. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Settings of {@link S3BatchLoader}. */
+export interface S3BatchLoaderOptions {
+  /** The rank's lease reader (the loader closes it). */
+  reader: LeaseReader;
+  /** Client for the images' endpoint. */
+  s3: S3Client;
+  /** Bucket the manifest's keys are relative to. */
+  bucket: string;
+  /** Images per batch (the rank's per-rank batch), >= 1. */
+  batchSize: number;
+  /** Objects in flight at once. @default 16 */
+  concurrency?: number;
+  /** Channels of the decoded images (the model's input channels). @default 3 */
+  channels?: 1 | 3;
+  /** Called for every skipped entry (logging, the skipped-samples metric). */
+  onSkip?: (skipped: SkippedSample, detail: string) => void;
+}
+
+/** Reason of a manifest line that is not `key[<TAB>label]`. */
+export const INVALID_RECORD_REASON = 'invalid_record';
+
+/** Loads batches from shard leases in S3. */
+export class S3BatchLoader implements BatchSource {
+  readonly #options: S3BatchLoaderOptions;
+  readonly #abort = new AbortController();
+
+  constructor(options: S3BatchLoaderOptions) {
+    if (!Number.isSafeInteger(options.batchSize) || options.batchSize < 1) {
+      throw new RangeError(`batchSize must be an integer >= 1, got ${options.batchSize}`);
+    }
+    this.#options = options;
+  }
+
+  async next(): Promise<TrainingBatch> {
+    const { reader, s3, bucket, batchSize, onSkip } = this.#options;
+    const images: Image[] = [];
+    const sampleIds: number[] = [];
+    const skipped: SkippedSample[] = [];
+    const skip = (entry: SkippedSample, detail: string): void => {
+      skipped.push(entry);
+      onSkip?.(entry, detail);
+    };
+    while (images.length < batchSize) {
+      // Read exactly as many records as images are missing: a replacement is the next
+      // record, so the batch (and the cursor) never runs past what it trains on.
+      const wanted: { offset: number; key: string }[] = [];
+      while (wanted.length < batchSize - images.length) {
+        const { record } = await reader.next();
+        try {
+          const entry = parseManifestRecord(record);
+          wanted.push({ offset: entry.offset, key: entry.key });
+        } catch (err) {
+          if (!(err instanceof ManifestRecordError)) throw err;
+          skip({ sampleId: record.offset, key: record.text.slice(0, 256), reason: INVALID_RECORD_REASON }, err.message);
+        }
+      }
+      const fetched = await fetchImages(
+        s3,
+        bucket,
+        wanted.map((w) => w.key),
+        {
+          concurrency: this.#options.concurrency ?? DEFAULT_FETCH_CONCURRENCY,
+          channels: this.#options.channels ?? 3,
+          signal: this.#abort.signal,
+        },
+      );
+      fetched.forEach((result, i) => {
+        const { offset } = wanted[i] as { offset: number };
+        if ('image' in result) {
+          images.push(result.image);
+          sampleIds.push(offset);
+        } else {
+          skip({ sampleId: offset, key: result.key, reason: result.skipped }, result.detail);
+        }
+      });
+    }
+    return { images, sampleIds, skipped, cursors: await reader.takeCursors() };
+  }
+
+  async close(): Promise<void> {
+    this.#abort.abort(new Error('batch loader closed'));
+    await this.#options.reader.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Loads the next batch while the current one is trained on: `next()` hands out the
+ * prefetched batch and starts loading the one after it.
+ */
+export class PrefetchingBatchSource implements BatchSource {
+  readonly #source: BatchSource;
+  #pending: Promise<TrainingBatch> | undefined;
+  #closed = false;
+  /** Batches that may still be loaded. */
+  #remaining: number;
+
+  /**
+   * @param source the loader.
+   * @param batches how many batches will be asked for at most (the steps left in the job),
+   *   so nothing is read, and no lease acquired, past the last step. @default unlimited
+   */
+  constructor(source: BatchSource, batches = Number.POSITIVE_INFINITY) {
+    this.#source = source;
+    this.#remaining = batches;
+  }
+
+  #load(): Promise<TrainingBatch> {
+    if (this.#remaining <= 0) return Promise.reject(new RangeError('no batch left: the job has no step left'));
+    this.#remaining--;
+    const loading = this.#source.next();
+    // The rejection is seen by whoever takes this batch; until then it must not count as
+    // unhandled (a prefetch failing while the loader is closed is expected).
+    loading.catch(() => undefined);
+    return loading;
+  }
+
+  next(): Promise<TrainingBatch> {
+    if (this.#closed) return Promise.reject(new Error('batch source closed'));
+    const current = this.#pending ?? this.#load();
+    // Start the next batch once this one is loaded (the inner source takes no overlapping calls).
+    this.#pending = current.then(
+      () => this.#load(),
+      (err: unknown) => Promise.reject(err instanceof Error ? err : new Error(String(err))),
+    );
+    this.#pending.catch(() => undefined);
+    return current;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#source.close();
+  }
+}
+
+/** One image of a {@link MemoryBatchSource}. */
+export interface MemorySample {
+  readonly sampleId: number;
+  readonly image: Image;
+}
+
+/**
+ * Batches of `batchSize` from an in-memory list, in order (for tests and benchmarks):
+ * no leases, so the cursors are empty.
+ */
+export class MemoryBatchSource implements BatchSource {
+  readonly #samples: readonly MemorySample[];
+  readonly #batchSize: number;
+  #position = 0;
+
+  constructor(samples: readonly MemorySample[], batchSize: number) {
+    this.#samples = samples;
+    this.#batchSize = batchSize;
+  }
+
+  next(): Promise<TrainingBatch> {
+    if (this.#position + this.#batchSize > this.#samples.length) {
+      return Promise.reject(new RangeError(`memory batch source: ${this.#samples.length} samples, no batch left at ${this.#position}`));
+    }
+    const slice = this.#samples.slice(this.#position, this.#position + this.#batchSize);
+    this.#position += this.#batchSize;
+    return Promise.resolve({ images: slice.map((s) => s.image), sampleIds: slice.map((s) => s.sampleId), skipped: [], cursors: [] });
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

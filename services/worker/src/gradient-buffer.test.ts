@@ -1,0 +1,67 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initComputeBackend } from '@dinofleet/compute';
+import { Rng, createDinoState, disposeDinoState, isTrainable } from '@dinofleet/dino';
+import { GradientLayout } from './gradient-buffer.ts';
+import { tinyDinoRecipe } from './testing/recipes.ts';
+
+describe('GradientLayout', () => {
+  beforeAll(() => initComputeBackend('cpu'));
+
+  it('lays out trainable parameters in sorted name order, then the loss slot', () => {
+    const state = createDinoState(tinyDinoRecipe(), 1, { totalSteps: 4 });
+    const layout = new GradientLayout(state.student);
+    const names = layout.slots.map((s) => s.name);
+    expect(names).toEqual(Object.keys(state.student).filter(isTrainable).sort());
+    expect(names).not.toContain('dino_head.last_layer.weight_g');
+    let offset = 0;
+    for (const slot of layout.slots) {
+      expect(slot.offset).toBe(offset);
+      expect(slot.size).toBe((state.student[slot.name] as tf.Variable).size);
+      offset += slot.size;
+    }
+    expect(layout.gradientSize).toBe(offset);
+    expect(layout.size).toBe(offset + 1);
+    disposeDinoState(state);
+  });
+
+  it('round-trips gradients and the loss bit for bit', async () => {
+    const state = createDinoState(tinyDinoRecipe(), 1, { totalSteps: 4 });
+    const layout = new GradientLayout(state.student);
+    const rng = new Rng(9);
+    const grads: Record<string, tf.Tensor> = {};
+    // Insertion order differs from the layout's, which must not matter.
+    for (const slot of [...layout.slots].reverse()) {
+      grads[slot.name] = tf.tensor(Float32Array.from({ length: slot.size }, () => rng.normal() * 10 ** rng.int(8 - 4)), [...slot.shape]);
+    }
+    const loss = 3.1415927;
+    const flat = await layout.flatten(grads, loss);
+    expect(flat.length).toBe(layout.size);
+    expect(flat[layout.gradientSize]).toBe(Math.fround(loss));
+    const back = layout.unflatten(flat);
+    expect(back.loss).toBe(Math.fround(loss));
+    expect(Object.keys(back.grads).sort()).toEqual(Object.keys(grads).sort());
+    for (const [name, g] of Object.entries(grads)) {
+      const restored = back.grads[name] as tf.Tensor;
+      expect(restored.shape).toEqual(g.shape);
+      const bytes = (t: Float32Array): Buffer => Buffer.from(t.buffer, t.byteOffset, t.byteLength);
+      expect(bytes((await restored.data()) as Float32Array).equals(bytes((await g.data()) as Float32Array))).toBe(true);
+    }
+    tf.dispose([...Object.values(grads), ...Object.values(back.grads)]);
+    disposeDinoState(state);
+  });
+
+  it('refuses a missing or mis-sized gradient and a buffer of the wrong length', async () => {
+    const state = createDinoState(tinyDinoRecipe(), 1, { totalSteps: 4 });
+    const layout = new GradientLayout(state.student);
+    const first = layout.slots[0];
+    if (first === undefined) throw new Error('no slots');
+    await expect(layout.flatten({}, 0)).rejects.toThrow(/no gradient for/);
+    const grads = Object.fromEntries(layout.slots.map((s) => [s.name, tf.zeros([...s.shape])]));
+    const wrong = tf.zeros([first.size + 1]);
+    await expect(layout.flatten({ ...grads, [first.name]: wrong }, 0)).rejects.toThrow(/elements/);
+    expect(() => layout.unflatten(new Float32Array(layout.size - 1))).toThrow(/expected/);
+    tf.dispose([...Object.values(grads), wrong]);
+    disposeDinoState(state);
+  });
+});

@@ -1,0 +1,79 @@
+/**
+ * The one flat float32 buffer a step all-reduces (docs/cluster.md, step loop item 8): every
+ * trainable parameter's gradient in sorted name order, then one slot for the rank's share
+ * of the loss. Summed over ranks, the gradients are the global-batch gradient and the last
+ * slot is the global loss, so every rank makes the same finite check.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { isTrainable } from '@dinofleet/dino';
+
+/** Where one parameter's gradient lies in the buffer. */
+export interface GradientSlot {
+  /** Parameter name. */
+  readonly name: string;
+  /** Its shape. */
+  readonly shape: readonly number[];
+  /** First element in the buffer. */
+  readonly offset: number;
+  /** Number of elements. */
+  readonly size: number;
+}
+
+/** The layout of the buffer: trainable parameters in sorted name order, then the loss slot. */
+export class GradientLayout {
+  /** One slot per trainable parameter, in buffer order. */
+  readonly slots: readonly GradientSlot[];
+  /** Elements of the gradients (the loss slot is at this index). */
+  readonly gradientSize: number;
+
+  /** @param params the student's parameters (non-trainable ones are left out). */
+  constructor(params: Readonly<Record<string, tf.Tensor>>) {
+    const slots: GradientSlot[] = [];
+    let offset = 0;
+    for (const name of Object.keys(params).filter(isTrainable).sort()) {
+      const shape = [...(params[name] as tf.Tensor).shape];
+      const size = shape.reduce((a, b) => a * b, 1);
+      slots.push({ name, shape, offset, size });
+      offset += size;
+    }
+    this.slots = slots;
+    this.gradientSize = offset;
+  }
+
+  /** Elements of the whole buffer: the gradients and the loss slot. */
+  get size(): number {
+    return this.gradientSize + 1;
+  }
+
+  /**
+   * Copies `grads` (one per trainable parameter, shapes as the layout's) and `loss` into a
+   * new buffer. The tensors stay the caller's.
+   * @throws Error for a missing gradient or one of the wrong size.
+   */
+  async flatten(grads: Readonly<Record<string, tf.Tensor>>, loss: number): Promise<Float32Array> {
+    const out = new Float32Array(this.size);
+    for (const slot of this.slots) {
+      const grad = grads[slot.name];
+      if (grad === undefined) throw new Error(`GradientLayout.flatten: no gradient for ${slot.name}`);
+      if (grad.size !== slot.size) {
+        throw new Error(`GradientLayout.flatten: gradient of ${slot.name} has ${grad.size} elements, the parameter ${slot.size}`);
+      }
+      out.set(await grad.data(), slot.offset);
+    }
+    out[this.gradientSize] = loss;
+    return out;
+  }
+
+  /**
+   * Tensors of every gradient (copied into new tensors, owned by the caller) and the
+   * loss slot of `buffer`.
+   */
+  unflatten(buffer: Float32Array): { grads: Record<string, tf.Tensor>; loss: number } {
+    if (buffer.length !== this.size) throw new Error(`GradientLayout.unflatten: buffer has ${buffer.length} elements, expected ${this.size}`);
+    const grads: Record<string, tf.Tensor> = {};
+    for (const slot of this.slots) {
+      grads[slot.name] = tf.tensor(buffer.slice(slot.offset, slot.offset + slot.size), [...slot.shape], 'float32');
+    }
+    return { grads, loss: buffer[this.gradientSize] as number };
+  }
+}

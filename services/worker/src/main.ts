@@ -1,0 +1,100 @@
+/**
+ * The worker process: `node --import tsx services/worker/src/main.ts --coordinator host:port`
+ * (flags in docs/cluster.md). Serves Collective and health on `--listen`, `/metrics` on
+ * `--metrics-listen`, holds the Control stream, and on SIGTERM sends Leaving, drains and
+ * exits 0 (a second signal exits 130 at once).
+ */
+import { rename, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { COLLECTIVE_EXCHANGE_DEFINITION } from '@dinofleet/collective';
+import { createS3Client, resolveS3Config } from '@dinofleet/data';
+import { serviceNameOf } from '@dinofleet/proto';
+import { MetricsServer, Registry, createLogger } from '@dinofleet/telemetry';
+import { startWorker } from './index.ts';
+import { WORKER_USAGE, WorkerConfigError, parseHostPort, resolveWorkerConfig } from './worker-config.ts';
+
+/** Grace period of the shutdown, in ms. */
+const DRAIN_GRACE_MS = 10_000;
+
+async function writeReadyFile(path: string, content: Record<string, unknown>): Promise<void> {
+  // Written under another name and renamed, so a reader never sees half a file.
+  await writeFile(`${path}.tmp`, `${JSON.stringify(content)}\n`);
+  await rename(`${path}.tmp`, path);
+}
+
+async function main(): Promise<void> {
+  let config;
+  let s3;
+  try {
+    config = resolveWorkerConfig(process.argv.slice(2), process.env, `${hostname()}-${process.pid}`);
+    s3 = createS3Client(resolveS3Config());
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`worker: ${message}\n${err instanceof WorkerConfigError ? `${WORKER_USAGE}\n` : 'check the DINOFLEET_S3_* / AWS_* environment\n'}`);
+    process.exit(2);
+  }
+  const logger = createLogger({ name: 'worker', level: config.logLevel, fields: { workerId: config.workerId } });
+  const registry = new Registry();
+  const metrics = new MetricsServer({ registry, defaultMetrics: true });
+  const metricsAddress = parseHostPort(config.metricsListen, 'metrics-listen');
+  let worker;
+  let metricsPort: number;
+  try {
+    metricsPort = (await metrics.start({ host: metricsAddress.host, port: metricsAddress.port })).port;
+    worker = await startWorker({
+      coordinatorAddress: config.coordinator,
+      workerId: config.workerId,
+      listen: config.listen,
+      advertiseHost: config.advertiseHost,
+      backend: config.backend,
+      fetchConcurrency: config.fetchConcurrency,
+      s3,
+      registry,
+      logger,
+    });
+  } catch (err) {
+    process.stderr.write(`worker: could not start: ${err instanceof Error ? err.message : String(err)}\n`);
+    await metrics.close().catch(() => undefined);
+    process.exit(2);
+  }
+  const running = worker;
+
+  let shuttingDown = false;
+  const shutdown = (signal: string): void => {
+    if (shuttingDown) {
+      process.exit(130);
+    }
+    shuttingDown = true;
+    logger.info('shutting down', { signal });
+    // Probes and peers see NOT_SERVING while the worker drains.
+    running.server.setServing('', false);
+    running.server.setServing(serviceNameOf(COLLECTIVE_EXCHANGE_DEFINITION), false);
+    const force = setTimeout(() => {
+      logger.warn('drain took too long; exiting', { graceMs: DRAIN_GRACE_MS });
+      process.exit(0);
+    }, DRAIN_GRACE_MS);
+    force.unref();
+    void (async () => {
+      await running.close(signal === 'SIGTERM' ? 'sigterm' : signal.toLowerCase()).catch((err: unknown) => logger.warn('close failed', { err }));
+      await metrics.close().catch(() => undefined);
+      s3.destroy();
+      process.exit(0);
+    })();
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+
+  const grpcAddress = running.collectiveAddress;
+  const metricsHost = metricsAddress.host;
+  logger.info('serving', { grpcAddress, metricsAddress: `${metricsHost}:${metricsPort}`, backend: config.backend });
+  if (config.readyFile !== null) {
+    await writeReadyFile(config.readyFile, {
+      service: 'worker',
+      pid: process.pid,
+      grpcAddress,
+      metricsAddress: `${metricsHost}:${metricsPort}`,
+    });
+  }
+}
+
+await main();

@@ -1,0 +1,137 @@
+/**
+ * Test-only: a tiny TeacherSync server with teacher-sync's center rule (docs/cluster.md,
+ * "teacher-sync"): center(s+1) = updateCenter(center(s), Σ_r sums_r, Σ_r count_r, m),
+ * summing ranks in rank order in float32; center(0) = zeros. Snapshots are kept in memory.
+ */
+import { createHash } from 'node:crypto';
+import { updateCenter } from '@dinofleet/dino';
+import {
+  DataLossError,
+  DeadlineExceededError,
+  GrpcServer,
+  InvalidArgumentError,
+  TeacherSyncService,
+  toServiceError,
+  unaryHandler,
+} from '@dinofleet/proto';
+import type { PushTeacherSumsRequest, PutTeacherSnapshotRequest, TeacherSnapshotHeader, TeacherSyncServer } from '@dinofleet/proto';
+import { bytesToFloat32, float32ToBytes } from '../teacher-sync-client.ts';
+
+/** A received snapshot. */
+export interface FakeSnapshot {
+  readonly header: TeacherSnapshotHeader;
+  readonly bytes: Buffer;
+}
+
+/** The fake's server and what it saw. */
+export interface FakeTeacherSync extends AsyncDisposable {
+  readonly address: string;
+  /** Centers by step (step 0 is zeros once the dimension is known). */
+  readonly centers: Map<number, { center: Float32Array; patch: Float32Array | null; generation: number }>;
+  readonly pushes: PushTeacherSumsRequest[];
+  readonly snapshots: FakeSnapshot[];
+  close(): Promise<void>;
+}
+
+function sumInRankOrder(pushes: readonly PushTeacherSumsRequest[], pick: (p: PushTeacherSumsRequest) => Buffer): Float32Array {
+  const vectors = pushes.map((p) => bytesToFloat32(pick(p)));
+  const out = new Float32Array(vectors[0]?.length ?? 0);
+  // Float32Array stores round every partial sum to float32.
+  for (const v of vectors) for (let i = 0; i < out.length; i++) out[i] = (out[i] as number) + (v[i] as number);
+  return out;
+}
+
+/** Starts the fake on 127.0.0.1:0. */
+export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
+  const centers = new Map<number, { center: Float32Array; patch: Float32Array | null; generation: number }>();
+  const pending = new Map<string, Map<number, PushTeacherSumsRequest>>();
+  const pushes: PushTeacherSumsRequest[] = [];
+  const snapshots: FakeSnapshot[] = [];
+  const waiters = new Set<() => void>();
+  const notify = (): void => {
+    for (const w of [...waiters]) w();
+  };
+
+  const implementation: TeacherSyncServer = {
+    pushTeacherSums: unaryHandler(async (request: PushTeacherSumsRequest) => {
+      pushes.push(request);
+      const key = `${request.generation}/${request.step}`;
+      const ranks = pending.get(key) ?? new Map<number, PushTeacherSumsRequest>();
+      pending.set(key, ranks);
+      ranks.set(request.rank, request);
+      const ready = ranks.size === request.worldSize;
+      if (ready && !centers.has(request.step + 1)) {
+        const ordered = [...ranks.entries()].sort(([a], [b]) => a - b).map(([, p]) => p);
+        const dim = request.sums.byteLength / 4;
+        const previous = centers.get(request.step) ?? {
+          center: new Float32Array(dim),
+          patch: request.patchSums.byteLength > 0 ? new Float32Array(request.patchSums.byteLength / 4) : null,
+          generation: request.generation,
+        };
+        const count = ordered.reduce((n, p) => n + p.count, 0);
+        const center = updateCenter(previous.center, sumInRankOrder(ordered, (p) => p.sums), count, request.centerMomentum);
+        const patchCount = ordered.reduce((n, p) => n + p.patchCount, 0);
+        const patch =
+          previous.patch !== null && patchCount > 0
+            ? updateCenter(previous.patch, sumInRankOrder(ordered, (p) => p.patchSums), patchCount, request.centerMomentum)
+            : previous.patch;
+        centers.set(request.step + 1, { center, patch, generation: request.generation });
+        notify();
+      }
+      return Promise.resolve({ ranksReceived: ranks.size, centerReady: ready });
+    }),
+    getCenter: unaryHandler(async (request, call) => {
+      const deadline = call.getDeadline();
+      const deadlineMs = deadline instanceof Date ? deadline.getTime() : Number(deadline);
+      for (;;) {
+        const found = centers.get(request.step);
+        if (found !== undefined) {
+          return {
+            step: request.step,
+            center: float32ToBytes(found.center),
+            generation: found.generation,
+            patchCenter: found.patch === null ? Buffer.alloc(0) : float32ToBytes(found.patch),
+          };
+        }
+        if (Date.now() >= deadlineMs - 50) throw new DeadlineExceededError(`no center for step ${request.step}`);
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            clearTimeout(timer);
+            waiters.delete(done);
+            resolve();
+          };
+          const timer = setTimeout(done, Math.max(1, Math.min(1_000, deadlineMs - Date.now() - 50)));
+          waiters.add(done);
+        });
+      }
+    }),
+    watchCenters: (call) => {
+      call.emit('error', toServiceError(new InvalidArgumentError('not in the fake')));
+    },
+    getTeacherSnapshot: (call) => {
+      call.emit('error', toServiceError(new InvalidArgumentError('not in the fake')));
+    },
+    putTeacherSnapshot: (call, callback) => {
+      let header: TeacherSnapshotHeader | undefined;
+      const chunks: Buffer[] = [];
+      call.on('data', (message: PutTeacherSnapshotRequest) => {
+        if (message.part?.$case === 'header') header = message.part.header;
+        else if (message.part?.$case === 'chunk') chunks.push(Buffer.from(message.part.chunk.data));
+      });
+      call.on('end', () => {
+        const bytes = Buffer.concat(chunks);
+        if (header === undefined || bytes.byteLength !== header.sizeBytes || !createHash('sha256').update(bytes).digest().equals(header.sha256)) {
+          callback(toServiceError(new DataLossError('snapshot size or SHA-256 mismatch')), null);
+          return;
+        }
+        snapshots.push({ header, bytes });
+        callback(null, { step: header.step, sizeBytes: bytes.byteLength });
+      });
+    },
+  };
+  const server = new GrpcServer();
+  server.addService(TeacherSyncService, implementation);
+  const { address } = await server.start();
+  const close = (): Promise<void> => server.close(500);
+  return { address, centers, pushes, snapshots, close, [Symbol.asyncDispose]: close };
+}

@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { WorkerConfigError, resolveWorkerConfig } from './worker-config.ts';
+
+describe('resolveWorkerConfig', () => {
+  it('applies the defaults of docs/cluster.md', () => {
+    expect(resolveWorkerConfig(['--coordinator', '127.0.0.1:7000'], {}, 'host-42')).toEqual({
+      coordinator: '127.0.0.1:7000',
+      workerId: 'host-42',
+      listen: '127.0.0.1:0',
+      advertiseHost: '127.0.0.1',
+      backend: 'wasm',
+      fetchConcurrency: 16,
+      metricsListen: '127.0.0.1:0',
+      readyFile: null,
+      logLevel: 'info',
+    });
+  });
+
+  it('reads every flag from the environment, and the flag wins', () => {
+    const env = {
+      DINOFLEET_COORDINATOR: 'coord:7000',
+      DINOFLEET_WORKER_ID: 'pod-3',
+      DINOFLEET_LISTEN: '0.0.0.0:7100',
+      DINOFLEET_ADVERTISE_HOST: '10.0.0.7',
+      DINOFLEET_BACKEND: 'cpu',
+      DINOFLEET_FETCH_CONCURRENCY: '4',
+      DINOFLEET_METRICS_LISTEN: '0.0.0.0:9464',
+      DINOFLEET_READY_FILE: '/tmp/ready.json',
+      DINOFLEET_LOG_LEVEL: 'debug',
+    };
+    expect(resolveWorkerConfig([], env)).toEqual({
+      coordinator: 'coord:7000',
+      workerId: 'pod-3',
+      listen: '0.0.0.0:7100',
+      advertiseHost: '10.0.0.7',
+      backend: 'cpu',
+      fetchConcurrency: 4,
+      metricsListen: '0.0.0.0:9464',
+      readyFile: '/tmp/ready.json',
+      logLevel: 'debug',
+    });
+    expect(resolveWorkerConfig(['--backend', 'wasm', '--worker-id', 'flag'], env)).toMatchObject({ backend: 'wasm', workerId: 'flag' });
+  });
+
+  it('names the bad flag', () => {
+    expect(() => resolveWorkerConfig([], {})).toThrow(/--coordinator .* is required/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'nohost'], {})).toThrow(/--coordinator must be host:port/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--backend', 'gpu'], {})).toThrow(/--backend: unknown compute backend 'gpu'/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--fetch-concurrency', '0'], {})).toThrow(/--fetch-concurrency must be an integer in 1..1024/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--log-level', 'loud'], {})).toThrow(/--log-level must be one of/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--bogus'], {})).toThrow(WorkerConfigError);
+  });
+});

@@ -1,0 +1,119 @@
+/**
+ * The worker's command line and environment (docs/cluster.md, "Processes"): every flag
+ * also reads an environment variable, the flag wins, and a bad value fails at start with a
+ * message that names the flag and what is allowed.
+ */
+import { parseArgs } from 'node:util';
+import { COMPUTE_BACKENDS, parseComputeBackend } from '@dinofleet/compute';
+import type { ComputeBackend } from '@dinofleet/compute';
+import { LogLevel } from '@dinofleet/telemetry';
+
+/** One line on how to run the worker. */
+export const WORKER_USAGE =
+  'usage: worker --coordinator host:port [--worker-id id] [--listen host:port] [--advertise-host host] ' +
+  `[--backend ${COMPUTE_BACKENDS.join('|')}] [--fetch-concurrency n] [--metrics-listen host:port] [--ready-file path] [--log-level level]`;
+
+/** The resolved settings of a worker process. */
+export interface WorkerConfig {
+  /** "host:port" of the coordinator. Required. */
+  readonly coordinator: string;
+  /** Stable worker id. @default hostname + pid */
+  readonly workerId: string;
+  /** Collective gRPC server address. @default "127.0.0.1:0" */
+  readonly listen: string;
+  /** Host peers dial. @default the host part of `listen` */
+  readonly advertiseHost: string;
+  /** @default 'wasm' */
+  readonly backend: ComputeBackend;
+  /** Image objects in flight, 1..1024. @default 16 */
+  readonly fetchConcurrency: number;
+  /** `/metrics` and `/healthz` address. @default "127.0.0.1:0" */
+  readonly metricsListen: string;
+  /** Where to write the ready JSON, or null. @default null */
+  readonly readyFile: string | null;
+  /** @default 'info' */
+  readonly logLevel: LogLevel;
+}
+
+/** A bad flag or environment variable; the message names it. */
+export class WorkerConfigError extends Error {
+  override readonly name = 'WorkerConfigError';
+  readonly code = 'INVALID_ARGUMENT';
+}
+
+const FLAGS = {
+  coordinator: { type: 'string', env: 'DINOFLEET_COORDINATOR' },
+  'worker-id': { type: 'string', env: 'DINOFLEET_WORKER_ID' },
+  listen: { type: 'string', env: 'DINOFLEET_LISTEN' },
+  'advertise-host': { type: 'string', env: 'DINOFLEET_ADVERTISE_HOST' },
+  backend: { type: 'string', env: 'DINOFLEET_BACKEND' },
+  'fetch-concurrency': { type: 'string', env: 'DINOFLEET_FETCH_CONCURRENCY' },
+  'metrics-listen': { type: 'string', env: 'DINOFLEET_METRICS_LISTEN' },
+  'ready-file': { type: 'string', env: 'DINOFLEET_READY_FILE' },
+  'log-level': { type: 'string', env: 'DINOFLEET_LOG_LEVEL' },
+} as const;
+type FlagName = keyof typeof FLAGS;
+
+/** Splits "host:port" (IPv6 in brackets allowed), checking the port. */
+export function parseHostPort(value: string, flag: string): { host: string; port: number } {
+  const colon = value.lastIndexOf(':');
+  const host = value.slice(0, colon);
+  const port = Number(value.slice(colon + 1));
+  if (colon <= 0 || host === '' || !/^\d+$/.test(value.slice(colon + 1)) || port > 65535) {
+    throw new WorkerConfigError(`--${flag} must be host:port with a port in 0..65535, got ${JSON.stringify(value)}`);
+  }
+  return { host: host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host, port };
+}
+
+/**
+ * Reads the flags in `argv` (without node and the script) and the environment.
+ * @throws WorkerConfigError naming the bad flag (also for an unknown flag).
+ */
+export function resolveWorkerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env, defaultWorkerId = 'worker'): WorkerConfig {
+  let values: Partial<Record<FlagName, string>>;
+  try {
+    const options = Object.fromEntries(Object.keys(FLAGS).map((name) => [name, { type: 'string' as const }]));
+    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    throw new WorkerConfigError(err instanceof Error ? err.message : String(err), { cause: err });
+  }
+  const read = (name: FlagName): string | undefined => {
+    const value = values[name] ?? env[FLAGS[name].env];
+    return value === undefined || value === '' ? undefined : value;
+  };
+  const coordinator = read('coordinator');
+  if (coordinator === undefined) throw new WorkerConfigError(`--coordinator (or ${FLAGS.coordinator.env}) is required: the coordinator's host:port`);
+  parseHostPort(coordinator, 'coordinator');
+  const listen = read('listen') ?? '127.0.0.1:0';
+  const listenHost = parseHostPort(listen, 'listen').host;
+  const metricsListen = read('metrics-listen') ?? '127.0.0.1:0';
+  parseHostPort(metricsListen, 'metrics-listen');
+  let backend: ComputeBackend;
+  try {
+    backend = parseComputeBackend(read('backend') ?? 'wasm');
+  } catch (err) {
+    throw new WorkerConfigError(`--backend: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const concurrencyText = read('fetch-concurrency') ?? '16';
+  const fetchConcurrency = Number(concurrencyText);
+  if (!/^\d+$/.test(concurrencyText) || fetchConcurrency < 1 || fetchConcurrency > 1024) {
+    throw new WorkerConfigError(`--fetch-concurrency must be an integer in 1..1024, got ${JSON.stringify(concurrencyText)}`);
+  }
+  const logLevelText = read('log-level') ?? LogLevel.Info;
+  const logLevel = Object.values(LogLevel).find((l) => l === logLevelText);
+  if (logLevel === undefined) {
+    throw new WorkerConfigError(`--log-level must be one of ${Object.values(LogLevel).join(', ')}, got ${JSON.stringify(logLevelText)}`);
+  }
+  const advertiseHost = read('advertise-host') ?? (listenHost === '0.0.0.0' || listenHost === '::' ? '127.0.0.1' : listenHost);
+  return {
+    coordinator,
+    workerId: read('worker-id') ?? defaultWorkerId,
+    listen,
+    advertiseHost,
+    backend,
+    fetchConcurrency,
+    metricsListen,
+    readyFile: read('ready-file') ?? null,
+    logLevel,
+  };
+}
