@@ -4,6 +4,9 @@
 # workspace's packages. Cheap when nothing changed. Sourced or run; puts pnpm on PATH.
 set -euo pipefail
 export TURBO_TELEMETRY_DISABLED=1 DO_NOT_TRACK=1
+# The pinned AWS SDK prints a multi-line notice on Node 20 in every process (future SDK
+# releases will need Node 22); dinofleet pins its SDK version, so the notice is noise.
+export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 pnpm_version="$(node -p "require('$root/package.json').packageManager.split('@')[1]")"
 pnpm_dir="$root/.cache/pnpm-$pnpm_version"

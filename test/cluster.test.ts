@@ -4,9 +4,10 @@ import { mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { evalKnn } from '@dinofleet/cli';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
 import { startLocalFleet, uploadFashionMnist, type LocalFleet } from '@dinofleet/local';
-import { callUnary, createClient, DinofleetError, JobServiceClient, JobState, type Job } from '@dinofleet/proto';
+import { callUnary, createClient, DinofleetError, JobServiceClient, JobState, TeacherSyncClient, type Job } from '@dinofleet/proto';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTerminal, sampleValue, scrape, smallJobSpec, waitForJob } from './support/cluster.ts';
@@ -57,6 +58,15 @@ describe('a local fleet with two workers', { timeout: 240_000 }, () => {
     const metrics = await scrape(fleet.coordinator.metricsAddress);
     expect(sampleValue(metrics, 'dinofleet_job_committed_steps_total', { job: jobId })).toBe(3);
     expect(sampleValue(metrics, 'dinofleet_job_step', { job: jobId })).toBe(3);
+    // teacher-sync holds the final teacher, and `dinofleet eval knn` reads it.
+    const teacherSync = createClient(TeacherSyncClient, fleet.teacherSyncAddress);
+    try {
+      const knn = await evalKnn({ jobId, jobs: client, teacher: { kind: 'snapshot', client: teacherSync }, train: 200, test: 100 });
+      expect(knn.step).toBe(3);
+      expect(knn.knn_top1).toBeGreaterThan(0.1); // 10 classes: chance is 0.1
+    } finally {
+      teacherSync.close();
+    }
   });
 
   it('cancels a running job: it ends CANCELLED mid-run and the fleet takes the next job', async () => {

@@ -49,7 +49,11 @@ export async function checkpointTensors(
 
 /** Encodes the teacher as a safetensors snapshot (for PutTeacherSnapshot). */
 export async function encodeTeacherSnapshot(state: DinoState, jobId: string): Promise<Uint8Array> {
-  return encodeSafetensors(await teacherTensors(state), { jobId, step: String(state.step) });
+  // Snapshot tensors are named by parameter alone (docs/cluster.md, "teacher-sync"): a
+  // snapshot is the teacher, loadable as a backbone + head without knowing checkpoint prefixes.
+  const tensors: Record<string, StateTensor> = {};
+  for (const name of Object.keys(state.teacher).sort()) tensors[name] = await toStateTensor(state.teacher[name] as tf.Tensor);
+  return encodeSafetensors(tensors, { jobId, step: String(state.step) });
 }
 
 /** Where and for which job {@link saveCheckpoint} writes. */
