@@ -1,6 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { s3ClientFromEnv, startS3 } from '@dinofleet/local';
 import { describe, expect, it } from 'vitest';
 
 import { runCli } from './program.ts';
@@ -91,5 +93,25 @@ describe('dinofleet submit', () => {
     const result = await run(['submit', '-f', 'broken.yaml'], dir.path);
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/broken\.yaml:\d+:\d+: /);
+  });
+});
+
+describe('dinofleet data upload-fmnist', () => {
+  it('uploads PNGs and a manifest to the S3 named by the environment and prints the manifest URI', async () => {
+    await using dir = await tempDir();
+    await using s3 = await startS3();
+    const result = await run(['data', 'upload-fmnist', '--bucket', 'cli-data', '--images', '12'], dir.path, s3.env());
+    expect(result.stderr).toContain('uploaded 12/12');
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe('s3://cli-data/fashion-mnist/train/manifest.txt\n');
+    const client = s3ClientFromEnv(s3.env());
+    try {
+      const manifest = await client.send(new GetObjectCommand({ Bucket: 'cli-data', Key: 'fashion-mnist/train/manifest.txt' }));
+      const lines = (await manifest.Body?.transformToString())?.trim().split('\n') ?? [];
+      expect(lines).toHaveLength(12);
+      expect(lines.every((line) => /^fashion-mnist\/train\/\d\/\d+\.png\t\d$/.test(line))).toBe(true);
+    } finally {
+      client.destroy();
+    }
   });
 });

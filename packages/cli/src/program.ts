@@ -17,6 +17,7 @@ import { UNARY_DEADLINE_MS } from './deadlines.ts';
 import { evalKnn } from './eval-knn.ts';
 import type { TeacherSource } from './eval-knn.ts';
 import { readFleetFile, resolveAddress } from './fleet-file.ts';
+import { uploadFashionMnist } from '@dinofleet/local';
 import { runFleetUp } from './fleet-up.ts';
 import { JOB_STATE_NAMES, jobStateName, parseJobState } from './job-state.ts';
 import { formatJobsTable, listAllJobs } from './jobs-table.ts';
@@ -195,6 +196,43 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
       });
     });
 
+  const s3FromFleet = async (): Promise<ReturnType<typeof createS3Client>> => {
+    // Explicit S3 settings win; else the fleet `up` started.
+    const fleet = await readFleetFile(io.cwd).catch(() => undefined);
+    const s3Env = io.env['DINOFLEET_S3_ENDPOINT'] !== undefined ? io.env : { ...fleet?.s3Env, ...io.env };
+    return createS3Client(resolveS3Config({}, s3Env));
+  };
+
+  const dataCommand = program.command('data').description('put datasets into S3');
+  dataCommand
+    .command('upload-fmnist')
+    .description('upload Fashion-MNIST as PNG objects plus a manifest (key<TAB>label lines); prints the manifest URI')
+    .option('--bucket <name>', 'bucket (created if missing)', 'dinofleet-data')
+    .option('--prefix <prefix>', 'key prefix', 'fashion-mnist/')
+    .addOption(new Option('--split <split>', 'which split').choices(['train', 'test']).default('train'))
+    .option('--images <n>', 'first N images of a class-balanced order (default: all)', positiveInteger)
+    .action(async (options: { bucket: string; prefix: string; split: 'train' | 'test'; images?: number }) => {
+      const s3 = await s3FromFleet();
+      try {
+        let shown = 0;
+        const result = await uploadFashionMnist(s3, {
+          bucket: options.bucket,
+          prefix: options.prefix,
+          split: options.split,
+          ...(options.images !== undefined && { limit: options.images }),
+          onProgress: (done, total) => {
+            if (done === total || done - shown >= 5000) {
+              shown = done;
+              io.stderr.write(`uploaded ${done}/${total}\n`);
+            }
+          },
+        });
+        io.stdout.write(`${result.manifestUri}\n`);
+      } finally {
+        s3.destroy();
+      }
+    });
+
   const evalCommand = program.command('eval').description('evaluate a job\'s teacher');
   evalCommand
     .command('knn')
@@ -241,9 +279,7 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
           if (options.randomInit === true) {
             teacher = { kind: 'random-init' };
           } else if (options.checkpoint !== undefined) {
-            const fleet = await readFleetFile(io.cwd).catch(() => undefined);
-            const s3Env = io.env['DINOFLEET_S3_ENDPOINT'] !== undefined ? io.env : { ...fleet?.s3Env, ...io.env };
-            const s3 = createS3Client(resolveS3Config({}, s3Env));
+            const s3 = await s3FromFleet();
             closers.push(() => s3.destroy());
             teacher = { kind: 'checkpoint', s3, uri: options.checkpoint };
           } else {
