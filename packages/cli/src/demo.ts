@@ -110,7 +110,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       workers: { type: 'string', default: process.env.DEMO_WORKERS ?? '2' },
-      steps: { type: 'string', default: process.env.DEMO_STEPS ?? '240' },
+      steps: { type: 'string', default: process.env.DEMO_STEPS ?? '320' },
       'batch-size': { type: 'string', default: '64' },
       images: { type: 'string', default: process.env.DEMO_IMAGES ?? '16000' },
       'knn-train': { type: 'string', default: '5000' },

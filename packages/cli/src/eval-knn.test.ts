@@ -49,6 +49,7 @@ async function startFakeTeacherSync(jobId: string, step: number, bytes: Uint8Arr
   const implementation: TeacherSyncServer = {
     pushTeacherSums: unimplemented,
     getCenter: unimplemented,
+    attestTeacher: unimplemented,
     watchCenters: serverStreamHandler<unknown, never>(() => {
       throw new UnimplementedError('not scripted');
     }),
@@ -59,7 +60,7 @@ async function startFakeTeacherSync(jobId: string, step: number, bytes: Uint8Arr
       yield {
         part: {
           $case: 'header',
-          header: { jobId, generation: 1, step, sizeBytes: bytes.length, sha256: digest, format: 'safetensors', storeUri: '' },
+          header: { jobId, generation: 1, step, sizeBytes: bytes.length, sha256: digest, format: 'safetensors', storeUri: '', verified: true },
         },
       };
       const chunkBytes = 256 * 1024;

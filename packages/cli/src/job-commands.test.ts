@@ -58,7 +58,7 @@ describe('dinofleet jobs / cancel / scale', () => {
     });
     const ok = await run(['scale', 'job-1', '4'], server.address);
     expect(ok.code).toBe(0);
-    expect(ok.stdout).toBe('job job-1: 4 workers desired (generation 3; applied at the next step boundary)\n');
+    expect(ok.stdout).toBe('job job-1: 4 workers desired (current generation 3; the fleet changes when the job forms its next generation)\n');
     const refused = await run(['scale', 'job-1', '9'], server.address);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toBe('error: INVALID_ARGUMENT: workers must be <= spec.fleet.maxWorkers (8), got 9\n');

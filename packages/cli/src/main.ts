@@ -6,10 +6,14 @@
 import { runCli } from './program.ts';
 
 const controller = new AbortController();
-let signals = 0;
+let firstSignalAt: number | undefined;
 const onSignal = (): void => {
-  signals++;
-  if (signals > 1) process.exit(130);
+  // One Ctrl-C can arrive twice (the terminal signals the whole process group, and a
+  // wrapper such as tsx relays it again), so only a signal a second after the first
+  // means "stop now".
+  const now = Date.now();
+  if (firstSignalAt !== undefined && now - firstSignalAt > 1000) process.exit(130);
+  firstSignalAt ??= now;
   controller.abort();
 };
 process.on('SIGINT', onSignal);

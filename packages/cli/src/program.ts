@@ -192,7 +192,7 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
     .action(async (jobId: string, workers: number) => {
       await jobClient(async (client) => {
         const response = await callUnary(client, 'scaleJob', { jobId, workers }, { deadlineMs: UNARY_DEADLINE_MS });
-        io.stdout.write(`job ${response.jobId}: ${response.workersDesired} workers desired (generation ${response.generation}; applied at the next step boundary)\n`);
+        io.stdout.write(`job ${response.jobId}: ${response.workersDesired} workers desired (current generation ${response.generation}; the fleet changes when the job forms its next generation)\n`);
       });
     });
 

@@ -211,7 +211,8 @@ async function launch(binary: string, dir: string, port: number, appendOnly: boo
     '--daemonize', 'no',
     '--logfile', '',
   ];
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Own process group, like the services: Ctrl-C reaches the command that started it, which stops it last.
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   reapOnExit(child);
   const tail = new LogTail(16 * 1024);
   child.stdout?.on('data', (chunk: Buffer) => tail.push(chunk));

@@ -173,6 +173,10 @@ export async function spawnService(name: ServiceName, options: SpawnServiceOptio
       cwd: options.cwd ?? process.cwd(),
       env: { ...process.env, ...options.env },
       stdio: logFd === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', logFd, logFd],
+      // Its own process group: a Ctrl-C in the terminal reaches only the command that
+      // started it, which stops it in order (coordinator before its workers' peers,
+      // servers last) instead of every process getting SIGINT at once.
+      detached: true,
     },
   );
   reapOnExit(child);

@@ -14,6 +14,12 @@ export interface TeacherSyncMetrics {
   readonly snapshots: Counter;
   /** Size of the latest stored teacher snapshot, in bytes. */
   readonly snapshotBytes: Gauge;
+  /** Accepted AttestTeacher calls (repeats and ignored ones included). */
+  readonly attestations: Counter;
+  /** Snapshots every rank of a generation attested the hash of. */
+  readonly snapshotsVerified: Counter;
+  /** Snapshots rejected because an attested hash differed. */
+  readonly snapshotMismatches: Counter;
 }
 
 /** Registers teacher-sync's series on `registry`. */
@@ -37,6 +43,21 @@ export function createTeacherSyncMetrics(registry: Registry): TeacherSyncMetrics
     snapshotBytes: new Gauge({
       name: 'dinofleet_teacher_sync_snapshot_bytes',
       help: 'Size of the latest stored teacher snapshot, in bytes.',
+      registers: [registry],
+    }),
+    attestations: new Counter({
+      name: 'dinofleet_teacher_sync_attestations_total',
+      help: 'AttestTeacher calls accepted (repeated and ignored attestations included).',
+      registers: [registry],
+    }),
+    snapshotsVerified: new Counter({
+      name: 'dinofleet_teacher_sync_snapshots_verified_total',
+      help: 'Teacher snapshots whose SHA-256 every rank of a generation attested.',
+      registers: [registry],
+    }),
+    snapshotMismatches: new Counter({
+      name: 'dinofleet_teacher_sync_snapshot_mismatches_total',
+      help: 'Teacher snapshots rejected because a rank attested another SHA-256.',
       registers: [registry],
     }),
   };

@@ -15,6 +15,8 @@ import {
   TeacherSyncClient,
 } from '@dinofleet/proto';
 import type {
+  AttestTeacherRequest,
+  AttestTeacherResponse,
   DinofleetError,
   GetTeacherSnapshotResponse,
   PushTeacherSumsRequest,
@@ -318,6 +320,7 @@ describe('teacher-sync snapshots', () => {
     sha256,
     format: 'safetensors',
     storeUri: '',
+    verified: false,
     ...fields,
   });
 
@@ -386,6 +389,152 @@ describe('teacher-sync snapshots', () => {
   });
 });
 
+describe('teacher-sync attestations', () => {
+  /** A small snapshot per step, with its SHA-256. */
+  const snapshotOf = (step: number): { bytes: Uint8Array; sha256: Buffer } => {
+    const bytes = encodeSafetensors({ 'backbone.w': { shape: [4, 8], data: values(step, 32) } }, { jobId: 'job-att', step: String(step) });
+    return { bytes, sha256: createHash('sha256').update(bytes).digest() };
+  };
+  const upload = (client: TeacherSyncClient, step: number, jobId = 'job-att', bytes = snapshotOf(step).bytes) =>
+    putSnapshot(
+      client,
+      snapshotMessages(
+        {
+          jobId,
+          generation: 1,
+          step,
+          sizeBytes: bytes.length,
+          sha256: createHash('sha256').update(bytes).digest(),
+          format: 'safetensors',
+          storeUri: '',
+          verified: false,
+        },
+        bytes,
+      ),
+    );
+  const attest = (client: TeacherSyncClient, fields: Partial<AttestTeacherRequest> & { step: number; rank: number }): Promise<AttestTeacherResponse> =>
+    callUnary(
+      client,
+      'attestTeacher',
+      { jobId: 'job-att', generation: 1, worldSize: 2, sha256: snapshotOf(fields.step).sha256, ...fields },
+      { deadlineMs: DEADLINE_MS },
+    );
+  const metric = async (f: Fixture, name: string): Promise<number> => {
+    const match = new RegExp(`^dinofleet_teacher_sync_${name} (\\d+)$`, 'm').exec(await f.server.registry.metrics());
+    return Number(match?.[1]);
+  };
+
+  it('verifies a snapshot once every rank attested its hash after the upload, and says so in the streamed header', async () => {
+    await using f = await startFixture();
+    await upload(f.client, 50);
+    expect((await getSnapshot(f.client, 'job-att', 50)).header.verified).toBe(false);
+    expect(await attest(f.client, { step: 50, rank: 1 })).toEqual({ ranksAttested: 1, verified: false });
+    expect((await getSnapshot(f.client, 'job-att', 0)).header.verified).toBe(false);
+    expect(await attest(f.client, { step: 50, rank: 0 })).toEqual({ ranksAttested: 2, verified: true });
+    for (const step of [0, 50]) {
+      const { header, bytes } = await getSnapshot(f.client, 'job-att', step);
+      expect(header).toMatchObject({ step: 50, verified: true });
+      expect(bytes.equals(snapshotOf(50).bytes)).toBe(true);
+    }
+    // A repeated attestation is idempotent and verifies nothing twice.
+    expect(await attest(f.client, { step: 50, rank: 0 })).toEqual({ ranksAttested: 2, verified: true });
+    expect(await metric(f, 'snapshots_verified_total')).toBe(1);
+    expect(await metric(f, 'snapshot_mismatches_total')).toBe(0);
+    expect(await metric(f, 'attestations_total')).toBe(3);
+  });
+
+  it('verifies a snapshot whose attestations all came before the upload', async () => {
+    await using f = await startFixture();
+    expect(await attest(f.client, { step: 100, rank: 0, worldSize: 3 })).toEqual({ ranksAttested: 1, verified: false });
+    expect(await attest(f.client, { step: 100, rank: 2, worldSize: 3 })).toEqual({ ranksAttested: 2, verified: false });
+    expect(await attest(f.client, { step: 100, rank: 1, worldSize: 3 })).toEqual({ ranksAttested: 3, verified: false });
+    expect(await metric(f, 'snapshots_verified_total')).toBe(0);
+    await upload(f.client, 100);
+    expect((await getSnapshot(f.client, 'job-att', 0)).header).toMatchObject({ step: 100, verified: true });
+    expect(await metric(f, 'snapshots_verified_total')).toBe(1);
+  });
+
+  it('rejects a snapshot a rank disagrees with: its step fails with DATA_LOSS and the latest falls back to the verified one', async () => {
+    const lines: string[] = [];
+    await using f = await startFixture({ logger: createLogger({ name: 'teacher-sync', level: LogLevel.Error, stream: { write: (line: string) => lines.push(line) } }) });
+    await upload(f.client, 50);
+    await attest(f.client, { step: 50, rank: 0 });
+    expect(await attest(f.client, { step: 50, rank: 1 })).toEqual({ ranksAttested: 2, verified: true });
+
+    // Step 100: rank 1's teacher encodes to other bytes than the uploaded ones (rank 0's).
+    await upload(f.client, 100);
+    const other = createHash('sha256').update('another teacher').digest();
+    expect(await attest(f.client, { step: 100, rank: 0 })).toEqual({ ranksAttested: 1, verified: false });
+    expect(await attest(f.client, { step: 100, rank: 1, sha256: other })).toEqual({ ranksAttested: 2, verified: false });
+
+    const latest = await getSnapshot(f.client, 'job-att', 0);
+    expect(latest.header).toMatchObject({ step: 50, verified: true });
+    expect(latest.bytes.equals(snapshotOf(50).bytes)).toBe(true);
+    const prefix = (sha256: Buffer): string => sha256.toString('hex').slice(0, 8);
+    const err = await rejection(getSnapshot(f.client, 'job-att', 100));
+    expect(err.code).toBe('DATA_LOSS');
+    expect(err.message).toContain(
+      `step 100 was rejected: the ranks' attested SHA-256s do not match it (snapshot ${prefix(snapshotOf(100).sha256)}…; generation 1 rank 0: ${prefix(snapshotOf(100).sha256)}…, rank 1: ${prefix(other)}…)`,
+    );
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0] as string)).toMatchObject({
+      level: 'error',
+      msg: expect.stringMatching(/^teacher snapshot rejected/) as unknown,
+      job: 'job-att',
+      step: 100,
+      hashes: `snapshot ${prefix(snapshotOf(100).sha256)}…; generation 1 rank 0: ${prefix(snapshotOf(100).sha256)}…, rank 1: ${prefix(other)}…`,
+    });
+
+    // Step 150: the ranks agree with each other, but the uploaded bytes are not their teacher.
+    const corrupt = Uint8Array.from(snapshotOf(150).bytes);
+    corrupt[corrupt.length - 1] = (corrupt[corrupt.length - 1] as number) ^ 1;
+    await attest(f.client, { step: 150, rank: 0 });
+    await attest(f.client, { step: 150, rank: 1 });
+    await upload(f.client, 150, 'job-att', corrupt);
+    expect((await rejection(getSnapshot(f.client, 'job-att', 150))).message).toMatch(/generation 1 ranks 0, 1: [0-9a-f]{8}…\)/);
+    expect((await getSnapshot(f.client, 'job-att', 0)).header).toMatchObject({ step: 50, verified: true });
+    expect(await metric(f, 'snapshots_verified_total')).toBe(1);
+    expect(await metric(f, 'snapshot_mismatches_total')).toBe(2);
+
+    // A new upload of the step is checked again against the attestations it has.
+    await upload(f.client, 150);
+    expect((await getSnapshot(f.client, 'job-att', 0)).header).toMatchObject({ step: 150, verified: true });
+    expect(await metric(f, 'snapshots_verified_total')).toBe(2);
+  });
+
+  it('counts one generation per step: a later one starts over, an earlier one is ignored', async () => {
+    await using f = await startFixture();
+    await upload(f.client, 50);
+    expect(await attest(f.client, { step: 50, rank: 0, generation: 1 })).toEqual({ ranksAttested: 1, verified: false });
+    // Generation 2 runs the step again with one rank (its world size is its own).
+    expect(await attest(f.client, { step: 50, rank: 0, generation: 2, worldSize: 1 })).toEqual({ ranksAttested: 1, verified: true });
+    expect(await attest(f.client, { step: 50, rank: 1, generation: 1, sha256: Buffer.alloc(32) })).toEqual({ ranksAttested: 0, verified: true });
+    expect((await getSnapshot(f.client, 'job-att', 50)).header.verified).toBe(true);
+  });
+
+  it('rejects malformed attestations with INVALID_ARGUMENT messages that say what is wrong', async () => {
+    await using f = await startFixture();
+    await attest(f.client, { step: 50, rank: 0 });
+    const cases: [Partial<AttestTeacherRequest> & { step: number; rank: number }, RegExp][] = [
+      [{ step: 50, rank: 1, sha256: Buffer.alloc(31) }, /sha256 must be 32 bytes \(the SHA-256 of the encoded snapshot\), got 31/],
+      [{ step: 50, rank: 2 }, /rank 2 must be < world_size 2/],
+      [{ step: 50, rank: 0, worldSize: 0 }, /world_size must be ≥ 1, got 0/],
+      [{ step: 50, rank: 1, worldSize: 3 }, /world_size 3 differs from 2 in the generation's earlier attestations of the step/],
+      [{ step: 50, rank: 0, sha256: Buffer.alloc(32, 1) }, /rank 0: the rank already attested SHA-256 [0-9a-f]{8}…, now 01010101…; a rank attests one hash per step/],
+      [{ step: 0, rank: 0 }, /step must be ≥ 1/],
+      [{ step: 50, rank: 1, jobId: '' }, /job_id must not be empty/],
+    ];
+    for (const [fields, message] of cases) {
+      const err = await rejection(attest(f.client, fields));
+      expect(err.code, String(message)).toBe('INVALID_ARGUMENT');
+      expect(err.message).toMatch(message);
+    }
+    // None of that counted: rank 1's real attestation completes the step.
+    expect(await attest(f.client, { step: 50, rank: 1 })).toEqual({ ranksAttested: 2, verified: false });
+    expect(await metric(f, 'attestations_total')).toBe(2);
+  });
+});
+
 describe('teacher-sync server', () => {
   it('serves health for the server and TeacherSync, and /metrics', async () => {
     await using f = await startFixture();
@@ -399,7 +548,7 @@ describe('teacher-sync server', () => {
     }
     const response = await fetch(`http://${f.server.metricsAddress}/metrics`);
     const text = await response.text();
-    for (const name of ['pushes_total', 'centers_total', 'snapshots_total', 'snapshot_bytes']) {
+    for (const name of ['pushes_total', 'centers_total', 'snapshots_total', 'snapshot_bytes', 'attestations_total', 'snapshots_verified_total', 'snapshot_mismatches_total']) {
       expect(text).toContain(`dinofleet_teacher_sync_${name}`);
     }
   });

@@ -1,7 +1,7 @@
 /**
  * The `dinofleet.v1.TeacherSync` gRPC service: request validation, the wait for a center,
- * and snapshot transfers (header, then chunks), over a {@link CenterStore} and a
- * {@link SnapshotStore}.
+ * snapshot transfers (header, then chunks) and the ranks' attestations of snapshots, over
+ * a {@link CenterStore} and a {@link SnapshotStore}.
  */
 import { createHash } from 'node:crypto';
 
@@ -22,6 +22,8 @@ import {
   unaryHandler,
 } from '@dinofleet/proto';
 import type {
+  AttestTeacherRequest,
+  AttestTeacherResponse,
   GetCenterRequest,
   GetCenterResponse,
   GetTeacherSnapshotResponse,
@@ -37,7 +39,7 @@ import type { Logger } from '@dinofleet/telemetry';
 import type { CenterRecord, CenterStore } from './center-store.ts';
 import { float32FromBytes, float32ToBytes } from './float32-bytes.ts';
 import { parseStoreUri, storeSnapshot } from './snapshot-store.ts';
-import type { SnapshotStore, TeacherSnapshot } from './snapshot-store.ts';
+import type { SnapshotCheck, SnapshotStore, TeacherSnapshot } from './snapshot-store.ts';
 import type { TeacherSyncMetrics } from './teacher-sync-metrics.ts';
 
 /** Size of the chunks GetTeacherSnapshot sends, and what uploaders should send, in bytes (1 MiB). */
@@ -86,6 +88,19 @@ function validatePush(request: PushTeacherSumsRequest): void {
   if (!(Number.isFinite(m) && m >= 0 && m <= 1)) throw new InvalidArgumentError(`${where}: center_momentum must be in [0, 1], got ${m}`);
   if (request.patchSums.length === 0 && request.patchCount !== 0) {
     throw new InvalidArgumentError(`${where}: patch_count is ${request.patchCount} but patch_sums is empty`);
+  }
+}
+
+function validateAttestation(request: AttestTeacherRequest): void {
+  checkJobId(request.jobId);
+  const where = `attestation of job ${request.jobId} step ${request.step} generation ${request.generation} rank ${request.rank}`;
+  if (request.step < 1) throw new InvalidArgumentError(`${where}: step must be ≥ 1 (the step after which the snapshot was taken), got ${request.step}`);
+  if (request.worldSize < 1) throw new InvalidArgumentError(`${where}: world_size must be ≥ 1, got ${request.worldSize}`);
+  if (request.rank >= request.worldSize) {
+    throw new InvalidArgumentError(`${where}: rank ${request.rank} must be < world_size ${request.worldSize}`);
+  }
+  if (request.sha256.length !== 32) {
+    throw new InvalidArgumentError(`${where}: sha256 must be 32 bytes (the SHA-256 of the encoded snapshot), got ${request.sha256.length}`);
   }
 }
 
@@ -236,6 +251,42 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
   const onInternalError = (err: unknown, path: string): void => logger.error('internal error in a call', { path, err });
   const handlerOptions = { onInternalError };
 
+  const reportCheck = (check: SnapshotCheck | undefined): void => {
+    if (check === undefined) return;
+    const fields = { job: check.jobId, step: check.step, generation: check.generation, hashes: check.hashes };
+    if (check.verified) {
+      metrics.snapshotsVerified.inc();
+      logger.info('teacher snapshot verified by every rank', fields);
+    } else {
+      metrics.snapshotMismatches.inc();
+      logger.error('teacher snapshot rejected: the ranks attested other SHA-256s; GetTeacherSnapshot serves the latest one not rejected', fields);
+    }
+  };
+
+  const attestTeacher = (request: AttestTeacherRequest): AttestTeacherResponse => {
+    validateAttestation(request);
+    const result = snapshots.attest({
+      jobId: request.jobId,
+      generation: request.generation,
+      step: request.step,
+      rank: request.rank,
+      worldSize: request.worldSize,
+      sha256: request.sha256,
+    });
+    metrics.attestations.inc();
+    if (result.ignoredFor !== undefined) {
+      logger.warn('attestation ignored: a later generation attests the step', {
+        job: request.jobId,
+        step: request.step,
+        generation: request.generation,
+        rank: request.rank,
+        attestingGeneration: result.ignoredFor,
+      });
+    }
+    reportCheck(result.check);
+    return { ranksAttested: result.ranksAttested, verified: result.verified };
+  };
+
   const pushTeacherSums = (request: PushTeacherSumsRequest): PushTeacherSumsResponse => {
     validatePush(request);
     const result = centers.push({
@@ -283,9 +334,10 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
         }
         logger.info('teacher snapshot written', { job: snapshot.jobId, step: snapshot.step, uri, bytes: snapshot.bytes.length });
       }
-      snapshots.put(snapshot);
+      const check = snapshots.put(snapshot);
       metrics.snapshots.inc();
       metrics.snapshotBytes.set(snapshot.bytes.length);
+      reportCheck(check);
       return { step: snapshot.step, sizeBytes: snapshot.bytes.length };
     };
     handle().then(
@@ -309,14 +361,21 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
     // eslint-disable-next-line @typescript-eslint/require-await
     getTeacherSnapshot: serverStreamHandler(async function* (request): AsyncGenerator<GetTeacherSnapshotResponse> {
       checkJobId(request.jobId);
-      const snapshot = snapshots.get(request.jobId, request.step);
-      if (snapshot === undefined) {
-        const kept = snapshots.steps(request.jobId);
+      const kept = snapshots.get(request.jobId, request.step);
+      if (kept === undefined) {
+        const rejection = request.step === 0 ? undefined : snapshots.rejection(request.jobId, request.step);
+        if (rejection !== undefined) {
+          throw new DataLossError(
+            `the teacher snapshot of job ${request.jobId} step ${request.step} was rejected: the ranks' attested SHA-256s do not match it (${rejection}); ask for step 0, the latest snapshot not rejected`,
+          );
+        }
+        const steps = snapshots.steps(request.jobId);
         const which = request.step === 0 ? 'no teacher snapshot' : `no teacher snapshot for step ${request.step}`;
         throw new NotFoundError(
-          `${which} of job ${request.jobId} (teacher-sync keeps the latest ${kept.length === 0 ? 'few; it has none' : `few: steps ${kept.join(', ')}`})`,
+          `${which} of job ${request.jobId} (teacher-sync keeps the latest ${steps.length === 0 ? 'few; it has none' : `few: steps ${steps.join(', ')}`})`,
         );
       }
+      const { snapshot, verified } = kept;
       yield {
         part: {
           $case: 'header',
@@ -328,6 +387,7 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
             sha256: snapshot.sha256,
             format: snapshot.format,
             storeUri: snapshot.storeUri,
+            verified,
           },
         },
       };
@@ -336,5 +396,7 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
       }
     }, handlerOptions),
     putTeacherSnapshot,
+    // The executor turns a throw into a rejection, which the adapter maps to a status.
+    attestTeacher: unaryHandler((request: AttestTeacherRequest) => new Promise<AttestTeacherResponse>((resolve) => resolve(attestTeacher(request))), handlerOptions),
   };
 }

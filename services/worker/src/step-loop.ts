@@ -17,9 +17,13 @@ import { encodeTeacherSnapshot, saveCheckpoint } from './checkpoint-writer.ts';
 import type { CheckpointTarget } from './checkpoint-writer.ts';
 import { GradientLayout } from './gradient-buffer.ts';
 import { stateHash } from './state-hash.ts';
+import { snapshotSha256 } from './teacher-sync-client.ts';
 import type { TeacherSyncConnection } from './teacher-sync-client.ts';
 
-/** Rank 0 sends a teacher snapshot every this many steps (and after the last one). */
+/**
+ * Rank 0 sends a teacher snapshot every this many steps (and after the last one), and
+ * every rank attests the snapshot's SHA-256.
+ */
 export const TEACHER_SNAPSHOT_EVERY_STEPS = 50;
 
 /** The part of a RingAllReduce the step uses. */
@@ -52,7 +56,7 @@ export interface StepLoopContext {
   readonly state: DinoState;
   readonly ring: StepRing;
   readonly batches: BatchSource;
-  /** Needed by centering recipes (the center) and by rank 0 (snapshots). */
+  /** Needed by centering recipes (the center) and for snapshots (rank 0's upload, every rank's attestation). */
   readonly teacherSync: TeacherSyncConnection | null;
   /** Rank 0 with a checkpoint in the spec: where, and how often. */
   readonly checkpoint: (CheckpointTarget & { readonly everySteps: number }) | null;
@@ -99,6 +103,44 @@ async function fetchCenter(ctx: StepLoopContext, step: number): Promise<void> {
   state.center = center.center;
   if (state.ibotCenter !== null && center.patchCenter !== null) state.ibotCenter = center.patchCenter;
   checkAborted(ctx.signal);
+}
+
+/**
+ * At a snapshot step: rank 0 uploads the teacher snapshot, then every rank (rank 0 too)
+ * attests the SHA-256 of its own encoding, so teacher-sync can check the upload against
+ * all ranks. Both are best-effort: a failure is logged and training goes on.
+ */
+async function snapshotTeacher(ctx: StepLoopContext, teacherSync: TeacherSyncConnection, step: number): Promise<void> {
+  const { state, jobId, generation, rank } = ctx;
+  let bytes: Uint8Array;
+  try {
+    // Deterministic: tensors in sorted name order, metadata {jobId, step} only, so ranks
+    // with bit-identical teachers produce identical bytes.
+    bytes = await encodeTeacherSnapshot(state, jobId);
+  } catch (err) {
+    ctx.logger.warn('encoding the teacher snapshot failed', { step, err });
+    return;
+  }
+  if (rank === 0) {
+    try {
+      await teacherSync.putTeacherSnapshot({
+        jobId,
+        generation,
+        step,
+        storeUri: ctx.checkpoint === null ? '' : `${ctx.checkpoint.uri}${jobId}/`,
+        bytes,
+      });
+    } catch (err) {
+      ctx.logger.warn('teacher snapshot failed', { step, err });
+    }
+  }
+  try {
+    const sha256 = snapshotSha256(bytes);
+    const attested = await teacherSync.attestTeacher({ jobId, generation, step, rank, worldSize: ctx.worldSize, sha256 });
+    ctx.logger.debug('teacher snapshot attested', { step, sha256: sha256.toString('hex'), ...attested });
+  } catch (err) {
+    ctx.logger.warn('teacher snapshot attestation failed', { step, err });
+  }
 }
 
 /** Runs step `ctx.state.step` (items 3-10) and returns its CommitStep; does not commit. */
@@ -193,19 +235,7 @@ export async function computeStep(ctx: StepLoopContext, layout: GradientLayout):
       ctx.logger.error('checkpoint failed; training goes on', { step: s + 1, err });
     }
   }
-  if (rank === 0 && ctx.teacherSync !== null && ((s + 1) % TEACHER_SNAPSHOT_EVERY_STEPS === 0 || last)) {
-    try {
-      await ctx.teacherSync.putTeacherSnapshot({
-        jobId,
-        generation,
-        step: s + 1,
-        storeUri: ctx.checkpoint === null ? '' : `${ctx.checkpoint.uri}${jobId}/`,
-        bytes: await encodeTeacherSnapshot(state, jobId),
-      });
-    } catch (err) {
-      ctx.logger.warn('teacher snapshot failed', { step: s + 1, err });
-    }
-  }
+  if (ctx.teacherSync !== null && ((s + 1) % TEACHER_SNAPSHOT_EVERY_STEPS === 0 || last)) await snapshotTeacher(ctx, ctx.teacherSync, s + 1);
 
   const seconds = (performance.now() - started) / 1000;
   const share = ctx.perRankBatch / ctx.globalBatch;

@@ -1,7 +1,8 @@
 /**
  * The worker's calls to teacher-sync (docs/cluster.md, step loop items 4, 7 and 10):
- * the center for a step, this rank's teacher sums, and rank 0's teacher snapshots. Every
- * call has a deadline and is retried on UNAVAILABLE with the shared policy.
+ * the center for a step, this rank's teacher sums, rank 0's teacher snapshots and every
+ * rank's attestation of them. Every call has a deadline and is retried on UNAVAILABLE with
+ * the shared policy.
  */
 import { createHash } from 'node:crypto';
 import {
@@ -13,7 +14,12 @@ import {
   fromServiceError,
   withRetry,
 } from '@dinofleet/proto';
-import type { PushTeacherSumsResponse, PutTeacherSnapshotRequest, PutTeacherSnapshotResponse } from '@dinofleet/proto';
+import type {
+  AttestTeacherResponse,
+  PushTeacherSumsResponse,
+  PutTeacherSnapshotRequest,
+  PutTeacherSnapshotResponse,
+} from '@dinofleet/proto';
 
 /** Settings of a {@link TeacherSyncConnection}. */
 export interface TeacherSyncConnectionOptions {
@@ -24,7 +30,7 @@ export interface TeacherSyncConnectionOptions {
    * pushed the previous step's sums, so it must cover the slowest rank's step. @default 120000
    */
   getCenterTimeoutMs?: number;
-  /** Deadline of one PushTeacherSums call, in ms. @default 30000 */
+  /** Deadline of one PushTeacherSums or AttestTeacher call, in ms. @default 30000 */
   pushTimeoutMs?: number;
   /** Deadline of one PutTeacherSnapshot upload, in ms. @default 120000 */
   snapshotTimeoutMs?: number;
@@ -68,6 +74,23 @@ export interface TeacherSnapshotUpload {
   /** Encoding of `bytes`. @default 'safetensors' */
   readonly format?: string;
   readonly bytes: Uint8Array;
+}
+
+/** One rank's word on the teacher at a snapshot step. */
+export interface TeacherAttestation {
+  readonly jobId: string;
+  readonly generation: number;
+  /** Step after which the teacher was taken (the snapshot's step). */
+  readonly step: number;
+  readonly rank: number;
+  readonly worldSize: number;
+  /** SHA-256 of the rank's encoded snapshot (32 bytes): the bytes rank 0 uploads. */
+  readonly sha256: Uint8Array;
+}
+
+/** SHA-256 of snapshot bytes, as PutTeacherSnapshot's header and AttestTeacher carry it. */
+export function snapshotSha256(bytes: Uint8Array): Buffer {
+  return createHash('sha256').update(bytes).digest();
 }
 
 /** Raw little-endian float32 bytes of `values` (the wire encoding of centers and sums). */
@@ -136,7 +159,7 @@ export class TeacherSyncConnection {
   /** Uploads a teacher snapshot: the header (size, SHA-256), then the bytes in chunks. */
   putTeacherSnapshot(upload: TeacherSnapshotUpload): Promise<PutTeacherSnapshotResponse> {
     const bytes = Buffer.from(upload.bytes.buffer, upload.bytes.byteOffset, upload.bytes.byteLength);
-    const sha256 = createHash('sha256').update(bytes).digest();
+    const sha256 = snapshotSha256(bytes);
     return withRetry(
       () =>
         new Promise<PutTeacherSnapshotResponse>((resolve, reject) => {
@@ -156,6 +179,7 @@ export class TeacherSyncConnection {
                   sha256,
                   format: upload.format ?? 'safetensors',
                   storeUri: upload.storeUri,
+                  verified: false,
                 },
               },
             },
@@ -168,6 +192,19 @@ export class TeacherSyncConnection {
         }),
       RETRY,
     );
+  }
+
+  /** Attests this rank's snapshot hash of one step (idempotent at teacher-sync, so retrying is safe). */
+  attestTeacher(attestation: TeacherAttestation): Promise<AttestTeacherResponse> {
+    const request = {
+      jobId: attestation.jobId,
+      generation: attestation.generation,
+      step: attestation.step,
+      rank: attestation.rank,
+      worldSize: attestation.worldSize,
+      sha256: Buffer.from(attestation.sha256.buffer, attestation.sha256.byteOffset, attestation.sha256.byteLength),
+    };
+    return withRetry(() => callUnary(this.#client, 'attestTeacher', request, { deadlineMs: this.#pushTimeoutMs }), RETRY);
   }
 
   /** Closes the channel. Idempotent. */

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initComputeBackend } from '@dinofleet/compute';
@@ -166,11 +167,23 @@ describe('two in-process workers', () => {
       }
     }
     // Every rank pushed its teacher sums for every step, and rank 0 sent the last step's
-    // teacher snapshot (a safetensors file of the teacher).
+    // teacher snapshot (a safetensors file of the teacher, tensors named by parameter alone).
     expect(teacherSync.pushes.map((p) => `${p.step}/${p.rank}`).sort()).toEqual(['0/0', '0/1', '1/0', '1/1', '2/0', '2/1']);
     expect(teacherSync.snapshots.map((s) => s.header.step)).toEqual([STEPS]);
-    const snapshot = decodeSafetensors(teacherSync.snapshots[0]?.bytes ?? new Uint8Array());
-    expect(Object.keys(snapshot.tensors).every((name) => name.startsWith('teacher/'))).toBe(true);
+    const uploaded = teacherSync.snapshots[0]?.bytes ?? Buffer.alloc(0);
+    const snapshot = decodeSafetensors(uploaded);
+    expect(Object.keys(snapshot.tensors).sort()).toEqual(Object.keys(reference.teacher).sort());
+    expect(snapshot.metadata).toEqual({ jobId: 'equivalence-abcdefgh', step: String(STEPS) });
+    // Both ranks attested that step's snapshot with the SHA-256 of the bytes rank 0 uploaded:
+    // each rank encoded its own teacher to exactly those bytes.
+    const uploadedSha = createHash('sha256').update(uploaded).digest().toString('hex');
+    expect(
+      teacherSync.attestations
+        .map((a) => ({ jobId: a.jobId, generation: a.generation, step: a.step, rank: a.rank, worldSize: a.worldSize, sha256: a.sha256.toString('hex') }))
+        .sort((a, b) => a.rank - b.rank),
+    ).toEqual(
+      [0, 1].map((rank) => ({ jobId: 'equivalence-abcdefgh', generation: 1, step: STEPS, rank, worldSize: 2, sha256: uploadedSha })),
+    );
   });
 
   it('register with their collective address and backend, send heartbeats, and drop the state on Stop', async () => {

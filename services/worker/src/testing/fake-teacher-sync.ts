@@ -1,7 +1,8 @@
 /**
  * Test-only: a tiny TeacherSync server with teacher-sync's center rule (docs/cluster.md,
  * "teacher-sync"): center(s+1) = updateCenter(center(s), Σ_r sums_r, Σ_r count_r, m),
- * summing ranks in rank order in float32; center(0) = zeros. Snapshots are kept in memory.
+ * summing ranks in rank order in float32; center(0) = zeros. Snapshots and the ranks'
+ * attestations of them are kept in memory.
  */
 import { createHash } from 'node:crypto';
 import { updateCenter } from '@dinofleet/dino';
@@ -14,7 +15,13 @@ import {
   toServiceError,
   unaryHandler,
 } from '@dinofleet/proto';
-import type { PushTeacherSumsRequest, PutTeacherSnapshotRequest, TeacherSnapshotHeader, TeacherSyncServer } from '@dinofleet/proto';
+import type {
+  AttestTeacherRequest,
+  PushTeacherSumsRequest,
+  PutTeacherSnapshotRequest,
+  TeacherSnapshotHeader,
+  TeacherSyncServer,
+} from '@dinofleet/proto';
 import { bytesToFloat32, float32ToBytes } from '../teacher-sync-client.ts';
 
 /** A received snapshot. */
@@ -30,6 +37,8 @@ export interface FakeTeacherSync extends AsyncDisposable {
   readonly centers: Map<number, { center: Float32Array; patch: Float32Array | null; generation: number }>;
   readonly pushes: PushTeacherSumsRequest[];
   readonly snapshots: FakeSnapshot[];
+  /** Every AttestTeacher call, in arrival order. */
+  readonly attestations: AttestTeacherRequest[];
   close(): Promise<void>;
 }
 
@@ -47,6 +56,7 @@ export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
   const pending = new Map<string, Map<number, PushTeacherSumsRequest>>();
   const pushes: PushTeacherSumsRequest[] = [];
   const snapshots: FakeSnapshot[] = [];
+  const attestations: AttestTeacherRequest[] = [];
   const waiters = new Set<() => void>();
   const notify = (): void => {
     for (const w of [...waiters]) w();
@@ -108,6 +118,14 @@ export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
     watchCenters: (call) => {
       call.emit('error', toServiceError(new InvalidArgumentError('not in the fake')));
     },
+    attestTeacher: unaryHandler((request: AttestTeacherRequest) => {
+      attestations.push(request);
+      const same = attestations.filter((a) => a.jobId === request.jobId && a.generation === request.generation && a.step === request.step);
+      const ranks = new Set(same.map((a) => a.rank));
+      const snapshot = snapshots.findLast((s) => s.header.jobId === request.jobId && s.header.step === request.step);
+      const verified = ranks.size === request.worldSize && snapshot !== undefined && same.every((a) => a.sha256.equals(snapshot.header.sha256));
+      return Promise.resolve({ ranksAttested: ranks.size, verified });
+    }),
     getTeacherSnapshot: (call) => {
       call.emit('error', toServiceError(new InvalidArgumentError('not in the fake')));
     },
@@ -133,5 +151,5 @@ export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
   server.addService(TeacherSyncService, implementation);
   const { address } = await server.start();
   const close = (): Promise<void> => server.close(500);
-  return { address, centers, pushes, snapshots, close, [Symbol.asyncDispose]: close };
+  return { address, centers, pushes, snapshots, attestations, close, [Symbol.asyncDispose]: close };
 }

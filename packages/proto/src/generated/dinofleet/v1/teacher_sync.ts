@@ -127,6 +127,12 @@ export interface TeacherSnapshotHeader {
    * <prefix>teacher/step-<step>.safetensors); "" keeps it in memory only.
    */
   storeUri: string;
+  /**
+   * Set by teacher-sync in GetTeacherSnapshot: true when every rank of a generation
+   * attested (AttestTeacher) this snapshot's SHA-256 for its step; false while attestations
+   * are missing. Uploaders leave it false; PutTeacherSnapshot ignores it.
+   */
+  verified: boolean;
 }
 
 /** Part of a snapshot, sent in order after the header. */
@@ -141,7 +147,10 @@ export interface TeacherSnapshotChunk {
 export interface GetTeacherSnapshotRequest {
   /** Job whose teacher to fetch. */
   jobId: string;
-  /** Step of the snapshot; 0 for the latest one. NOT_FOUND when teacher-sync has none. */
+  /**
+   * Step of the snapshot; 0 for the latest one not rejected by the ranks' attestations.
+   * NOT_FOUND when teacher-sync has none; DATA_LOSS for a step whose snapshot was rejected.
+   */
   step: number;
 }
 
@@ -180,6 +189,50 @@ export interface PutTeacherSnapshotResponse {
   step: number;
   /** Bytes stored. */
   sizeBytes: number;
+}
+
+/**
+ * One rank's word on the teacher at a snapshot step. Every rank of a generation sends it
+ * at every step rank 0 uploads a snapshot at; teacher-sync checks the ranks' hashes against
+ * each other and against the stored snapshot.
+ */
+export interface AttestTeacherRequest {
+  /** Job the teacher belongs to. */
+  jobId: string;
+  /** Generation of the sender; ranks of one generation are compared with each other. */
+  generation: number;
+  /** Step after which the teacher was taken: the snapshot's `step` (≥ 1). */
+  step: number;
+  /**
+   * Rank of the sender; repeating the same (generation, step, rank, sha256) is idempotent,
+   * a different sha256 for it is INVALID_ARGUMENT.
+   */
+  rank: number;
+  /**
+   * World size of the generation (≥ 1, the same in every attestation of the step and
+   * generation): the snapshot is checked once this many distinct ranks attested.
+   */
+  worldSize: number;
+  /**
+   * SHA-256 (32 bytes) of the rank's encoded snapshot of its teacher at `step`: exactly the
+   * bytes rank 0 uploads with PutTeacherSnapshot (safetensors, deterministic on every rank).
+   */
+  sha256: Buffer;
+}
+
+/** Acknowledges an attestation (attestations may come before or after the snapshot). */
+export interface AttestTeacherResponse {
+  /**
+   * Distinct ranks of this generation that attested the step so far, this one included;
+   * 0 when the attestation was ignored (a later generation already attests the step).
+   */
+  ranksAttested: number;
+  /**
+   * True when all world_size ranks attested the same hash and the stored snapshot of the
+   * step has that hash. A mismatch rejects the snapshot: GetTeacherSnapshot of its step
+   * fails with DATA_LOSS and step 0 serves the latest snapshot not rejected.
+   */
+  verified: boolean;
 }
 
 function createBasePushTeacherSumsRequest(): PushTeacherSumsRequest {
@@ -740,7 +793,16 @@ export const WatchCentersResponse: MessageFns<WatchCentersResponse> = {
 };
 
 function createBaseTeacherSnapshotHeader(): TeacherSnapshotHeader {
-  return { jobId: "", generation: 0, step: 0, sizeBytes: 0, sha256: Buffer.alloc(0), format: "", storeUri: "" };
+  return {
+    jobId: "",
+    generation: 0,
+    step: 0,
+    sizeBytes: 0,
+    sha256: Buffer.alloc(0),
+    format: "",
+    storeUri: "",
+    verified: false,
+  };
 }
 
 export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
@@ -765,6 +827,9 @@ export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
     }
     if (message.storeUri !== "") {
       writer.uint32(58).string(message.storeUri);
+    }
+    if (message.verified !== false) {
+      writer.uint32(64).bool(message.verified);
     }
     return writer;
   },
@@ -838,6 +903,14 @@ export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
             message.storeUri = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.verified = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -862,6 +935,7 @@ export const TeacherSnapshotHeader: MessageFns<TeacherSnapshotHeader> = {
     message.sha256 = object.sha256 ?? Buffer.alloc(0);
     message.format = object.format ?? "";
     message.storeUri = object.storeUri ?? "";
+    message.verified = object.verified ?? false;
     return message;
   },
 };
@@ -1229,6 +1303,188 @@ export const PutTeacherSnapshotResponse: MessageFns<PutTeacherSnapshotResponse> 
   },
 };
 
+function createBaseAttestTeacherRequest(): AttestTeacherRequest {
+  return { jobId: "", generation: 0, step: 0, rank: 0, worldSize: 0, sha256: Buffer.alloc(0) };
+}
+
+export const AttestTeacherRequest: MessageFns<AttestTeacherRequest> = {
+  encode(message: AttestTeacherRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(16).uint64(message.generation);
+    }
+    if (message.step !== 0) {
+      writer.uint32(24).uint64(message.step);
+    }
+    if (message.rank !== 0) {
+      writer.uint32(32).uint32(message.rank);
+    }
+    if (message.worldSize !== 0) {
+      writer.uint32(40).uint32(message.worldSize);
+    }
+    if (message.sha256.length !== 0) {
+      writer.uint32(50).bytes(message.sha256);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttestTeacherRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttestTeacherRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.step = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.rank = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.worldSize = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sha256 = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<AttestTeacherRequest>, I>>(base?: I): AttestTeacherRequest {
+    return AttestTeacherRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttestTeacherRequest>, I>>(object: I): AttestTeacherRequest {
+    const message = createBaseAttestTeacherRequest();
+    message.jobId = object.jobId ?? "";
+    message.generation = object.generation ?? 0;
+    message.step = object.step ?? 0;
+    message.rank = object.rank ?? 0;
+    message.worldSize = object.worldSize ?? 0;
+    message.sha256 = object.sha256 ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseAttestTeacherResponse(): AttestTeacherResponse {
+  return { ranksAttested: 0, verified: false };
+}
+
+export const AttestTeacherResponse: MessageFns<AttestTeacherResponse> = {
+  encode(message: AttestTeacherResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ranksAttested !== 0) {
+      writer.uint32(8).uint32(message.ranksAttested);
+    }
+    if (message.verified !== false) {
+      writer.uint32(16).bool(message.verified);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttestTeacherResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttestTeacherResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.ranksAttested = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.verified = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<AttestTeacherResponse>, I>>(base?: I): AttestTeacherResponse {
+    return AttestTeacherResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttestTeacherResponse>, I>>(object: I): AttestTeacherResponse {
+    const message = createBaseAttestTeacherResponse();
+    message.ranksAttested = object.ranksAttested ?? 0;
+    message.verified = object.verified ?? false;
+    return message;
+  },
+};
+
 /** Teacher statistics and snapshots. Served by teacher-sync. */
 export type TeacherSyncService = typeof TeacherSyncService;
 export const TeacherSyncService = {
@@ -1289,6 +1545,17 @@ export const TeacherSyncService = {
       Buffer.from(PutTeacherSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PutTeacherSnapshotResponse => PutTeacherSnapshotResponse.decode(value),
   },
+  /** Records one rank's SHA-256 of its teacher snapshot at a step and checks the snapshot. */
+  attestTeacher: {
+    path: "/dinofleet.v1.TeacherSync/AttestTeacher" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AttestTeacherRequest): Buffer => Buffer.from(AttestTeacherRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AttestTeacherRequest => AttestTeacherRequest.decode(value),
+    responseSerialize: (value: AttestTeacherResponse): Buffer =>
+      Buffer.from(AttestTeacherResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AttestTeacherResponse => AttestTeacherResponse.decode(value),
+  },
 } as const;
 
 export interface TeacherSyncServer extends UntypedServiceImplementation {
@@ -1302,6 +1569,8 @@ export interface TeacherSyncServer extends UntypedServiceImplementation {
   getTeacherSnapshot: handleServerStreamingCall<GetTeacherSnapshotRequest, GetTeacherSnapshotResponse>;
   /** Uploads a teacher snapshot from a rank (header, then chunks). */
   putTeacherSnapshot: handleClientStreamingCall<PutTeacherSnapshotRequest, PutTeacherSnapshotResponse>;
+  /** Records one rank's SHA-256 of its teacher snapshot at a step and checks the snapshot. */
+  attestTeacher: handleUnaryCall<AttestTeacherRequest, AttestTeacherResponse>;
 }
 
 export interface TeacherSyncClient extends Client {
@@ -1374,6 +1643,22 @@ export interface TeacherSyncClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PutTeacherSnapshotResponse) => void,
   ): ClientWritableStream<PutTeacherSnapshotRequest>;
+  /** Records one rank's SHA-256 of its teacher snapshot at a step and checks the snapshot. */
+  attestTeacher(
+    request: AttestTeacherRequest,
+    callback: (error: ServiceError | null, response: AttestTeacherResponse) => void,
+  ): ClientUnaryCall;
+  attestTeacher(
+    request: AttestTeacherRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AttestTeacherResponse) => void,
+  ): ClientUnaryCall;
+  attestTeacher(
+    request: AttestTeacherRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AttestTeacherResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const TeacherSyncClient = makeGenericClientConstructor(
