@@ -63,6 +63,8 @@ describe('a local fleet with two workers', { timeout: 240_000 }, () => {
     try {
       const knn = await evalKnn({ jobId, jobs: client, teacher: { kind: 'snapshot', client: teacherSync }, train: 200, test: 100 });
       expect(knn.step).toBe(3);
+      // Both ranks attested the snapshot's hash before their last commit.
+      expect(knn.verified).toBe(true);
       expect(knn.knn_top1).toBeGreaterThan(0.1); // 10 classes: chance is 0.1
     } finally {
       teacherSync.close();

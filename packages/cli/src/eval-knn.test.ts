@@ -86,7 +86,7 @@ describe('evalKnn', () => {
       const fromSnapshot = await evalKnn({ jobId: 'job-a', spec: SPEC, teacher: { kind: 'snapshot', client }, ...COUNTS });
       const expected = await evalKnn({ jobId: 'job-a', spec: OTHER_SEED_SPEC, teacher: { kind: 'random-init' }, ...COUNTS });
       const ownSeed = await evalKnn({ jobId: 'job-a', spec: SPEC, teacher: { kind: 'random-init' }, ...COUNTS });
-      expect(fromSnapshot).toEqual({ job: 'job-a', knn_top1: expected.knn_top1, train: 120, test: 40, step: 40 });
+      expect(fromSnapshot).toEqual({ job: 'job-a', knn_top1: expected.knn_top1, train: 120, test: 40, step: 40, verified: true });
       expect(ownSeed.step).toBe(0);
       expect(ownSeed.knn_top1).not.toBe(expected.knn_top1);
       // 40 test images: accuracy is a multiple of 1/40, and far above chance (0.1) even untrained.
@@ -108,7 +108,7 @@ describe('evalKnn', () => {
     expect(stderr.text).toBe('');
     expect(code).toBe(0);
     const baseline = await evalKnn({ jobId: 'job-b', spec: SPEC, teacher: { kind: 'random-init' }, ...COUNTS });
-    expect(stdout.text).toBe(`${JSON.stringify({ job: 'job-b', knn_top1: baseline.knn_top1, train: 120, test: 40, step: 12 })}\n`);
+    expect(stdout.text).toBe(`${JSON.stringify({ job: 'job-b', knn_top1: baseline.knn_top1, train: 120, test: 40, step: 12, verified: true })}\n`);
 
     // --random-init with --spec needs neither server.
     const randomOut = new CapturedOutput();

@@ -65,6 +65,12 @@ export interface EvalKnnResult {
   readonly test: number;
   /** Step of the teacher (0 for random init). */
   readonly step: number;
+  /**
+   * For a teacher-sync snapshot: whether every rank attested its hash (teacher-sync's
+   * `verified`); a snapshot still waiting for attestations is served but not verified.
+   * Absent for checkpoints and random init.
+   */
+  readonly verified?: boolean;
 }
 
 /** Default {@link EvalKnnOptions.train}. */
@@ -166,6 +172,7 @@ export async function evalKnn(options: EvalKnnOptions): Promise<EvalKnnResult> {
   const initial = createDinoState(recipe, spec.spec.training.seed, { totalSteps: 1 });
   let params: ParamMap;
   let step = 0;
+  let verified: boolean | undefined;
   let ownParams = true;
   try {
     const source = options.teacher;
@@ -181,6 +188,7 @@ export async function evalKnn(options: EvalKnnOptions): Promise<EvalKnnResult> {
         }
         params = teacherParams(decodeSafetensors(snapshot.bytes).tensors, initial.teacher, `teacher snapshot of ${options.jobId} at step ${snapshot.header.step}`);
         step = snapshot.header.step;
+        verified = snapshot.header.verified;
         break;
       }
       case 'checkpoint': {
@@ -210,7 +218,7 @@ export async function evalKnn(options: EvalKnnOptions): Promise<EvalKnnResult> {
     } finally {
       tf.dispose([trainFeatures, testFeatures]);
     }
-    return { job: options.jobId, knn_top1: accuracy, train: trainCount, test: testCount, step };
+    return { job: options.jobId, knn_top1: accuracy, train: trainCount, test: testCount, step, ...(verified !== undefined && { verified }) };
   } finally {
     if (ownParams) tf.dispose(Object.values(params));
     disposeDinoState(initial);
