@@ -168,6 +168,32 @@ describe('S3BatchLoader on shard leases', () => {
     await loader.close();
   });
 
+  it('shares one abort signal across more GETs in flight than Node warns about, without a listener-leak warning', async () => {
+    // 12 records in one round (the whole manifest, then the next lease's first record) with
+    // 16 GETs allowed at once: 12 'abort' listeners on the loader's signal at the same time.
+    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0 };
+    let epoch = 0;
+    const reader = new LeaseReader({
+      s3: s3.client,
+      bucket: s3.bucket,
+      key: 'manifest.txt',
+      firstLease: whole,
+      acquireLease: () => Promise.resolve({ ...whole, leaseId: `e${++epoch}-s0`, epoch }),
+    });
+    const loader = new S3BatchLoader({ reader, s3: s3.client, bucket: s3.bucket, batchSize: 12, concurrency: 16, channels: 1 });
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      for (let i = 0; i < 3; i++) expect((await loader.next()).images).toHaveLength(12);
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off('warning', onWarning);
+      await loader.close();
+    }
+    expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message)).toEqual([]);
+  });
+
   it('prefetches the next batch while the current one is used', async () => {
     const samples = randomImages(6, 1).map((image, i) => ({ sampleId: i * 10, image }));
     let calls = 0;

@@ -4,6 +4,7 @@
  * prefetching the next batch while the step runs (docs/cluster.md, step loop item 3). The
  * step loop only sees {@link BatchSource}, so tests can feed it from memory.
  */
+import { setMaxListeners } from 'node:events';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Image } from '@dinofleet/dino';
 import { DEFAULT_FETCH_CONCURRENCY, ManifestRecordError, fetchImages, parseManifestRecord } from '@dinofleet/data';
@@ -61,6 +62,11 @@ export class S3BatchLoader implements BatchSource {
       throw new RangeError(`batchSize must be an integer >= 1, got ${options.batchSize}`);
     }
     this.#options = options;
+    // One signal is shared by every GET of the loader: each object in flight holds one
+    // 'abort' listener (the HTTP request's, or its retry backoff's), removed when it
+    // settles. Node warns past 10 listeners ("Possible EventTarget memory leak"), which
+    // fetch concurrencies above 10 reach on every batch without leaking anything.
+    setMaxListeners(2 * (options.concurrency ?? DEFAULT_FETCH_CONCURRENCY) + 1, this.#abort.signal);
   }
 
   async next(): Promise<TrainingBatch> {
