@@ -20,3 +20,4 @@ export * from './client.ts';
 export * from './handlers.ts';
 export * from './health.ts';
 export * from './server.ts';
+export * from './service-process.ts';

@@ -8,7 +8,8 @@ import { Queue, UnrecoverableError, WaitingError, Worker } from 'bullmq';
 import type { Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
-import { GrpcServer, JobServiceService, UnavailableError, WorkerControlService } from '@dinofleet/proto';
+import { GrpcServer, JobServiceService, splitHostPort, UnavailableError, WorkerControlService } from '@dinofleet/proto';
+import type { HostPort } from '@dinofleet/proto';
 import { createLogger, MetricsServer, Registry } from '@dinofleet/telemetry';
 import type { Logger } from '@dinofleet/telemetry';
 import { workerControlService } from './control-stream.ts';
@@ -81,13 +82,10 @@ export interface Coordinator extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-function splitHostPort(address: string, flag: string): { host: string; port: number } {
-  const colon = address.lastIndexOf(':');
-  const port = Number(address.slice(colon + 1));
-  if (colon <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new RangeError(`${flag} must be host:port, got ${JSON.stringify(address)}`);
-  }
-  return { host: address.slice(0, colon), port };
+function hostPortOf(address: string, flag: string): HostPort {
+  const parsed = splitHostPort(address);
+  if (parsed === undefined) throw new RangeError(`${flag} must be host:port, got ${JSON.stringify(address)}`);
+  return parsed;
 }
 
 /** Starts a coordinator; resolves once it serves. */
@@ -98,7 +96,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   if (!Number.isInteger(maxRunningJobs) || maxRunningJobs < 1) throw new RangeError(`maxRunningJobs must be an integer >= 1, got ${maxRunningJobs}`);
   const workerWaitMs = (options.workerWaitSeconds ?? 300) * 1000;
   const heartbeatTimeoutMs = (options.heartbeatTimeoutSeconds ?? 10) * 1000;
-  const metricsListen = splitHostPort(options.metricsListen ?? '127.0.0.1:0', 'metricsListen');
+  const metricsListen = hostPortOf(options.metricsListen ?? '127.0.0.1:0', 'metricsListen');
 
   const cleanups: (() => Promise<unknown> | void)[] = [];
   const runCleanups = async (): Promise<void> => {

@@ -5,9 +5,9 @@
  * Exit codes: 0 after a drained SIGTERM/SIGINT, 2 for a bad flag or an unreachable
  * dependency at start, 130 for a second signal while draining, 1 when the drain fails.
  */
-import { rename, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
+import { writeReadyFile } from '@dinofleet/proto';
 import { createLogger } from '@dinofleet/telemetry';
 
 import { COORDINATOR_FLAG_OPTIONS, COORDINATOR_USAGE, resolveCoordinatorConfig } from './coordinator-config.ts';
@@ -18,13 +18,6 @@ import type { Coordinator } from './coordinator.ts';
 function exitWithUsageError(message: string): never {
   process.stderr.write(`coordinator: ${message.replaceAll('\n', ' ')}\n`);
   process.exit(2);
-}
-
-async function writeReadyFile(path: string, grpcAddress: string, metricsAddress: string): Promise<void> {
-  const ready = { service: 'coordinator', pid: process.pid, grpcAddress, metricsAddress };
-  // Written aside and renamed, so a reader never sees half a file.
-  await writeFile(`${path}.tmp`, `${JSON.stringify(ready)}\n`);
-  await rename(`${path}.tmp`, path);
 }
 
 async function main(): Promise<void> {
@@ -85,7 +78,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
 
-  if (config.readyFile !== undefined) await writeReadyFile(config.readyFile, running.grpcAddress, running.metricsAddress);
+  if (config.readyFile !== undefined) await writeReadyFile(config.readyFile, { service: 'coordinator', grpcAddress: running.grpcAddress, metricsAddress: running.metricsAddress });
 }
 
 main().catch((err: unknown) => {

@@ -5,10 +5,10 @@
  * Exit codes: 0 after a drained SIGTERM/SIGINT, 2 for a bad flag or setting, 130 for a
  * second signal while draining, 1 when start-up or the drain fails otherwise.
  */
-import { rename, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
 import { createS3Client, describeS3Config, resolveS3Config } from '@dinofleet/data';
+import { writeReadyFile } from '@dinofleet/proto';
 import { createLogger } from '@dinofleet/telemetry';
 
 import { resolveTeacherSyncConfig, TEACHER_SYNC_USAGE } from './teacher-sync-config.ts';
@@ -18,13 +18,6 @@ import { startTeacherSync } from './teacher-sync-server.ts';
 function exitWithUsageError(message: string): never {
   process.stderr.write(`teacher-sync: ${message.replaceAll('\n', ' ')}\n`);
   process.exit(2);
-}
-
-async function writeReadyFile(path: string, grpcAddress: string, metricsAddress: string): Promise<void> {
-  const ready = { service: 'teacher-sync', pid: process.pid, grpcAddress, metricsAddress };
-  // Written aside and renamed, so a reader never sees half a file.
-  await writeFile(`${path}.tmp`, `${JSON.stringify(ready)}\n`);
-  await rename(`${path}.tmp`, path);
 }
 
 async function main(): Promise<void> {
@@ -104,7 +97,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
 
-  if (config.readyFile !== undefined) await writeReadyFile(config.readyFile, running.grpcAddress, running.metricsAddress);
+  if (config.readyFile !== undefined) await writeReadyFile(config.readyFile, { service: 'teacher-sync', grpcAddress: running.grpcAddress, metricsAddress: running.metricsAddress });
   logger.info('serving', {
     grpcAddress: running.grpcAddress,
     metricsAddress: running.metricsAddress,

@@ -4,7 +4,8 @@
  * run it in-process.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { GrpcServer, InvalidArgumentError, TeacherSyncService } from '@dinofleet/proto';
+import { GrpcServer, InvalidArgumentError, splitHostPort, TeacherSyncService } from '@dinofleet/proto';
+import type { HostPort } from '@dinofleet/proto';
 import { createLogger, LogLevel, MetricsServer, Registry } from '@dinofleet/telemetry';
 import type { Logger } from '@dinofleet/telemetry';
 
@@ -60,16 +61,12 @@ export interface TeacherSyncServer extends AsyncDisposable {
 }
 
 /** Splits "host:port" (IPv6 as "[::1]:port"); throws naming `field` when it is not one. */
-export function parseHostPort(value: string, field: string): { host: string; port: number } {
-  const colon = value.lastIndexOf(':');
-  const rawHost = colon === -1 ? '' : value.slice(0, colon);
-  const portText = value.slice(colon + 1);
-  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : Number.NaN;
-  const host = rawHost.startsWith('[') && rawHost.endsWith(']') ? rawHost.slice(1, -1) : rawHost;
-  if (host === '' || !(port >= 0 && port <= 65_535)) {
+export function parseHostPort(value: string, field: string): HostPort {
+  const parsed = splitHostPort(value);
+  if (parsed === undefined) {
     throw new InvalidArgumentError(`${field} must be host:port (port 0..65535, 0 = any free one), got ${JSON.stringify(value)}`);
   }
-  return { host, port };
+  return parsed;
 }
 
 function checkRange(value: number, field: string, min: number, max: number): number {

@@ -4,23 +4,16 @@
  * `--metrics-listen`, holds the Control stream, and on SIGTERM sends Leaving, drains and
  * exits 0 (a second signal exits 130 at once).
  */
-import { rename, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { COLLECTIVE_EXCHANGE_DEFINITION } from '@dinofleet/collective';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
-import { serviceNameOf } from '@dinofleet/proto';
+import { serviceNameOf, writeReadyFile } from '@dinofleet/proto';
 import { MetricsServer, Registry, createLogger } from '@dinofleet/telemetry';
 import { startWorker } from './index.ts';
 import { WORKER_USAGE, WorkerConfigError, parseHostPort, resolveWorkerConfig } from './worker-config.ts';
 
 /** Grace period of the shutdown, in ms. */
 const DRAIN_GRACE_MS = 10_000;
-
-async function writeReadyFile(path: string, content: Record<string, unknown>): Promise<void> {
-  // Written under another name and renamed, so a reader never sees half a file.
-  await writeFile(`${path}.tmp`, `${JSON.stringify(content)}\n`);
-  await rename(`${path}.tmp`, path);
-}
 
 async function main(): Promise<void> {
   let config;
@@ -90,7 +83,6 @@ async function main(): Promise<void> {
   if (config.readyFile !== null) {
     await writeReadyFile(config.readyFile, {
       service: 'worker',
-      pid: process.pid,
       grpcAddress,
       metricsAddress: `${metricsHost}:${metricsPort}`,
     });

@@ -6,6 +6,8 @@
 import { parseArgs } from 'node:util';
 import { COMPUTE_BACKENDS, parseComputeBackend } from '@dinofleet/compute';
 import type { ComputeBackend } from '@dinofleet/compute';
+import { splitHostPort } from '@dinofleet/proto';
+import type { HostPort } from '@dinofleet/proto';
 import { LogLevel } from '@dinofleet/telemetry';
 
 /** One line on how to run the worker. */
@@ -55,14 +57,10 @@ const FLAGS = {
 type FlagName = keyof typeof FLAGS;
 
 /** Splits "host:port" (IPv6 in brackets allowed), checking the port. */
-export function parseHostPort(value: string, flag: string): { host: string; port: number } {
-  const colon = value.lastIndexOf(':');
-  const host = value.slice(0, colon);
-  const port = Number(value.slice(colon + 1));
-  if (colon <= 0 || host === '' || !/^\d+$/.test(value.slice(colon + 1)) || port > 65535) {
-    throw new WorkerConfigError(`--${flag} must be host:port with a port in 0..65535, got ${JSON.stringify(value)}`);
-  }
-  return { host: host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host, port };
+export function parseHostPort(value: string, flag: string): HostPort {
+  const parsed = splitHostPort(value);
+  if (parsed === undefined) throw new WorkerConfigError(`--${flag} must be host:port with a port in 0..65535, got ${JSON.stringify(value)}`);
+  return parsed;
 }
 
 /**

@@ -1,3 +1,6 @@
+// s3rver ships no types; the reference makes packages that import this file see ours too.
+// eslint-disable-next-line @typescript-eslint/triple-slash-reference -- an ambient module has nothing to import
+/// <reference path="./s3rver.d.ts" />
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
