@@ -1,17 +1,10 @@
 /**
  * A throw-away S3 endpoint (s3rver) on loopback, for `dinofleet up` and integration tests.
  */
-// s3rver ships no types; the reference makes packages that import this file see ours too.
-// eslint-disable-next-line @typescript-eslint/triple-slash-reference -- an ambient module has nothing to import
-/// <reference path="./s3rver.d.ts" />
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-
 import { CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
-import S3rver from 's3rver';
+import { S3RVER_CREDENTIAL, S3RVER_REGION, startS3rver } from '@dinofleet/data/testing';
 
 /** A running s3rver on `127.0.0.1`. */
 export interface S3Server {
@@ -45,9 +38,6 @@ export interface S3ServerOptions {
   readonly buckets?: readonly string[];
 }
 
-/** The fixed credentials s3rver accepts. */
-const S3RVER_CREDENTIAL = 'S3RVER';
-const S3RVER_REGION = 'us-east-1';
 
 /** An S3 client for an environment such as {@link S3Server.env}'s. */
 export function s3ClientFromEnv(env: Readonly<Record<string, string>>): S3Client {
@@ -74,17 +64,8 @@ export async function ensureBucket(client: S3Client, bucket: string): Promise<vo
 
 /** Starts s3rver on 127.0.0.1, port 0 (a free port), and creates `options.buckets`. */
 export async function startS3(options: S3ServerOptions = {}): Promise<S3Server> {
-  const ownDir = options.dir === undefined;
-  const directory = options.dir ?? (await mkdtemp(join(tmpdir(), 'dinofleet-s3rver-')));
-  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory });
-  let address;
-  try {
-    address = await server.run();
-  } catch (error) {
-    if (ownDir) await rm(directory, { recursive: true, force: true });
-    throw error;
-  }
-  const endpoint = `http://127.0.0.1:${address.port}`;
+  const server = await startS3rver(options.dir !== undefined ? { dir: options.dir } : {});
+  const { endpoint } = server;
   const env = (): Record<string, string> => ({
     DINOFLEET_S3_ENDPOINT: endpoint,
     AWS_REGION: S3RVER_REGION,
@@ -93,7 +74,6 @@ export async function startS3(options: S3ServerOptions = {}): Promise<S3Server> 
     DINOFLEET_S3_FORCE_PATH_STYLE: 'true',
   });
   const client = s3ClientFromEnv(env());
-
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
@@ -103,8 +83,7 @@ export async function startS3(options: S3ServerOptions = {}): Promise<S3Server> 
       } catch (error) {
         failures.push(error);
       }
-      await server.close().catch((error: unknown) => failures.push(error));
-      if (ownDir) await rm(directory, { recursive: true, force: true }).catch((error: unknown) => failures.push(error));
+      await server.stop().catch((error: unknown) => failures.push(error));
       if (failures.length > 0) throw new AggregateError(failures, 'stopping the S3 server failed');
     })();
     return stopping;

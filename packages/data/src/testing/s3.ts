@@ -26,27 +26,58 @@ export interface TestS3 {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** A bare s3rver process-in-process on loopback. */
+export interface S3rverInstance {
+  /** `http://127.0.0.1:<port>`. */
+  readonly endpoint: string;
+  /** Stops the server and removes its directory when it created it; idempotent, runs every cleanup. */
+  stop(): Promise<void>;
+}
+
+/** The fixed region and credentials s3rver checks signatures against. */
+export const S3RVER_REGION = 'us-east-1';
+export const S3RVER_CREDENTIAL = 'S3RVER';
+
 /**
- * Starts s3rver on `127.0.0.1`, port 0, in a temporary directory, and creates a bucket with
- * a unique name so tests never see each other's objects.
+ * Starts s3rver on `127.0.0.1`, port 0 (a free port), keeping objects in `dir` (kept on
+ * stop) or in a temporary directory (removed on stop). Both the test helper below and
+ * `@dinofleet/local`'s `startS3` (for `dinofleet up`) stand on it.
  */
-export async function startTestS3(): Promise<TestS3> {
-  const directory = await mkdtemp(join(tmpdir(), 'dinofleet-s3rver-'));
+export async function startS3rver(options: { readonly dir?: string } = {}): Promise<S3rverInstance> {
+  const ownDir = options.dir === undefined;
+  const directory = options.dir ?? (await mkdtemp(join(tmpdir(), 'dinofleet-s3rver-')));
   const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory });
   let address;
   try {
     address = await server.run();
   } catch (error) {
-    await rm(directory, { recursive: true, force: true });
+    if (ownDir) await rm(directory, { recursive: true, force: true });
     throw error;
   }
-  const endpoint = `http://127.0.0.1:${address.port}`;
-  // s3rver checks signatures against these fixed credentials.
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      const failures: unknown[] = [];
+      await server.close().catch((error: unknown) => failures.push(error));
+      if (ownDir) await rm(directory, { recursive: true, force: true }).catch((error: unknown) => failures.push(error));
+      if (failures.length > 0) throw new AggregateError(failures, 'stopping s3rver failed');
+    })();
+    return stopping;
+  };
+  return { endpoint: `http://127.0.0.1:${address.port}`, stop };
+}
+
+/**
+ * Starts s3rver (see {@link startS3rver}) and creates a bucket with a unique name so tests
+ * never see each other's objects.
+ */
+export async function startTestS3(): Promise<TestS3> {
+  const server = await startS3rver();
+  const { endpoint } = server;
   const client = createS3Client(
-    resolveS3Config({ endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } }, {}),
+    resolveS3Config({ endpoint, region: S3RVER_REGION, credentials: { accessKeyId: S3RVER_CREDENTIAL, secretAccessKey: S3RVER_CREDENTIAL } }, {}),
   );
   const bucket = `dinofleet-test-${randomUUID().slice(0, 18)}`;
-
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
@@ -56,13 +87,11 @@ export async function startTestS3(): Promise<TestS3> {
       } catch (error) {
         failures.push(error);
       }
-      await server.close().catch((error: unknown) => failures.push(error));
-      await rm(directory, { recursive: true, force: true }).catch((error: unknown) => failures.push(error));
+      await server.stop().catch((error: unknown) => failures.push(error));
       if (failures.length > 0) throw new AggregateError(failures, 'closing the test S3 server failed');
     })();
     return closing;
   };
-
   try {
     await client.send(new CreateBucketCommand({ Bucket: bucket }));
   } catch (error) {
