@@ -14,7 +14,6 @@ export {
   type ServiceExit,
   type ServiceName,
   type ServiceProcess,
-  type ServiceReadyFile,
   type SpawnServiceOptions,
 } from './service-process.ts';
 export { startLocalFleet, type LocalFleet, type LocalFleetOptions } from './local-fleet.ts';
@@ -26,3 +25,5 @@ export {
 } from './fashion-mnist-upload.ts';
 export { findFreePort } from './free-port.ts';
 export { findRepoRoot } from './repo-root.ts';
+/** The JSON a service writes to `--ready-file` (written by `writeReadyFile` in @dinofleet/proto). */
+export type { ServiceReadyFile } from '@dinofleet/proto';

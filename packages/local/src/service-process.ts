@@ -9,6 +9,8 @@ import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 
+import type { ServiceReadyFile } from '@dinofleet/proto';
+
 import { reapOnExit } from './child-reaper.ts';
 import { DEFAULT_LOG_TAIL_BYTES, LogTail } from './log-tail.ts';
 import { findRepoRoot, tsxLoaderUrl } from './repo-root.ts';
@@ -66,18 +68,6 @@ export interface ServiceProcess {
   logTail(): string;
   /** Same as `stop()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void>;
-}
-
-/** The JSON a service writes to `--ready-file` when it serves. */
-export interface ServiceReadyFile {
-  /** Service name. */
-  readonly service: string;
-  /** OS process id. */
-  readonly pid: number;
-  /** gRPC `host:port`. */
-  readonly grpcAddress: string;
-  /** Metrics `host:port`. */
-  readonly metricsAddress: string;
 }
 
 /** A service exited or timed out before it was ready. */
