@@ -23,7 +23,10 @@ describe('generated wire types', () => {
           skipped: [{ sampleId: 74, key: 'train/0/12.png', reason: 'decode_error' }],
           imagesPerSecond: 21.5,
           lr: 1e-4,
-          checkpointUri: '',
+          checkpointUri: 's3://b/ckpt/j-1/step-00000007/',
+          nonfinite: false,
+          sampleEpochs: [0, 0, 1],
+          checkpointFiles: [{ name: 'model.safetensors', bytes: 1024, sha256: 'ab'.repeat(32) }],
         },
       },
     };
@@ -54,6 +57,9 @@ describe('generated wire types', () => {
           totalSteps: 1000,
           manifestUri: 's3://bucket/manifest.txt',
           manifestEtag: '"abc"',
+          stateSource: '127.0.0.1:4000',
+          startStateHash: Buffer.alloc(32, 7),
+          restoreCheckpointUri: '',
         },
       },
     };

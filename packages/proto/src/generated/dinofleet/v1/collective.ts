@@ -9,7 +9,9 @@ import {
   Client,
   type ClientDuplexStream,
   type ClientOptions,
+  type ClientReadableStream,
   type handleBidiStreamingCall,
+  type handleServerStreamingCall,
   makeGenericClientConstructor,
   type Metadata,
   type UntypedServiceImplementation,
@@ -99,6 +101,59 @@ export interface ExchangeResponse {
   round: number;
   /** Total chunks the receiver has consumed on this stream so far. */
   chunksConsumed: number;
+}
+
+/** Asks a rank for its training state at a step (a joining rank's state transfer). */
+export interface FetchStateRequest {
+  /** Job the state belongs to. */
+  jobId: string;
+  /**
+   * The step the state must be at (the Assignment's start_step); FAILED_PRECONDITION when
+   * the serving rank holds another step.
+   */
+  step: number;
+  /** The asking worker (for logs). */
+  workerId: string;
+}
+
+/** First message of a state transfer. */
+export interface StateHeader {
+  /** Job the state belongs to. */
+  jobId: string;
+  /** Step of the state. */
+  step: number;
+  /** Total size of the encoded state in bytes. */
+  sizeBytes: number;
+  /** SHA-256 of the encoded bytes (transport check). */
+  sha256: Buffer;
+  /** State hash of the state as CommitStep computes it (what the receiver must reproduce). */
+  stateHash: Buffer;
+  /**
+   * Encoding: "dinofleet-state-v1" (safetensors of student/, teacher/, optim/m/, optim/v/,
+   * center, ibot_center, gram/ tensors with a JSON __metadata__ of the scalars).
+   */
+  format: string;
+}
+
+/** One message of a FetchState stream: the header, then chunks in order. */
+export interface FetchStateResponse {
+  /** The message. */
+  message?:
+    | //
+    /** First message. */
+    { $case: "header"; header: StateHeader }
+    | //
+    /** Later messages: bytes at `offset`. */
+    { $case: "chunk"; chunk: StateChunk }
+    | undefined;
+}
+
+/** A piece of the encoded state. */
+export interface StateChunk {
+  /** Byte offset of `data` in the encoding. */
+  offset: number;
+  /** At most 1 MiB. */
+  data: Buffer;
 }
 
 function createBaseExchangeRequest(): ExchangeRequest {
@@ -354,6 +409,348 @@ export const ExchangeResponse: MessageFns<ExchangeResponse> = {
   },
 };
 
+function createBaseFetchStateRequest(): FetchStateRequest {
+  return { jobId: "", step: 0, workerId: "" };
+}
+
+export const FetchStateRequest: MessageFns<FetchStateRequest> = {
+  encode(message: FetchStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.step !== 0) {
+      writer.uint32(16).uint64(message.step);
+    }
+    if (message.workerId !== "") {
+      writer.uint32(26).string(message.workerId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.step = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<FetchStateRequest>, I>>(base?: I): FetchStateRequest {
+    return FetchStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchStateRequest>, I>>(object: I): FetchStateRequest {
+    const message = createBaseFetchStateRequest();
+    message.jobId = object.jobId ?? "";
+    message.step = object.step ?? 0;
+    message.workerId = object.workerId ?? "";
+    return message;
+  },
+};
+
+function createBaseStateHeader(): StateHeader {
+  return { jobId: "", step: 0, sizeBytes: 0, sha256: Buffer.alloc(0), stateHash: Buffer.alloc(0), format: "" };
+}
+
+export const StateHeader: MessageFns<StateHeader> = {
+  encode(message: StateHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.step !== 0) {
+      writer.uint32(16).uint64(message.step);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(24).uint64(message.sizeBytes);
+    }
+    if (message.sha256.length !== 0) {
+      writer.uint32(34).bytes(message.sha256);
+    }
+    if (message.stateHash.length !== 0) {
+      writer.uint32(42).bytes(message.stateHash);
+    }
+    if (message.format !== "") {
+      writer.uint32(50).string(message.format);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StateHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStateHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.step = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sha256 = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.stateHash = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.format = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<StateHeader>, I>>(base?: I): StateHeader {
+    return StateHeader.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StateHeader>, I>>(object: I): StateHeader {
+    const message = createBaseStateHeader();
+    message.jobId = object.jobId ?? "";
+    message.step = object.step ?? 0;
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.sha256 = object.sha256 ?? Buffer.alloc(0);
+    message.stateHash = object.stateHash ?? Buffer.alloc(0);
+    message.format = object.format ?? "";
+    return message;
+  },
+};
+
+function createBaseFetchStateResponse(): FetchStateResponse {
+  return { message: undefined };
+}
+
+export const FetchStateResponse: MessageFns<FetchStateResponse> = {
+  encode(message: FetchStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.message?.$case) {
+      case "header":
+        StateHeader.encode(message.message.header, writer.uint32(10).fork()).join();
+        break;
+      case "chunk":
+        StateChunk.encode(message.message.chunk, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.message = { $case: "header", header: StateHeader.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = { $case: "chunk", chunk: StateChunk.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<FetchStateResponse>, I>>(base?: I): FetchStateResponse {
+    return FetchStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchStateResponse>, I>>(object: I): FetchStateResponse {
+    const message = createBaseFetchStateResponse();
+    switch (object.message?.$case) {
+      case "header": {
+        if (object.message?.header !== undefined && object.message?.header !== null) {
+          message.message = { $case: "header", header: StateHeader.fromPartial(object.message.header) };
+        }
+        break;
+      }
+      case "chunk": {
+        if (object.message?.chunk !== undefined && object.message?.chunk !== null) {
+          message.message = { $case: "chunk", chunk: StateChunk.fromPartial(object.message.chunk) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseStateChunk(): StateChunk {
+  return { offset: 0, data: Buffer.alloc(0) };
+}
+
+export const StateChunk: MessageFns<StateChunk> = {
+  encode(message: StateChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.offset !== 0) {
+      writer.uint32(8).uint64(message.offset);
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(18).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StateChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStateChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.offset = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<StateChunk>, I>>(base?: I): StateChunk {
+    return StateChunk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StateChunk>, I>>(object: I): StateChunk {
+    const message = createBaseStateChunk();
+    message.offset = object.offset ?? 0;
+    message.data = object.data ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 /** The ring's data plane. Served by every worker. */
 export type CollectiveService = typeof CollectiveService;
 export const CollectiveService = {
@@ -396,6 +793,48 @@ export const CollectiveClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): CollectiveClient;
   service: typeof CollectiveService;
+  serviceName: string;
+};
+
+/**
+ * Served by every worker beside Collective: a joining rank copies the state from a live
+ * rank of its generation instead of restarting anyone.
+ */
+export type StateTransferService = typeof StateTransferService;
+export const StateTransferService = {
+  /** Streams the state at `step` (header, then chunks). */
+  fetchState: {
+    path: "/dinofleet.v1.StateTransfer/FetchState" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: FetchStateRequest): Buffer => Buffer.from(FetchStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FetchStateRequest => FetchStateRequest.decode(value),
+    responseSerialize: (value: FetchStateResponse): Buffer => Buffer.from(FetchStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FetchStateResponse => FetchStateResponse.decode(value),
+  },
+} as const;
+
+export interface StateTransferServer extends UntypedServiceImplementation {
+  /** Streams the state at `step` (header, then chunks). */
+  fetchState: handleServerStreamingCall<FetchStateRequest, FetchStateResponse>;
+}
+
+export interface StateTransferClient extends Client {
+  /** Streams the state at `step` (header, then chunks). */
+  fetchState(request: FetchStateRequest, options?: Partial<CallOptions>): ClientReadableStream<FetchStateResponse>;
+  fetchState(
+    request: FetchStateRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<FetchStateResponse>;
+}
+
+export const StateTransferClient = makeGenericClientConstructor(
+  StateTransferService,
+  "dinofleet.v1.StateTransfer",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): StateTransferClient;
+  service: typeof StateTransferService;
   serviceName: string;
 };
 

@@ -55,6 +55,14 @@ export interface PushTeacherSumsRequest {
   patchCount: number;
   /** The recipe's center momentum m: center(s+1) = m·center(s) + (1−m)·Σsums/Σcount. */
   centerMomentum: number;
+  /**
+   * The center this step used (the rank's state.center, raw float32 LE); equal on every
+   * rank in lock-step. center(step+1) is computed from it, so teacher-sync needs no
+   * history and recovers from a restart with the next push.
+   */
+  baseCenter: Buffer;
+  /** The patch center this step used (iBOT with centering), or empty. */
+  basePatchCenter: Buffer;
 }
 
 /** Acknowledges a push. */
@@ -74,6 +82,11 @@ export interface GetCenterRequest {
    * waits, within its deadline, until that center exists.
    */
   step: number;
+  /**
+   * Generation whose pushes (of step - 1) make the center; 0: the newest generation that
+   * completed it.
+   */
+  generation: number;
 }
 
 /** A center, identical for every rank that asks for the same step. */
@@ -247,6 +260,8 @@ function createBasePushTeacherSumsRequest(): PushTeacherSumsRequest {
     patchSums: Buffer.alloc(0),
     patchCount: 0,
     centerMomentum: 0,
+    baseCenter: Buffer.alloc(0),
+    basePatchCenter: Buffer.alloc(0),
   };
 }
 
@@ -281,6 +296,12 @@ export const PushTeacherSumsRequest: MessageFns<PushTeacherSumsRequest> = {
     }
     if (message.centerMomentum !== 0) {
       writer.uint32(81).double(message.centerMomentum);
+    }
+    if (message.baseCenter.length !== 0) {
+      writer.uint32(90).bytes(message.baseCenter);
+    }
+    if (message.basePatchCenter.length !== 0) {
+      writer.uint32(98).bytes(message.basePatchCenter);
     }
     return writer;
   },
@@ -378,6 +399,22 @@ export const PushTeacherSumsRequest: MessageFns<PushTeacherSumsRequest> = {
             message.centerMomentum = reader.double();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.baseCenter = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.basePatchCenter = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -405,6 +442,8 @@ export const PushTeacherSumsRequest: MessageFns<PushTeacherSumsRequest> = {
     message.patchSums = object.patchSums ?? Buffer.alloc(0);
     message.patchCount = object.patchCount ?? 0;
     message.centerMomentum = object.centerMomentum ?? 0;
+    message.baseCenter = object.baseCenter ?? Buffer.alloc(0);
+    message.basePatchCenter = object.basePatchCenter ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -477,7 +516,7 @@ export const PushTeacherSumsResponse: MessageFns<PushTeacherSumsResponse> = {
 };
 
 function createBaseGetCenterRequest(): GetCenterRequest {
-  return { jobId: "", step: 0 };
+  return { jobId: "", step: 0, generation: 0 };
 }
 
 export const GetCenterRequest: MessageFns<GetCenterRequest> = {
@@ -487,6 +526,9 @@ export const GetCenterRequest: MessageFns<GetCenterRequest> = {
     }
     if (message.step !== 0) {
       writer.uint32(16).uint64(message.step);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(24).uint64(message.generation);
     }
     return writer;
   },
@@ -520,6 +562,14 @@ export const GetCenterRequest: MessageFns<GetCenterRequest> = {
             message.step = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -539,6 +589,7 @@ export const GetCenterRequest: MessageFns<GetCenterRequest> = {
     const message = createBaseGetCenterRequest();
     message.jobId = object.jobId ?? "";
     message.step = object.step ?? 0;
+    message.generation = object.generation ?? 0;
     return message;
   },
 };

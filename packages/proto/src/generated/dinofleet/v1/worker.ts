@@ -126,6 +126,14 @@ export interface Register {
   stateStep: number;
   /** Hash of that state (as in CommitStep), empty when none. */
   stateHash: Buffer;
+  /**
+   * The worker also holds the (unacknowledged) state after step `pending_step` =
+   * state_step + 1, whose CommitStep it sent: after a coordinator restart the job may have
+   * committed it. 0 when it holds none.
+   */
+  pendingStep: number;
+  /** Hash of that pending state (as in its CommitStep); empty when none. */
+  pendingHash: Buffer;
 }
 
 /**
@@ -184,11 +192,53 @@ export interface CommitStep {
   lr: number;
   /** S3 URI of the checkpoint written after this step ("" when none was). */
   checkpointUri: string;
+  /**
+   * True when the all-reduced loss or gradient was not finite: the rank did not apply
+   * the update (its state is still at step - 1) and the step must not commit.
+   */
+  nonfinite: boolean;
+  /** Epoch of each entry of `sample_ids` (same length), for the ledger's verification mode. */
+  sampleEpochs: number[];
+  /**
+   * Objects of the checkpoint at `checkpoint_uri` written by this rank (rank 0); the
+   * coordinator adds data.json and writes manifest.json last once the step committed.
+   */
+  checkpointFiles: CheckpointFile[];
 }
 
 export interface CommitStep_LossPartsEntry {
   key: string;
   value: number;
+}
+
+/** One object of a checkpoint. */
+export interface CheckpointFile {
+  /** Key relative to the checkpoint prefix (e.g. "model.safetensors"). */
+  name: string;
+  /** Size in bytes. */
+  bytes: number;
+  /** SHA-256 of the object, lowercase hex. */
+  sha256: string;
+}
+
+/**
+ * Sent by a rank whose step failed (a ring call failed or timed out, teacher-sync or S3
+ * unreachable after retries, state transfer failed). The rank keeps its state at the last
+ * acknowledged step and waits for the coordinator's Abort / Assignment; it does not leave.
+ */
+export interface StepFailed {
+  /** Generation the step ran in. */
+  generation: number;
+  /** The step that failed (the optimizer step number it would have produced). */
+  step: number;
+  /** What failed, for logs and job events. */
+  reason: string;
+  /**
+   * True when the worker itself cannot go on with this job (it dropped its state, e.g.
+   * a joiner whose state transfer failed): the coordinator leaves it out of the next
+   * generation.
+   */
+  excludeMe: boolean;
 }
 
 /**
@@ -198,6 +248,12 @@ export interface CommitStep_LossPartsEntry {
 export interface Leaving {
   /** Why (e.g. "sigterm", "scale-down", "oom"). */
   reason: string;
+  /**
+   * True: the worker finishes the step in progress and leaves at the next step boundary
+   * (the coordinator forms the next generation without it after that commit and sends it
+   * Stop). False: it is gone now (a failure); the generation is aborted at once.
+   */
+  graceful: boolean;
 }
 
 /** One entry of a generation's ordered rank list. */
@@ -257,6 +313,24 @@ export interface Assignment {
   manifestUri: string;
   /** ETag of the manifest object when the shards were planned; reads fail if it changed. */
   manifestEtag: string;
+  /**
+   * How this rank gets the state at start_step when it does not hold it (a joiner):
+   * host:port of a rank of this generation that holds it (its StateTransfer service).
+   * "" when the rank holds the state already (or restores it from a checkpoint, below).
+   */
+  stateSource: string;
+  /**
+   * Hash of the state at start_step, when the coordinator knows it (the last commit's
+   * state_hash); a transferred or restored state must match it. Empty: not checked
+   * (step 0, or a checkpoint without a recorded hash).
+   */
+  startStateHash: Buffer;
+  /**
+   * S3 prefix of a complete checkpoint to load the state from ("" for none): every rank
+   * (survivors too) replaces its state by it. Used to resume after every state holder was
+   * lost and to roll back after repeated non-finite steps. Its step is start_step.
+   */
+  restoreCheckpointUri: string;
 }
 
 /** Asks for the next shard lease once the rank's current one is used up. */
@@ -286,6 +360,11 @@ export interface CommitAck {
   generation: number;
   /** The committed step. */
   step: number;
+  /**
+   * True: do not start the next step; the membership changes at this boundary and an
+   * Assignment of a newer generation (or a Stop) follows on this stream.
+   */
+  hold: boolean;
 }
 
 /**
@@ -324,6 +403,9 @@ export interface ControlRequest {
     | //
     /** The worker is about to go away. */
     { $case: "leaving"; leaving: Leaving }
+    | //
+    /** The rank's step failed; it waits for the next generation. */
+    { $case: "stepFailed"; stepFailed: StepFailed }
     | undefined;
 }
 
@@ -743,6 +825,8 @@ function createBaseRegister(): Register {
     jobId: "",
     stateStep: 0,
     stateHash: Buffer.alloc(0),
+    pendingStep: 0,
+    pendingHash: Buffer.alloc(0),
   };
 }
 
@@ -768,6 +852,12 @@ export const Register: MessageFns<Register> = {
     }
     if (message.stateHash.length !== 0) {
       writer.uint32(58).bytes(message.stateHash);
+    }
+    if (message.pendingStep !== 0) {
+      writer.uint32(64).uint64(message.pendingStep);
+    }
+    if (message.pendingHash.length !== 0) {
+      writer.uint32(74).bytes(message.pendingHash);
     }
     return writer;
   },
@@ -841,6 +931,22 @@ export const Register: MessageFns<Register> = {
             message.stateHash = Buffer.from(reader.bytes());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.pendingStep = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.pendingHash = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -867,6 +973,8 @@ export const Register: MessageFns<Register> = {
     message.jobId = object.jobId ?? "";
     message.stateStep = object.stateStep ?? 0;
     message.stateHash = object.stateHash ?? Buffer.alloc(0);
+    message.pendingStep = object.pendingStep ?? 0;
+    message.pendingHash = object.pendingHash ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -963,6 +1071,9 @@ function createBaseCommitStep(): CommitStep {
     imagesPerSecond: 0,
     lr: 0,
     checkpointUri: "",
+    nonfinite: false,
+    sampleEpochs: [],
+    checkpointFiles: [],
   };
 }
 
@@ -1004,6 +1115,19 @@ export const CommitStep: MessageFns<CommitStep> = {
     }
     if (message.checkpointUri !== "") {
       writer.uint32(90).string(message.checkpointUri);
+    }
+    if (message.nonfinite !== false) {
+      writer.uint32(96).bool(message.nonfinite);
+    }
+    if (message.sampleEpochs.length !== 0) {
+      writer.uint32(106).fork();
+      for (const v of message.sampleEpochs) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    for (const v of message.checkpointFiles) {
+      CheckpointFile.encode(v!, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -1122,6 +1246,40 @@ export const CommitStep: MessageFns<CommitStep> = {
             message.checkpointUri = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.nonfinite = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag === 104) {
+              message.sampleEpochs.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 106) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.sampleEpochs.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.checkpointFiles.push(CheckpointFile.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1158,6 +1316,9 @@ export const CommitStep: MessageFns<CommitStep> = {
     message.imagesPerSecond = object.imagesPerSecond ?? 0;
     message.lr = object.lr ?? 0;
     message.checkpointUri = object.checkpointUri ?? "";
+    message.nonfinite = object.nonfinite ?? false;
+    message.sampleEpochs = object.sampleEpochs?.map((e) => e) || [];
+    message.checkpointFiles = object.checkpointFiles?.map((e) => CheckpointFile.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1229,14 +1390,187 @@ export const CommitStep_LossPartsEntry: MessageFns<CommitStep_LossPartsEntry> = 
   },
 };
 
+function createBaseCheckpointFile(): CheckpointFile {
+  return { name: "", bytes: 0, sha256: "" };
+}
+
+export const CheckpointFile: MessageFns<CheckpointFile> = {
+  encode(message: CheckpointFile, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(16).uint64(message.bytes);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(26).string(message.sha256);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CheckpointFile {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCheckpointFile();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<CheckpointFile>, I>>(base?: I): CheckpointFile {
+    return CheckpointFile.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CheckpointFile>, I>>(object: I): CheckpointFile {
+    const message = createBaseCheckpointFile();
+    message.name = object.name ?? "";
+    message.bytes = object.bytes ?? 0;
+    message.sha256 = object.sha256 ?? "";
+    return message;
+  },
+};
+
+function createBaseStepFailed(): StepFailed {
+  return { generation: 0, step: 0, reason: "", excludeMe: false };
+}
+
+export const StepFailed: MessageFns<StepFailed> = {
+  encode(message: StepFailed, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0) {
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.step !== 0) {
+      writer.uint32(16).uint64(message.step);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.excludeMe !== false) {
+      writer.uint32(32).bool(message.excludeMe);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StepFailed {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStepFailed();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.step = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.excludeMe = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<StepFailed>, I>>(base?: I): StepFailed {
+    return StepFailed.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StepFailed>, I>>(object: I): StepFailed {
+    const message = createBaseStepFailed();
+    message.generation = object.generation ?? 0;
+    message.step = object.step ?? 0;
+    message.reason = object.reason ?? "";
+    message.excludeMe = object.excludeMe ?? false;
+    return message;
+  },
+};
+
 function createBaseLeaving(): Leaving {
-  return { reason: "" };
+  return { reason: "", graceful: false };
 }
 
 export const Leaving: MessageFns<Leaving> = {
   encode(message: Leaving, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.reason !== "") {
       writer.uint32(10).string(message.reason);
+    }
+    if (message.graceful !== false) {
+      writer.uint32(16).bool(message.graceful);
     }
     return writer;
   },
@@ -1262,6 +1596,14 @@ export const Leaving: MessageFns<Leaving> = {
             message.reason = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.graceful = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1280,6 +1622,7 @@ export const Leaving: MessageFns<Leaving> = {
   fromPartial<I extends Exact<DeepPartial<Leaving>, I>>(object: I): Leaving {
     const message = createBaseLeaving();
     message.reason = object.reason ?? "";
+    message.graceful = object.graceful ?? false;
     return message;
   },
 };
@@ -1379,6 +1722,9 @@ function createBaseAssignment(): Assignment {
     totalSteps: 0,
     manifestUri: "",
     manifestEtag: "",
+    stateSource: "",
+    startStateHash: Buffer.alloc(0),
+    restoreCheckpointUri: "",
   };
 }
 
@@ -1425,6 +1771,15 @@ export const Assignment: MessageFns<Assignment> = {
     }
     if (message.manifestEtag !== "") {
       writer.uint32(114).string(message.manifestEtag);
+    }
+    if (message.stateSource !== "") {
+      writer.uint32(122).string(message.stateSource);
+    }
+    if (message.startStateHash.length !== 0) {
+      writer.uint32(130).bytes(message.startStateHash);
+    }
+    if (message.restoreCheckpointUri !== "") {
+      writer.uint32(138).string(message.restoreCheckpointUri);
     }
     return writer;
   },
@@ -1554,6 +1909,30 @@ export const Assignment: MessageFns<Assignment> = {
             message.manifestEtag = reader.string();
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.stateSource = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.startStateHash = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.restoreCheckpointUri = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1587,6 +1966,9 @@ export const Assignment: MessageFns<Assignment> = {
     message.totalSteps = object.totalSteps ?? 0;
     message.manifestUri = object.manifestUri ?? "";
     message.manifestEtag = object.manifestEtag ?? "";
+    message.stateSource = object.stateSource ?? "";
+    message.startStateHash = object.startStateHash ?? Buffer.alloc(0);
+    message.restoreCheckpointUri = object.restoreCheckpointUri ?? "";
     return message;
   },
 };
@@ -1740,7 +2122,7 @@ export const AcquireLeaseResponse: MessageFns<AcquireLeaseResponse> = {
 };
 
 function createBaseCommitAck(): CommitAck {
-  return { generation: 0, step: 0 };
+  return { generation: 0, step: 0, hold: false };
 }
 
 export const CommitAck: MessageFns<CommitAck> = {
@@ -1750,6 +2132,9 @@ export const CommitAck: MessageFns<CommitAck> = {
     }
     if (message.step !== 0) {
       writer.uint32(16).uint64(message.step);
+    }
+    if (message.hold !== false) {
+      writer.uint32(24).bool(message.hold);
     }
     return writer;
   },
@@ -1783,6 +2168,14 @@ export const CommitAck: MessageFns<CommitAck> = {
             message.step = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hold = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1802,6 +2195,7 @@ export const CommitAck: MessageFns<CommitAck> = {
     const message = createBaseCommitAck();
     message.generation = object.generation ?? 0;
     message.step = object.step ?? 0;
+    message.hold = object.hold ?? false;
     return message;
   },
 };
@@ -1947,6 +2341,9 @@ export const ControlRequest: MessageFns<ControlRequest> = {
       case "leaving":
         Leaving.encode(message.message.leaving, writer.uint32(34).fork()).join();
         break;
+      case "stepFailed":
+        StepFailed.encode(message.message.stepFailed, writer.uint32(42).fork()).join();
+        break;
     }
     return writer;
   },
@@ -1996,6 +2393,14 @@ export const ControlRequest: MessageFns<ControlRequest> = {
             message.message = { $case: "leaving", leaving: Leaving.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.message = { $case: "stepFailed", stepFailed: StepFailed.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2035,6 +2440,12 @@ export const ControlRequest: MessageFns<ControlRequest> = {
       case "leaving": {
         if (object.message?.leaving !== undefined && object.message?.leaving !== null) {
           message.message = { $case: "leaving", leaving: Leaving.fromPartial(object.message.leaving) };
+        }
+        break;
+      }
+      case "stepFailed": {
+        if (object.message?.stepFailed !== undefined && object.message?.stepFailed !== null) {
+          message.message = { $case: "stepFailed", stepFailed: StepFailed.fromPartial(object.message.stepFailed) };
         }
         break;
       }
