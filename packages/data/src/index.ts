@@ -38,6 +38,7 @@ export {
   planManifestObjectSplits,
   planManifestSplits,
   readSplitRecords,
+  listManifestOffsets,
   statManifest,
   type ManifestObject,
   type ManifestRecord,

@@ -321,3 +321,15 @@ export async function* readSplitRecords(
     }
   }
 }
+
+/**
+ * Every record offset (sample id) of a manifest object, in order: the reference a sample
+ * ledger is checked against. Reads the whole object; for tests, benchmarks and audits.
+ */
+export async function listManifestOffsets(s3: S3Client, bucket: string, key: string, options: ReadSplitOptions = {}): Promise<number[]> {
+  const { sizeBytes, etag } = await statManifest(s3, bucket, key);
+  const offsets: number[] = [];
+  const split: ManifestSplit = { index: 0, start: 0, end: sizeBytes };
+  for await (const record of readSplitRecords(s3, bucket, key, split, { ...(etag !== undefined && { etag }), ...options })) offsets.push(record.offset);
+  return offsets;
+}

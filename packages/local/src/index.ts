@@ -16,7 +16,8 @@ export {
   type ServiceProcess,
   type SpawnServiceOptions,
 } from './service-process.ts';
-export { startLocalFleet, type LocalFleet, type LocalFleetOptions } from './local-fleet.ts';
+export { startLocalFleet, type LocalFleet, type LocalFleetOptions, type RestartableService } from './local-fleet.ts';
+export { listWorkerProcesses, type WorkerProcess } from './worker-processes.ts';
 export {
   DEFAULT_UPLOAD_CONCURRENCY,
   uploadFashionMnist,

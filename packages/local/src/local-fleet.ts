@@ -1,10 +1,16 @@
 /**
  * A whole fleet on loopback: Redis and S3 (unless given), teacher-sync, and the coordinator
- * whose local scaler starts the workers (docs/cluster.md).
+ * whose local scaler starts the workers (docs/cluster.md). Teacher-sync and the coordinator
+ * listen on ports fixed at start, so either can be killed and started again at the same
+ * address (what the chaos benchmark and the failure tests do); Redis runs append-only so a
+ * restart keeps its data.
  */
 import { mkdir } from 'node:fs/promises';
 import { join, resolve as resolvePath } from 'node:path';
 
+import { findFreePort } from './free-port.ts';
+import { listWorkerProcesses } from './worker-processes.ts';
+import type { WorkerProcess } from './worker-processes.ts';
 import { startRedis } from './redis-server.ts';
 import type { RedisServer } from './redis-server.ts';
 import { startS3 } from './s3-server.ts';
@@ -31,7 +37,12 @@ export interface LocalFleetOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Time each service has to become ready, ms. @default 90000 */
   readonly readyTimeoutMs?: number;
+  /** Extra coordinator flags (e.g. `['--heartbeat-timeout-seconds', '5']`). @default none */
+  readonly coordinatorArgs?: readonly string[];
 }
+
+/** A service of the fleet that {@link LocalFleet.restart} can kill and start again. */
+export type RestartableService = 'coordinator' | 'teacher-sync' | 'redis';
 
 /** A running local fleet. */
 export interface LocalFleet {
@@ -47,10 +58,18 @@ export interface LocalFleet {
   readonly redis: RedisServer | null;
   /** The S3 server this fleet started, `null` when `s3` was given. */
   readonly s3: S3Server | null;
-  /** The coordinator process. */
+  /** The coordinator process (the newest one after a {@link LocalFleet.restart}). */
   readonly coordinator: ServiceProcess;
-  /** The teacher-sync process. */
+  /** The teacher-sync process (the newest one after a {@link LocalFleet.restart}). */
   readonly teacherSync: ServiceProcess;
+  /**
+   * Kills a service with `signal` (default SIGKILL: no chance to clean up), waits for it to
+   * exit, and starts it again at the same address (Redis: same port and data directory,
+   * only when this fleet started it). Resolves once the new one is ready.
+   */
+  restart(service: RestartableService, options?: { signal?: NodeJS.Signals; downMs?: number }): Promise<void>;
+  /** Worker processes of this fleet now running (found by their `--coordinator` flag). */
+  workers(): Promise<WorkerProcess[]>;
   /**
    * Stops the coordinator (which stops its workers), teacher-sync, then the servers this
    * fleet started; runs every step even if one fails. Idempotent.
@@ -91,9 +110,8 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
   try {
     let redis: RedisServer | null = null;
     if (options.redisUrl === undefined) {
-      redis = await startRedis();
-      const started = redis;
-      cleanups.unshift(() => started.stop());
+      redis = await startRedis({ appendOnly: true });
+      cleanups.unshift(() => redis!.stop());
     }
     const redisUrl = options.redisUrl ?? redis!.url;
 
@@ -106,27 +124,76 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
     const s3Env: Record<string, string> = { ...(options.s3?.env ?? s3!.env()) };
     const env = { ...options.env, ...s3Env };
 
-    const teacherSync = await spawnService('teacher-sync', {
-      env,
-      ...readyTimeout,
-      ...(logDir !== undefined && { logFile: join(logDir, 'teacher-sync.log') }),
-    });
+    const teacherSyncListen = `127.0.0.1:${await findFreePort()}`;
+    const startTeacherSync = (): Promise<ServiceProcess> =>
+      spawnService('teacher-sync', {
+        args: ['--listen', teacherSyncListen],
+        env,
+        ...readyTimeout,
+        ...(logDir !== undefined && { logFile: join(logDir, 'teacher-sync.log') }),
+      });
+    let teacherSync = await startTeacherSync();
     cleanups.unshift(() => teacherSync.stop());
 
-    const coordinator = await spawnService('coordinator', {
-      args: [
-        '--scaler', 'local',
-        '--initial-workers', String(options.workers),
-        '--teacher-sync-address', teacherSync.grpcAddress,
-        '--redis-url', redisUrl,
-        '--worker-backend', options.backend ?? 'wasm',
-        ...(logDir !== undefined ? ['--worker-log-dir', logDir] : []),
-      ],
-      env,
-      ...readyTimeout,
-      ...(logDir !== undefined && { logFile: join(logDir, 'coordinator.log') }),
-    });
+    const coordinatorListen = `127.0.0.1:${await findFreePort()}`;
+    const startCoordinator = (initialWorkers: number): Promise<ServiceProcess> =>
+      spawnService('coordinator', {
+        args: [
+          '--listen', coordinatorListen,
+          '--scaler', 'local',
+          '--initial-workers', String(initialWorkers),
+          '--teacher-sync-address', teacherSync.grpcAddress,
+          '--redis-url', redisUrl,
+          '--worker-backend', options.backend ?? 'wasm',
+          ...(logDir !== undefined ? ['--worker-log-dir', logDir] : []),
+          ...(options.coordinatorArgs ?? []),
+        ],
+        env,
+        ...readyTimeout,
+        ...(logDir !== undefined && { logFile: join(logDir, 'coordinator.log') }),
+      });
+    let coordinator = await startCoordinator(options.workers);
     cleanups.unshift(() => coordinator.stop(COORDINATOR_STOP_TIMEOUT_MS));
+    // After the coordinator: its workers are stopped by it, but a killed coordinator
+    // leaves them running (they wait to reconnect), so they are stopped here too.
+    cleanups.push(async () => {
+      const left = await listWorkerProcesses(coordinatorListen);
+      for (const worker of left) process.kill(worker.pid, 'SIGKILL');
+    });
+
+    const restart = async (service: RestartableService, restartOptions: { signal?: NodeJS.Signals; downMs?: number } = {}): Promise<void> => {
+      const signal = restartOptions.signal ?? 'SIGKILL';
+      const pause = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, restartOptions.downMs ?? 0));
+      switch (service) {
+        case 'coordinator': {
+          coordinator.kill(signal);
+          await coordinator.exited;
+          await pause();
+          // The workers it started live on (a killed coordinator cannot stop them); the
+          // new one's local scaler adopts them from the worker log directory.
+          coordinator = await startCoordinator(0);
+          return;
+        }
+        case 'teacher-sync':
+          teacherSync.kill(signal);
+          await teacherSync.exited;
+          await pause();
+          teacherSync = await startTeacherSync();
+          return;
+        case 'redis': {
+          if (redis === null) throw new Error('restart(redis): this fleet did not start its Redis');
+          const { port, dir } = redis;
+          await redis.kill(signal);
+          await pause();
+          redis = await startRedis({ appendOnly: true, port, dir, removeDirOnStop: true });
+          return;
+        }
+        default: {
+          const unknown: never = service;
+          throw new Error(`unknown service ${String(unknown)}`);
+        }
+      }
+    };
 
     let stopping: Promise<void> | undefined;
     const stop = (): Promise<void> => {
@@ -134,14 +201,22 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
       return stopping;
     };
     return {
-      coordinatorAddress: coordinator.grpcAddress,
-      teacherSyncAddress: teacherSync.grpcAddress,
+      coordinatorAddress: coordinatorListen,
+      teacherSyncAddress: teacherSyncListen,
       redisUrl,
       s3Env,
-      redis,
+      get redis() {
+        return redis;
+      },
       s3,
-      coordinator,
-      teacherSync,
+      get coordinator() {
+        return coordinator;
+      },
+      get teacherSync() {
+        return teacherSync;
+      },
+      restart,
+      workers: () => listWorkerProcesses(coordinatorListen),
       stop,
       [Symbol.asyncDispose]: stop,
     };

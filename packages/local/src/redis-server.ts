@@ -25,6 +25,11 @@ export interface RedisServer {
   readonly dir: string;
   /** Stops the server and removes its temporary directory; idempotent. */
   stop(): Promise<void>;
+  /**
+   * Kills the server with `signal` (default SIGKILL) and waits for it to exit, keeping its
+   * data directory (start another on the same `port` and `dir` to restart it).
+   */
+  kill(signal?: NodeJS.Signals): Promise<void>;
   /** Same as {@link RedisServer.stop}, for `await using`. */
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -37,6 +42,8 @@ export interface RedisServerOptions {
   readonly appendOnly?: boolean;
   /** Port to listen on. @default a free port (retried on a conflict) */
   readonly port?: number;
+  /** Remove `dir` on stop even though it was given (a restart's second server owns it). @default false */
+  readonly removeDirOnStop?: boolean;
 }
 
 /** Thrown when `redis-server` is not installed. */
@@ -158,7 +165,7 @@ interface Started {
  */
 export async function startRedis(options: RedisServerOptions = {}): Promise<RedisServer> {
   const binary = findRedisServer();
-  const ownDir = options.dir === undefined;
+  const ownDir = options.dir === undefined || options.removeDirOnStop === true;
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'dinofleet-redis-')));
   let started: Started | undefined;
   let port = 0;
@@ -198,7 +205,14 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
     })();
     return stopping;
   };
-  return { url: `redis://127.0.0.1:${port}`, port, pid: child.pid ?? 0, dir, stop, [Symbol.asyncDispose]: stop };
+  const kill = async (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> => {
+    stopping ??= (async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    })();
+    return stopping;
+  };
+  return { url: `redis://127.0.0.1:${port}`, port, pid: child.pid ?? 0, dir, stop, kill, [Symbol.asyncDispose]: stop };
 }
 
 async function launch(binary: string, dir: string, port: number, appendOnly: boolean): Promise<Started> {
@@ -207,6 +221,9 @@ async function launch(binary: string, dir: string, port: number, appendOnly: boo
     '--port', String(port),
     '--save', '',
     '--appendonly', appendOnly ? 'yes' : 'no',
+    // Every write on disk before Redis answers: a commit acknowledged to the workers must
+    // survive even a SIGKILL of Redis (the exactly-once data cursor depends on it).
+    '--appendfsync', 'always',
     '--dir', dir,
     '--daemonize', 'no',
     '--logfile', '',
