@@ -98,7 +98,7 @@ async function ledger(redisUrl: string, jobId: string, steps: number): Promise<n
     await redis.connect();
     const raw = await redis.hgetall(`dinofleet:job:${jobId}:samples`);
     const entries = Object.entries(raw)
-      .map(([step, ids]) => [Number(step), JSON.parse(ids) as number[]] as const)
+      .map(([step, entry]) => [Number(step), (JSON.parse(entry) as { ids: number[] }).ids] as const)
       .sort((a, b) => a[0] - b[0]);
     if (entries.length !== steps) throw new Error(`the sample ledger of ${jobId} holds ${entries.length} steps, expected ${steps}`);
     return entries.map(([, ids]) => ids);

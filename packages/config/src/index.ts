@@ -14,6 +14,7 @@ export {
   type ComputeBackendName,
   type DataSpec,
   type EpochsTrainingSpec,
+  type FaultSpec,
   type FleetSpec,
   type JobMetadata,
   type JobSpec,

@@ -53,6 +53,10 @@ export const JOB_SPEC_LIMITS = {
   maxSteps: 1_000_000_000,
   /** Longest run, in epochs. */
   maxEpochs: 1_000_000,
+  /** Most non-finite steps in a row before a rollback (`spec.fault.maxNonFiniteSteps`). */
+  maxNonFiniteSteps: 1000,
+  /** Most generations in a row without a commit (`spec.fault.maxFailedGenerations`). */
+  maxFailedGenerations: 10_000,
 } as const;
 
 // ---------------------------------------------------------------------------------------
@@ -131,6 +135,14 @@ export interface CheckpointSpec {
   readonly everySteps: number;
 }
 
+/** `spec.fault`: how many failures in a row the job absorbs (docs/cluster.md "Elasticity and failures"). */
+export interface FaultSpec {
+  /** Non-finite steps in a row before the job rolls back to its latest checkpoint; [1, 1000]. @default 3 */
+  readonly maxNonFiniteSteps: number;
+  /** Generations in a row that end without a commit before the job fails; [1, 10000]. @default 10 */
+  readonly maxFailedGenerations: number;
+}
+
 /** `spec`: the job itself. */
 export interface JobSpecBody {
   readonly recipe: RecipeSpec;
@@ -139,6 +151,8 @@ export interface JobSpecBody {
   readonly fleet: FleetSpec;
   /** Checkpointing, or `null` for none (the job cannot be resumed after a full restart). @default null */
   readonly checkpoint: CheckpointSpec | null;
+  /** Failure limits. @default { maxNonFiniteSteps: 3, maxFailedGenerations: 10 } */
+  readonly fault: FaultSpec;
 }
 
 /** A validated job with every default filled in (what `resolveJobSpec` returns). */
@@ -260,12 +274,22 @@ const CHECKPOINT_SCHEMA = strictMapping({
   everySteps: boundedInt(1, JOB_SPEC_LIMITS.maxSteps).default(1000).describe('A checkpoint every this many committed steps.'),
 });
 
+const FAULT_SCHEMA = strictMapping({
+  maxNonFiniteSteps: boundedInt(1, JOB_SPEC_LIMITS.maxNonFiniteSteps)
+    .default(3)
+    .describe('Non-finite steps in a row before a rollback to the latest checkpoint.'),
+  maxFailedGenerations: boundedInt(1, JOB_SPEC_LIMITS.maxFailedGenerations)
+    .default(10)
+    .describe('Generations in a row that end without a commit before the job fails.'),
+});
+
 const SPEC_SCHEMA = strictMapping({
   recipe: RECIPE_SCHEMA.prefault({}).describe('What is trained: a preset and overrides of its knobs.'),
   data: DATA_SCHEMA.describe('Where the images are.'),
   training: TRAINING_SCHEMA.describe('Run length, batch, seed and backend.'),
   fleet: FLEET_SCHEMA.prefault({}).describe('Elastic worker counts: minWorkers <= workers <= maxWorkers.'),
   checkpoint: CHECKPOINT_SCHEMA.nullish().describe('Checkpointing; absent or null for none.'),
+  fault: FAULT_SCHEMA.prefault({}).describe('How many failures in a row the job absorbs.'),
 });
 
 /** `value[key]` if `value` is an object, else `undefined`: for reading a spec that may be malformed. */
@@ -316,7 +340,7 @@ function checkAcrossSections(spec: unknown, addIssue: (path: PathSegment[], mess
 }
 
 function resolveSpecBody(spec: z.output<typeof SPEC_SCHEMA>): JobSpecBody {
-  const { recipe, data, training, fleet, checkpoint } = spec;
+  const { recipe, data, training, fleet, checkpoint, fault } = spec;
   const common = {
     globalBatchSize: training.globalBatchSize ?? PRESETS[recipe.preset].globalBatchSize,
     seed: training.seed,
@@ -334,6 +358,7 @@ function resolveSpecBody(spec: z.output<typeof SPEC_SCHEMA>): JobSpecBody {
     fleet: { workers: fleet.workers, minWorkers: fleet.minWorkers, maxWorkers: fleet.maxWorkers ?? fleet.workers },
     checkpoint:
       checkpoint === undefined || checkpoint === null ? null : { uri: normalizeS3Prefix(checkpoint.uri), everySteps: checkpoint.everySteps },
+    fault: { maxNonFiniteSteps: fault.maxNonFiniteSteps, maxFailedGenerations: fault.maxFailedGenerations },
   };
 }
 

@@ -42,6 +42,7 @@ describe('resolveJobSpec: defaults', () => {
         training: { steps: 100, epochs: null, globalBatchSize: PRESETS.dinov2.globalBatchSize, seed: 0, backend: 'wasm' },
         fleet: { workers: 1, minWorkers: 1, maxWorkers: 1 },
         checkpoint: null,
+        fault: { maxNonFiniteSteps: 3, maxFailedGenerations: 10 },
       },
     });
   });
@@ -231,6 +232,22 @@ describe('resolveJobSpec: steps / epochs', () => {
   });
 });
 
+describe('resolveJobSpec: fault', () => {
+  it('takes the limits given, keeps the default of the other, and round-trips', () => {
+    const job = resolveJobSpec(minimal({ fault: { maxNonFiniteSteps: 5 } }));
+    expect(job.spec.fault).toEqual({ maxNonFiniteSteps: 5, maxFailedGenerations: 10 });
+    expect(resolveJobSpec(JSON.parse(JSON.stringify(job)))).toEqual(job);
+  });
+
+  it('names each bad limit with its range, and unknown keys', () => {
+    expect(byPath(issuesOf(minimal({ fault: { maxNonFiniteSteps: 0, maxFailedGenerations: 1.5 } })))).toEqual({
+      'spec.fault.maxNonFiniteSteps': 'must be an integer in [1, 1000], got 0',
+      'spec.fault.maxFailedGenerations': 'must be an integer in [1, 10000], got 1.5',
+    });
+    expect(Object.keys(byPath(issuesOf(minimal({ fault: { retries: 2 } }))))).toEqual(['spec.fault.retries']);
+  });
+});
+
 describe('resolveJobSpec: fleet', () => {
   it('accepts min <= workers <= max', () => {
     expect(resolveJobSpec(minimal({ fleet: { workers: 2, minWorkers: 2, maxWorkers: 2 } })).spec.fleet).toEqual({
@@ -282,7 +299,7 @@ describe('resolveJobSpec: unknown keys', () => {
     expect(byPath(issuesOf(input))).toEqual({
       'spec.fleet.wrokers': "unknown field (did you mean 'workers'?); allowed: workers, minWorkers, maxWorkers",
       'spec.fleet.gpus': 'unknown field; allowed: workers, minWorkers, maxWorkers',
-      'spec.extra': 'unknown field; allowed: recipe, data, training, fleet, checkpoint',
+      'spec.extra': 'unknown field; allowed: recipe, data, training, fleet, checkpoint, fault',
       status: 'unknown field; allowed: apiVersion, kind, metadata, spec',
     });
   });
@@ -412,7 +429,7 @@ describe('jobSpecJsonSchema', () => {
     expect(schema.required).toEqual(['apiVersion', 'kind', 'metadata', 'spec']);
     expect(schema.additionalProperties).toBe(false);
     const spec = schema.properties['spec']?.properties;
-    expect(Object.keys(spec ?? {})).toEqual(['recipe', 'data', 'training', 'fleet', 'checkpoint']);
+    expect(Object.keys(spec ?? {})).toEqual(['recipe', 'data', 'training', 'fleet', 'checkpoint', 'fault']);
     expect(spec?.['training']?.properties?.['backend']).toMatchObject({ default: 'wasm', enum: ['wasm', 'cpu', 'tensorflow'] });
     expect(spec?.['fleet']?.properties?.['workers']).toMatchObject({ default: 1, minimum: 1, maximum: 1024 });
     expect(JSON.parse(JSON.stringify(schema))).toEqual(schema);

@@ -10,6 +10,7 @@ import {
 } from '@dinofleet/proto';
 import type { AcquireLeaseRequest, AcquireLeaseResponse, ControlRequest, ControlResponse, WorkerControlServer } from '@dinofleet/proto';
 import type { Logger } from '@dinofleet/telemetry';
+import { NO_STATE } from './worker-registry.ts';
 import type { WorkerRegistry, WorkerSession } from './worker-registry.ts';
 
 /** Who answers AcquireLease for a job (its runner in this process). */
@@ -71,9 +72,16 @@ export function workerControlService(options: WorkerControlOptions): WorkerContr
             collectiveAddress: register.collectiveAddress,
             backend: register.backend,
             capabilities: register.capabilities,
-            held: { jobId: register.jobId, stateStep: register.stateStep, stateHash: Buffer.from(register.stateHash).toString('hex') },
+            held: {
+              jobId: register.jobId,
+              stateStep: register.stateStep,
+              stateHash: Buffer.from(register.stateHash).toString('hex'),
+              pendingStep: register.pendingStep,
+              pendingHash: Buffer.from(register.pendingHash).toString('hex'),
+            },
             claimedBy: undefined,
             lastSeenMs: Date.now(),
+            leaving: undefined,
             send: (response) => {
               if (ended || call.destroyed || call.writableEnded) return;
               call.write(response);
@@ -85,6 +93,7 @@ export function workerControlService(options: WorkerControlOptions): WorkerContr
             collectiveAddress: register.collectiveAddress,
             heldJob: register.jobId,
             heldStep: register.stateStep,
+            pendingStep: register.pendingStep,
           });
           registry.register(session);
           if (register.jobId !== '') {
@@ -92,7 +101,7 @@ export function workerControlService(options: WorkerControlOptions): WorkerContr
             options.heldJobIsLive(register.jobId).then(
               (live) => {
                 if (live || registered.held.jobId !== register.jobId) return;
-                registered.held = { jobId: '', stateStep: 0, stateHash: '' };
+                registered.held = NO_STATE;
                 registry.wake();
               },
               (err: unknown) => logger.warn('checking the job a worker holds failed', { err, jobId: register.jobId }),
@@ -110,9 +119,21 @@ export function workerControlService(options: WorkerControlOptions): WorkerContr
           case 'commitStep':
             registry.commit(session, message.commitStep);
             return;
-          case 'leaving':
-            logger.info('worker leaving', { workerId: session.workerId, reason: message.leaving.reason });
-            gone(`worker left (${message.leaving.reason === '' ? 'no reason given' : message.leaving.reason})`);
+          case 'leaving': {
+            const reason = message.leaving.reason === '' ? 'no reason given' : message.leaving.reason;
+            logger.info('worker leaving', { workerId: session.workerId, reason, graceful: message.leaving.graceful });
+            if (!message.leaving.graceful) {
+              gone(`worker left (${reason})`);
+              return;
+            }
+            // Graceful: its job lets it finish the step and stops it at the next boundary;
+            // an idle worker is stopped at once (it exits on Stop).
+            if (!registry.leaving(session, reason)) session.send({ message: { $case: 'stop', stop: { reason: `left: ${reason}` } } });
+            return;
+          }
+          case 'stepFailed':
+            logger.info('worker step failed', { workerId: session.workerId, ...message.stepFailed });
+            registry.stepFailed(session, message.stepFailed);
             return;
           default: {
             const unknown: never = message;

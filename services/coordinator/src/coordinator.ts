@@ -57,6 +57,11 @@ export interface CoordinatorOptions {
   readonly workerWaitSeconds?: number;
   /** A silent worker is lost after this, seconds. @default 10 */
   readonly heartbeatTimeoutSeconds?: number;
+  /**
+   * After a restart, how long a running job waits for workers holding its committed state
+   * before it restores its checkpoint, seconds. @default 10
+   */
+  readonly resumeWaitSeconds?: number;
   /** S3 client; @default one from `resolveS3Config({}, env)` (closed with the coordinator). */
   readonly s3Client?: S3Client;
   /** Environment for S3 settings. @default process.env */
@@ -112,7 +117,16 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   };
 
   try {
-    const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null, lazyConnect: true, enableOfflineQueue: true });
+    // Reconnects forever (a Redis restart is survived: commands wait in the offline queue,
+    // a commit transaction cut short is retried by the runner), and resends a command that
+    // met a Redis still loading its data after the restart.
+    const redis = new Redis(options.redisUrl, {
+      maxRetriesPerRequest: null,
+      lazyConnect: true,
+      enableOfflineQueue: true,
+      retryStrategy: (times) => Math.min(100 * times, 2000),
+      reconnectOnError: (err) => (/^(LOADING|READONLY)/.test(err.message) ? 2 : false),
+    });
     redis.on('error', (err: Error) => logger.debug('redis error', { err: err.message }));
     cleanups.push(() => redis.quit().catch(() => redis.disconnect()));
     try {
@@ -157,6 +171,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       const total = [...wanted.values()].reduce((a, b) => a + b, 0);
       await scaler.scaleTo(Math.max(initialWorkers, total));
     };
+    const releaseWorkers = async (jobId: string, workerIds: readonly string[], workers: number): Promise<void> => {
+      wanted.set(jobId, workers);
+      // The named workers first, so the count that follows has nothing left to stop.
+      await scaler.release(workerIds);
+      const total = [...wanted.values()].reduce((a, b) => a + b, 0);
+      await scaler.scaleTo(Math.max(initialWorkers, total));
+    };
 
     const server = new GrpcServer({ address: options.listen ?? '127.0.0.1:0' });
     const closingController = new AbortController();
@@ -168,6 +189,11 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       cancelRunner: (jobId, reason) => {
         const runner = runners.get(jobId);
         runner?.cancel(reason);
+        return runner !== undefined;
+      },
+      scaleRunner: (jobId, workers) => {
+        const runner = runners.get(jobId);
+        runner?.scale(workers);
         return runner !== undefined;
       },
       closing: closingController.signal,
@@ -221,16 +247,26 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       teacherSyncAddress: options.teacherSyncAddress,
       workerWaitMs,
       requestWorkers,
+      releaseWorkers,
+      ...(options.resumeWaitSeconds !== undefined && { resumeWaitMs: options.resumeWaitSeconds * 1000 }),
     };
     const processor = async (job: Job<QueuedJobData>, token?: string): Promise<{ committedStep: number; checkpointUri: string }> => {
       const jobId = job.data.jobId;
-      const runner = new JobRunner(context, jobId);
-      runners.set(jobId, runner);
+      const running = runners.get(jobId);
       let outcome: RunOutcome;
-      try {
-        outcome = await runner.run();
-      } finally {
-        runners.delete(jobId);
+      if (running !== undefined) {
+        // Our lock lapsed (Redis was away longer than lockDuration) and the job came back
+        // as stalled: the run here goes on; this delivery reports its outcome.
+        logger.warn('job delivered again while it runs here; following the running run', { jobId });
+        outcome = await running.finished();
+      } else {
+        const runner = new JobRunner(context, jobId);
+        runners.set(jobId, runner);
+        try {
+          outcome = await runner.run();
+        } finally {
+          runners.delete(jobId);
+        }
       }
       switch (outcome.kind) {
         case 'succeeded':
@@ -249,15 +285,21 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
         }
       }
     };
+    // One coordinator per prefix: a job still active now belongs to a coordinator that
+    // died (SIGKILL), so it goes back to waiting at once instead of after its lock expires.
+    for (const active of await queue.getActive()) {
+      await active.moveToWait('0').catch((err: unknown) => logger.warn('moving an orphaned job back to waiting failed', { jobId: active.id, err }));
+      logger.info('job of an earlier coordinator moved back to waiting', { jobId: active.id });
+    }
     const jobsWorker = new Worker<QueuedJobData>(JOBS_QUEUE, processor, {
       connection: redis,
       prefix,
       concurrency: maxRunningJobs,
-      // A coordinator that died leaves its job active; the next one takes it back once
-      // the lock expires (stalled check), up to maxStalledCount times.
-      lockDuration: 30_000,
-      stalledInterval: 15_000,
-      maxStalledCount: 10,
+      // Short lock and stalled check: a job whose coordinator died is picked up within
+      // seconds even by another coordinator that did not do the boot move above.
+      lockDuration: 5_000,
+      stalledInterval: 2_000,
+      maxStalledCount: 1000,
     });
     jobsWorker.on('error', (err) => logger.warn('jobs worker error', { err: err.message }));
     jobsWorker.on('failed', (job, err) => logger.info('job ended', { jobId: job?.id, outcome: err.message }));

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FailedPreconditionError, InvalidArgumentError, JobState, NotFoundError, UnavailableError } from '@dinofleet/proto';
+import { verifySampleLedger } from './sample-ledger.ts';
 import { stepHash } from './testing/fake-worker.ts';
 import { jobSpec, startTestCoordinator, startTestEnv } from './testing/test-env.ts';
 import type { TestEnv } from './testing/test-env.ts';
@@ -89,36 +90,55 @@ describe('a job with two fake workers', () => {
     expect(await w1.waitForStop()).toContain('state hash mismatch');
   });
 
-  it('fails when a rank disconnects, naming the rank, worker and step', async () => {
+  it('a lost rank: the survivor gets Abort and a generation of its own, and the job succeeds', async () => {
     await using c = await startTestCoordinator(env);
-    const { jobId } = await c.call('submitJob', { spec: jobSpec(env, { name: 'lost', steps: 50 }), idempotencyKey: '' });
+    const { jobId } = await c.call('submitJob', { spec: jobSpec(env, { name: 'lost', steps: 12 }), idempotencyKey: '' });
     const w0 = c.worker({ workerId: 'w-0', stepDelayMs: 20 });
     const w1 = c.worker({ workerId: 'w-1', stepDelayMs: 20, beforeCommit: (step) => step < 3 });
     await c.waitForJob(jobId, (j) => j.committedStep === 2);
     w1.disconnect();
-    const job = await c.waitForJob(jobId, (j) => j.state === JobState.JOB_STATE_FAILED);
-    expect(job.error).toMatch(/^rank 1 \(worker w-1\) lost at step 3 \(last committed 2\) in generation 1: control stream/);
-    expect(await w0.waitForStop()).toContain('rank 1 (worker w-1) lost at step 3');
+    const abort = await w0.waitFor((m) => (m.message?.$case === 'abort' ? m.message.abort : undefined));
+    expect(abort.generation).toBe(1);
+    expect(abort.reason).toMatch(/^rank 1 \(worker w-1\) lost at step 3 \(last committed 2\) in generation 1: control stream/);
+    const next = await w0.waitForAssignment(10_000, 2);
+    expect(next).toMatchObject({ generation: 2, rank: 0, startStep: 2, perRankBatch: 4, stateSource: '', restoreCheckpointUri: '' });
+    expect(next.ranks.map((r) => r.workerId)).toEqual(['w-0']);
+    expect(Buffer.from(next.startStateHash)).toEqual(stepHash(2));
+    const job = await c.waitForJob(jobId, (j) => j.state === JobState.JOB_STATE_SUCCEEDED);
+    expect(job.committedStep).toBe(12);
+    expect(job.generation).toBe(2);
+    expect(job.error).toBe('');
+    const events = await c.coordinator.store.events(jobId);
+    expect(events.map((e) => e.kind)).toContain('generation_ended');
+    expect(events.find((e) => e.kind === 'generation_started' && e.generation === 2)?.message).toBe('generation 2: 1 ranks (w-0) from step 2 (rank lost)');
+    const metrics = await c.metrics();
+    expect(metrics).toContain(`dinofleet_job_recoveries_total{job="${jobId}",cause="rank_lost"} 1`);
+    expect(metrics).toContain(`dinofleet_job_recovery_seconds_count{job="${jobId}"} 1`);
+    // Every committed step's samples, each record of an epoch once.
+    const ledger = await verifySampleLedger(c.coordinator.store.redis, c.prefix, jobId, env.recordOffsets);
+    expect(ledger).toEqual({ lost: 0, duplicated: 0, epochsComplete: 1, samplesCommitted: 48 });
   });
 
-  it('fails when a rank sends Leaving', async () => {
+  it('a non-graceful Leaving or missed heartbeats lose the rank the same way', async () => {
     await using c = await startTestCoordinator(env, { heartbeatTimeoutSeconds: 1 });
-    const leaving = await c.call('submitJob', { spec: jobSpec(env, { name: 'leaving', steps: 50 }), idempotencyKey: '' });
-    c.worker({ workerId: 'w-0', stepDelayMs: 10 });
+    const leaving = await c.call('submitJob', { spec: jobSpec(env, { name: 'leaving', steps: 8 }), idempotencyKey: '' });
+    const w0 = c.worker({ workerId: 'w-0', stepDelayMs: 10 });
     const w1 = c.worker({ workerId: 'w-1', stepDelayMs: 10, beforeCommit: (step) => step < 2 });
     await c.waitForJob(leaving.jobId, (j) => j.committedStep === 1);
-    w1.leave('sigterm');
-    const left = await c.waitForJob(leaving.jobId, (j) => j.state === JobState.JOB_STATE_FAILED);
-    expect(left.error).toBe('rank 1 (worker w-1) lost at step 2 (last committed 1) in generation 1: worker left (sigterm)');
-  });
+    w1.leave('oom');
+    const abort = await w0.waitFor((m) => (m.message?.$case === 'abort' ? m.message.abort.reason : undefined));
+    expect(abort).toBe('rank 1 (worker w-1) lost at step 2 (last committed 1) in generation 1: worker left (oom)');
+    const left = await c.waitForJob(leaving.jobId, (j) => j.state === JobState.JOB_STATE_SUCCEEDED);
+    expect(left.generation).toBe(2);
+    await w0.close();
 
-  it('fails when a rank stops heartbeating', async () => {
-    await using c = await startTestCoordinator(env, { heartbeatTimeoutSeconds: 1 });
-    const silent = await c.call('submitJob', { spec: jobSpec(env, { name: 'silent', steps: 50 }), idempotencyKey: '' });
-    c.worker({ workerId: 'w-2', stepDelayMs: 10 });
+    const silent = await c.call('submitJob', { spec: jobSpec(env, { name: 'silent', steps: 8 }), idempotencyKey: '' });
+    const w2 = c.worker({ workerId: 'w-2', stepDelayMs: 10 });
     c.worker({ workerId: 'w-3', heartbeatMs: 60_000, beforeCommit: (step) => step < 2 });
-    const job = await c.waitForJob(silent.jobId, (j) => j.state === JobState.JOB_STATE_FAILED);
-    expect(job.error).toBe('rank 1 (worker w-3) lost at step 2 (last committed 1) in generation 1: no heartbeat for 1 s');
+    const job = await c.waitForJob(silent.jobId, (j) => j.state === JobState.JOB_STATE_SUCCEEDED);
+    expect(job.generation).toBeGreaterThanOrEqual(2);
+    const reasons = w2.received.flatMap((m) => (m.message?.$case === 'abort' ? [m.message.abort.reason] : []));
+    expect(reasons.some((r) => r.endsWith('no heartbeat for 1 s'))).toBe(true);
   });
 
   it('cancels a running job: workers get Stop, state CANCELLED, later cancels refused', async () => {

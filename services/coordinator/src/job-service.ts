@@ -56,6 +56,8 @@ export interface JobServiceContext {
   readonly logger: Logger;
   /** Tells the runner of a job (if it runs here) that it was cancelled. */
   readonly cancelRunner: (jobId: string, reason: string) => boolean;
+  /** Tells the runner of a job (if it runs here) the new worker count. @default none */
+  readonly scaleRunner?: (jobId: string, workers: number) => boolean;
   /** Aborts when the coordinator shuts down: open WatchJob streams end UNAVAILABLE. */
   readonly closing: AbortSignal;
 }
@@ -136,6 +138,7 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
       manifestEtag: manifest.etag ?? '',
       shards: undefined,
       leaseEpoch: -1,
+      samplesCommitted: 0,
     };
     const created = await store.create(record, request.idempotencyKey);
     if (!created.created) {
@@ -271,10 +274,11 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
       );
     }
     await store.update(record.jobId, { workersDesired: request.workers });
+    const running = ctx.scaleRunner?.(record.jobId, request.workers) ?? false;
     await store.appendEvent(record.jobId, {
       severity: Severity.SEVERITY_INFO,
       kind: 'scale_requested',
-      message: `scale to ${request.workers} workers requested (takes effect at the next generation)`,
+      message: `scale from ${record.workersDesired} to ${request.workers} workers requested (${running ? 'takes effect at the next step boundary' : 'used when the job starts'})`,
       generation: record.generation,
       step: record.committedStep,
     });

@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import type { ChainableCommander, Redis } from 'ioredis';
 import { JobEvent_Severity, JobState } from '@dinofleet/proto';
 import type { Job, JobEvent, JobProgress, WatchJobResponse } from '@dinofleet/proto';
+import { readSampleLedger, sampleLedgerKey } from './sample-ledger.ts';
 
 /** The state names stored in the job hash (the enum names without the prefix). */
 export const JOB_STATE_NAMES = ['QUEUED', 'STARTING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'] as const;
@@ -75,6 +76,8 @@ export interface JobRecord {
   readonly shards: readonly PlannedShard[] | undefined;
   /** Highest epoch whose leases were added to the lease queue (-1: none). */
   readonly leaseEpoch: number;
+  /** Samples of the committed steps (reset with the steps a checkpoint restore drops). @default 0 */
+  readonly samplesCommitted?: number;
 }
 
 /** Fields a caller may write besides the state. */
@@ -90,7 +93,7 @@ export class JobKeys {
     return `${this.prefix}:job:${jobId}:events`;
   }
   samples(jobId: string): string {
-    return `${this.prefix}:job:${jobId}:samples`;
+    return sampleLedgerKey(this.prefix, jobId);
   }
   jobs(): string {
     return `${this.prefix}:jobs`;
@@ -280,8 +283,8 @@ export class JobStore {
 
   /** The sample ledger: committed step → sample ids in rank order. */
   async samples(jobId: string): Promise<Map<number, number[]>> {
-    const raw = await this.#redis.hgetall(this.keys.samples(jobId));
-    return new Map(Object.entries(raw).map(([step, ids]) => [Number(step), JSON.parse(ids) as number[]]));
+    const ledger = await readSampleLedger(this.#redis, this.keys.samples(jobId));
+    return new Map([...ledger].map(([step, entry]) => [step, entry.ids]));
   }
 
   /** Tells this process's watchers of `jobId` about an update. */
@@ -320,6 +323,7 @@ function serialize(record: JobRecord): Record<string, string | number> {
     manifestEtag: record.manifestEtag,
     shards: record.shards === undefined ? '' : JSON.stringify(record.shards.map((s) => [s.begin, s.end])),
     leaseEpoch: record.leaseEpoch,
+    samplesCommitted: record.samplesCommitted ?? 0,
   };
 }
 
@@ -345,5 +349,6 @@ function parseRecord(jobId: string, hash: Record<string, string>): JobRecord | u
     manifestEtag: hash.manifestEtag ?? '',
     shards: shards?.map(([begin, end]) => ({ begin, end })),
     leaseEpoch: hash.leaseEpoch === undefined || hash.leaseEpoch === '' ? -1 : toNumber(hash.leaseEpoch),
+    samplesCommitted: toNumber(hash.samplesCommitted),
   };
 }

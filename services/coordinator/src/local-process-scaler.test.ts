@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { LocalProcessScaler } from './local-process-scaler.ts';
 import type { SpawnWorker } from './local-process-scaler.ts';
 import { NoScaler } from './scaler.ts';
@@ -46,5 +46,65 @@ describe('scalers', () => {
     expect(scaler.size).toBe(0);
     await scaler.scaleTo(5);
     expect(started).toHaveLength(3);
+  });
+
+  it('LocalProcessScaler stops released workers by id and replaces one that exits on its own', async () => {
+    const started: string[] = [];
+    const stopped: string[] = [];
+    const crash = new Map<string, () => void>();
+    const spawn: SpawnWorker = (_service, options) => {
+      const id = options.args[options.args.indexOf('--worker-id') + 1] ?? '';
+      started.push(id);
+      let exit!: () => void;
+      const exited = new Promise<void>((resolve) => {
+        exit = resolve;
+      });
+      crash.set(id, exit);
+      return Promise.resolve({
+        pid: 2000 + started.length,
+        exited,
+        stop: () => {
+          stopped.push(id);
+          exit();
+          return Promise.resolve();
+        },
+      });
+    };
+    const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', spawn, restartDelayMs: 10 });
+    await scaler.scaleTo(3);
+    expect(started).toEqual(['local-0', 'local-1', 'local-2']);
+    // Scale-down of rank 1's worker, not the highest id.
+    await scaler.release(['local-1', 'someone-else']);
+    expect(stopped).toEqual(['local-1']);
+    expect(scaler.workerIds).toEqual(['local-0', 'local-2']);
+    await scaler.scaleTo(2);
+    expect(started).toHaveLength(3);
+    // local-0 dies: a new id takes its place, keeping 2.
+    crash.get('local-0')?.();
+    await vi.waitFor(() => expect(scaler.workerIds).toEqual(['local-2', 'local-3']));
+    // Below the count it keeps (1 after the scale-down) a crash is replaced; a released
+    // worker lowers the count, so its exit is not.
+    await scaler.scaleTo(1);
+    expect(scaler.workerIds).toEqual(['local-2']);
+    crash.get('local-2')?.();
+    await vi.waitFor(() => expect(scaler.workerIds).toEqual(['local-4']));
+    await scaler.release(['local-4']);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(scaler.size).toBe(0);
+    expect(started).toEqual(['local-0', 'local-1', 'local-2', 'local-3', 'local-4']);
+    await scaler.close();
+  });
+
+  it('LocalProcessScaler adopts workers an earlier coordinator left running', async () => {
+    const { spawn, started } = fakeSpawn();
+    const scaler = new LocalProcessScaler({
+      coordinatorAddress: '127.0.0.1:7000',
+      spawn,
+      findExisting: () => Promise.resolve([{ pid: 999_999_999, workerId: 'local-1' }]),
+    });
+    await scaler.scaleTo(2);
+    expect(scaler.workerIds).toEqual(['local-0', 'local-1']);
+    expect(started.map((s) => s.args[3])).toEqual(['local-0']);
+    await scaler.close();
   });
 });

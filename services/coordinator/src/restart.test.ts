@@ -1,5 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Worker } from 'bullmq';
+import { Redis } from 'ioredis';
 import { JobState } from '@dinofleet/proto';
+import { JOBS_QUEUE } from './coordinator.ts';
 import { stepHash } from './testing/fake-worker.ts';
 import { jobSpec, startTestCoordinator, startTestEnv } from './testing/test-env.ts';
 import type { TestEnv } from './testing/test-env.ts';
@@ -72,7 +75,29 @@ describe('a coordinator restart', () => {
     }
   });
 
-  it('fails a running job whose workers come back with another state', async () => {
+  it('resumes with a worker that holds the committed step only as its pending state', async () => {
+    const first = await startTestCoordinator(env);
+    const prefix = first.prefix;
+    const { jobId } = await first.call('submitJob', { spec: jobSpec(env, { name: 'pending', steps: 8 }), idempotencyKey: '' });
+    first.worker({ workerId: 'w-0', beforeCommit: (step) => step <= 4 });
+    first.worker({ workerId: 'w-1', beforeCommit: (step) => step <= 4 });
+    await first.waitForJob(jobId, (j) => j.committedStep === 4);
+    await first.close();
+
+    // w-0 sent CommitStep 4 but its ack was lost: it holds step 3, and step 4 as pending.
+    await using second = await startTestCoordinator(env, { prefix });
+    const w0 = second.worker({ workerId: 'w-0', held: { jobId, stateStep: 3, stateHash: stepHash(3), pendingStep: 4, pendingHash: stepHash(4) } });
+    const w1 = second.worker({ workerId: 'w-1', held: { jobId, stateStep: 4, stateHash: stepHash(4) } });
+    const assignment = await w0.waitForAssignment(20_000);
+    expect(assignment).toMatchObject({ generation: 2, startStep: 4, stateSource: '', restoreCheckpointUri: '' });
+    expect(Buffer.from(assignment.startStateHash)).toEqual(stepHash(4));
+    expect((await w1.waitForAssignment()).stateSource).toBe('');
+    const job = await second.waitForJob(jobId, (j) => j.state === JobState.JOB_STATE_SUCCEEDED);
+    expect(job.committedStep).toBe(8);
+    expect(await second.metrics()).toContain(`dinofleet_job_recoveries_total{job="${jobId}",cause="coordinator_restart"} 1`);
+  });
+
+  it('restarts from step 0 when no worker holds the committed state and there is no checkpoint', async () => {
     const first = await startTestCoordinator(env);
     const prefix = first.prefix;
     const { jobId } = await first.call('submitJob', { spec: jobSpec(env, { name: 'stale', steps: 6 }), idempotencyKey: '' });
@@ -81,9 +106,43 @@ describe('a coordinator restart', () => {
     await first.waitForJob(jobId, (j) => j.committedStep === 2);
     await first.close();
 
+    await using second = await startTestCoordinator(env, { prefix, resumeWaitSeconds: 1 });
+    // Another state of the job: an idle worker like any other.
+    const w0 = second.worker({ workerId: 'w-0', held: { jobId, stateStep: 1, stateHash: stepHash(1) } });
+    const assignment = await w0.waitForAssignment(20_000);
+    expect(assignment).toMatchObject({ generation: 2, startStep: 0, stateSource: '', restoreCheckpointUri: '' });
+    expect(assignment.startStateHash).toHaveLength(0);
+    const job = await second.waitForJob(jobId, (j) => j.state === JobState.JOB_STATE_SUCCEEDED);
+    expect(job.committedStep).toBe(6);
+    const events = await second.coordinator.store.events(jobId);
+    expect(events.find((e) => e.kind === 'checkpoint_restore')?.message).toBe(
+      `no worker re-registered holding step 2 (hash ${stepHash(2).toString('hex').slice(0, 4)}…) within 1 s after a coordinator restart: no complete checkpoint, restarting from step 0`,
+    );
+    expect(await second.metrics()).toContain(`dinofleet_job_steps_lost_total{job="${jobId}"} 2`);
+    // The ledger holds the steps of the second run only, each record of epoch 0 once.
+    const samples = await second.coordinator.store.samples(jobId);
+    expect([...samples.keys()].sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(samples.get(1)).toEqual(w0.trained.filter((t) => t.step === 1).map((t) => t.sampleId));
+  });
+
+  it('moves an active job of a killed coordinator back to waiting at boot', async () => {
+    const first = await startTestCoordinator(env);
+    const prefix = first.prefix;
+    const { jobId } = await first.call('submitJob', { spec: jobSpec(env, { name: 'orphan', steps: 4, workers: 1 }), idempotencyKey: '' });
+    await first.waitForJob(jobId, (j) => j.state === JobState.JOB_STATE_STARTING);
+    await first.close();
+    // As a SIGKILLed coordinator leaves it: active, under a lock nobody renews or releases.
+    const connection = new Redis(env.redis.url, { maxRetriesPerRequest: null });
+    const killed = new Worker(JOBS_QUEUE, null, { connection, prefix, autorun: false, lockDuration: 60_000 });
+    expect((await killed.getNextJob('killed-coordinator'))?.id).toBe(jobId);
+    await killed.close(true);
+    const started = Date.now();
     await using second = await startTestCoordinator(env, { prefix });
-    second.worker({ workerId: 'w-0', held: { jobId, stateStep: 1, stateHash: stepHash(1) } });
-    const job = await second.waitForJob(jobId, (j) => j.state === JobState.JOB_STATE_FAILED);
-    expect(job.error).toMatch(/^cannot resume after a coordinator restart: worker w-0 holds step 1 .* but step 2 .* is the last committed; checkpoint resume is not implemented yet/);
+    second.worker({ workerId: 'w-0' });
+    const job = await second.waitForJob(jobId, (j) => j.state === JobState.JOB_STATE_SUCCEEDED, 15_000);
+    expect(job.committedStep).toBe(4);
+    // Far sooner than the 60 s lock would have allowed.
+    expect(Date.now() - started).toBeLessThan(15_000);
+    connection.disconnect();
   });
 });

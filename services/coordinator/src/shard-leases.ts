@@ -154,6 +154,45 @@ export class ShardLeases {
     await this.#options.saveLeaseEpoch(epoch);
   }
 
+  /** Newest epoch whose leases were added (-1: none). */
+  get leaseEpoch(): number {
+    return this.#leaseEpoch;
+  }
+
+  /**
+   * Every lease not completed, at its committed cursor, and the newest added epoch: what a
+   * checkpoint's `data.json` records. Runs between acquisitions, so no epoch is half-added.
+   */
+  checkpointLeases(): Promise<{ leaseEpoch: number; leases: (LeaseData & { leaseId: string })[] }> {
+    const next = this.#serial.then(async () => {
+      const jobs = await this.#queue.getJobs(['waiting', 'active', 'prioritized', 'delayed']);
+      const leases = jobs
+        .filter((job): job is Job<LeaseData> => job !== undefined && job.id !== undefined)
+        .map((job) => ({ leaseId: job.id ?? '', ...job.data }))
+        .sort((a, b) => a.epoch - b.epoch || a.shard - b.shard);
+      return { leaseEpoch: this.#leaseEpoch, leases };
+    });
+    this.#serial = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * Fills an empty lease queue from a checkpoint: each listed lease waits at its cursor;
+   * epochs up to `leaseEpoch` that are not listed count as done.
+   */
+  async restore(leaseEpoch: number, leases: readonly LeaseData[]): Promise<void> {
+    if (leases.length > 0) {
+      await this.#queue.addBulk(
+        leases.map((lease) => {
+          const data: LeaseData = { epoch: lease.epoch, shard: lease.shard, begin: lease.begin, end: lease.end, cursor: lease.cursor };
+          return { name: 'lease', data, opts: { jobId: leaseId(lease.epoch, lease.shard), removeOnComplete: false, removeOnFail: false } };
+        }),
+      );
+    }
+    this.#leaseEpoch = leaseEpoch;
+    await this.#options.saveLeaseEpoch(leaseEpoch);
+  }
+
   /** The rank holding `leaseId`, or undefined when no rank does. */
   holder(id: string): number | undefined {
     return this.#held.get(id)?.rank;

@@ -4,15 +4,25 @@
  * runners claim idle workers here and are told when one of theirs commits a step or is
  * lost (stream end, `Leaving`, missed heartbeats).
  */
-import type { CommitStep, ComputeBackend, ControlResponse, WorkerCapabilities } from '@dinofleet/proto';
+import type { CommitStep, ComputeBackend, ControlResponse, StepFailed, WorkerCapabilities } from '@dinofleet/proto';
 
-/** The state a worker says it holds (Register.job_id / state_step / state_hash). */
+/**
+ * The state a worker says it holds (Register.job_id / state_step / state_hash, and the
+ * unacknowledged state after `pendingStep` when it sent that step's CommitStep).
+ */
 export interface HeldState {
   readonly jobId: string;
   readonly stateStep: number;
   /** Hex; '' when none. */
   readonly stateHash: string;
+  /** Step of the pending (unacknowledged) state; 0 when none. @default 0 */
+  readonly pendingStep?: number;
+  /** Hex hash of the pending state; '' when none. @default '' */
+  readonly pendingHash?: string;
 }
+
+/** The state of a worker that holds nothing. */
+export const NO_STATE: HeldState = { jobId: '', stateStep: 0, stateHash: '' };
 
 /** One registered worker. */
 export interface WorkerSession {
@@ -26,16 +36,22 @@ export interface WorkerSession {
   claimedBy: string | undefined;
   /** ms since the epoch of the last message. */
   lastSeenMs: number;
+  /** Set once it sent `Leaving{graceful:true}` (its reason): never handed to a job again. */
+  leaving: string | undefined;
   /** Sends a message on its Control stream (dropped when the stream is gone). */
   send(message: ControlResponse): void;
   /** Ends its Control stream from our side. */
   end(): void;
 }
 
-/** What a job runner hears about the workers it claimed. */
+/** What a job runner hears about the workers it claimed (and about idle ones). */
 export interface WorkerListener {
   onCommit(session: WorkerSession, commit: CommitStep): void;
   onLost(session: WorkerSession, reason: string): void;
+  /** The worker's step failed (it keeps its state and waits). */
+  onStepFailed?(session: WorkerSession, failed: StepFailed): void;
+  /** The worker leaves at the next step boundary (`Leaving{graceful:true}`). */
+  onLeaving?(session: WorkerSession, reason: string): void;
 }
 
 /** Options of {@link WorkerRegistry}. */
@@ -104,6 +120,23 @@ export class WorkerRegistry {
     session.lastSeenMs = Date.now();
   }
 
+  /** Routes a StepFailed to the job that claimed the worker (ignored when idle). */
+  stepFailed(session: WorkerSession, failed: StepFailed): void {
+    if (session.claimedBy === undefined) return;
+    this.#listeners.get(session.claimedBy)?.onStepFailed?.(session, failed);
+  }
+
+  /**
+   * A worker announced a graceful leave: it is never handed out again; its job (if any)
+   * is told. Returns false when no job holds it (the caller stops it at once).
+   */
+  leaving(session: WorkerSession, reason: string): boolean {
+    session.leaving = reason;
+    if (session.claimedBy === undefined) return false;
+    this.#listeners.get(session.claimedBy)?.onLeaving?.(session, reason);
+    return true;
+  }
+
   /** Routes a CommitStep to the job that claimed the worker (ignored when idle). */
   commit(session: WorkerSession, commit: CommitStep): void {
     if (session.claimedBy === undefined) return;
@@ -120,7 +153,7 @@ export class WorkerRegistry {
 
   /** Idle workers (registered, not claimed) that `accept` takes. */
   idle(accept: (session: WorkerSession) => boolean = () => true): WorkerSession[] {
-    return this.all().filter((s) => s.claimedBy === undefined && accept(s));
+    return this.all().filter((s) => s.claimedBy === undefined && s.leaving === undefined && accept(s));
   }
 
   /**
@@ -159,6 +192,32 @@ export class WorkerRegistry {
     }
   }
 
+  /** Claims idle workers for `jobId` at once (they must be idle: see {@link idle}). */
+  take(sessions: Iterable<WorkerSession>, jobId: string): void {
+    for (const session of sessions) {
+      if (session.claimedBy !== undefined && session.claimedBy !== jobId) throw new Error(`worker ${session.workerId} is claimed by job ${session.claimedBy}`);
+      session.claimedBy = jobId;
+    }
+  }
+
+  /**
+   * Resolves at the next change of the registered or idle workers (one registered, left,
+   * was given back), after `timeoutMs`, or when `signal` aborts, whichever comes first.
+   */
+  changed(timeoutMs: number, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#waiters.delete(done);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, timeoutMs));
+      this.#waiters.add(done);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
   /** Gives workers back to the idle pool (the job no longer uses them). */
   unclaim(sessions: Iterable<WorkerSession>, jobId: string): void {
     for (const session of sessions) if (session.claimedBy === jobId) session.claimedBy = undefined;
@@ -173,7 +232,7 @@ export class WorkerRegistry {
   /** Forgets the state workers hold for `jobId` (the job ended): they are fresh idle workers. */
   forgetHeld(jobId: string): void {
     for (const session of this.all()) {
-      if (session.held.jobId === jobId) session.held = { jobId: '', stateStep: 0, stateHash: '' };
+      if (session.held.jobId === jobId) session.held = NO_STATE;
     }
     this.#wake();
   }

@@ -12,9 +12,9 @@ export {
   SNAPSHOT_CHUNK_BYTES,
   SNAPSHOT_FORMAT,
 } from './teacher-sync-service.ts';
-export { CenterStore, DEFAULT_KEPT_CENTERS, MAX_PENDING_STEPS_PER_JOB } from './center-store.ts';
+export { CenterStore, DEFAULT_KEPT_CENTERS, MAX_GENERATIONS_PER_STEP, MAX_PENDING_STEPS_PER_JOB } from './center-store.ts';
 export type { CenterRecord, CenterStoreOptions, PushResult, TeacherSums } from './center-store.ts';
-export { DEFAULT_KEPT_SNAPSHOTS, parseStoreUri, snapshotObjectKey } from './snapshot-store.ts';
-export type { StoreLocation, TeacherSnapshot } from './snapshot-store.ts';
+export { DEFAULT_KEPT_SNAPSHOTS, parseStoreUri, readStoredSnapshot, snapshotObjectKey } from './snapshot-store.ts';
+export type { StoredSnapshotQuery, StoreLocation, TeacherSnapshot } from './snapshot-store.ts';
 export { resolveTeacherSyncConfig, TEACHER_SYNC_USAGE } from './teacher-sync-config.ts';
 export type { TeacherSyncConfig, TeacherSyncFlags } from './teacher-sync-config.ts';

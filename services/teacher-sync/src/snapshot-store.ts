@@ -1,14 +1,17 @@
 /**
  * Teacher snapshots (docs/cluster.md, "teacher-sync"): the latest few per job in memory,
  * and a copy at `<store_uri>teacher/step-<8 digits>.safetensors` when the uploader names a
- * `store_uri`. Every rank attests the SHA-256 of its own encoding of the teacher at a
+ * `store_uri`; with nothing in memory (a restart, every kept one rejected) the copies
+ * under the job's last known `store_uri` are read back. Every rank attests the SHA-256 of its own encoding of the teacher at a
  * snapshot step; once the snapshot and all of a generation's attestations are in, the
  * snapshot is verified (every hash equals its own) or rejected (dropped, and its step
  * answered with the mismatch from then on).
  */
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { InvalidArgumentError } from '@dinofleet/proto';
+import { DataLossError, InvalidArgumentError, ResourceExhaustedError, UnavailableError } from '@dinofleet/proto';
 
 /** Snapshots kept in memory per job by default (docs/cluster.md). */
 export const DEFAULT_KEPT_SNAPSHOTS = 2;
@@ -83,6 +86,107 @@ export async function storeSnapshot(s3: S3Client, snapshot: TeacherSnapshot): Pr
   return `s3://${location.bucket}/${key}`;
 }
 
+const SNAPSHOT_KEY_STEP = /teacher\/step-(\d+)\.safetensors$/;
+
+function isNoSuchKey(err: unknown): boolean {
+  const { name, $metadata } = err as { name?: unknown; $metadata?: { httpStatusCode?: number } };
+  return name === 'NoSuchKey' || name === 'NotFound' || $metadata?.httpStatusCode === 404;
+}
+
+function describeError(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** What {@link readStoredSnapshot} reads. */
+export interface StoredSnapshotQuery {
+  /** Job id (the snapshot's metadata must not name another). */
+  readonly jobId: string;
+  /** `s3://bucket/prefix/` the job's snapshots were written under. */
+  readonly storeUri: string;
+  /** The step to read; 0: the newest step not skipped. */
+  readonly step: number;
+  /** Steps not to serve for step 0 (rejected by the ranks' attestations). */
+  readonly skip: (step: number) => boolean;
+  /** Larger objects are refused, in bytes. */
+  readonly maxBytes: number;
+}
+
+async function listStoredSteps(s3: S3Client, location: StoreLocation): Promise<number[]> {
+  const steps: number[] = [];
+  let token: string | undefined;
+  do {
+    const page = await s3.send(
+      new ListObjectsV2Command({ Bucket: location.bucket, Prefix: `${location.prefix}teacher/step-`, ContinuationToken: token }),
+    );
+    for (const object of page.Contents ?? []) {
+      const step = SNAPSHOT_KEY_STEP.exec(object.Key ?? '')?.[1];
+      if (step !== undefined) steps.push(Number(step));
+    }
+    token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
+  } while (token !== undefined);
+  return steps.sort((a, b) => b - a);
+}
+
+async function readSnapshotObject(s3: S3Client, location: StoreLocation, query: StoredSnapshotQuery, step: number): Promise<TeacherSnapshot | undefined> {
+  const key = snapshotObjectKey(location, step);
+  const uri = `s3://${location.bucket}/${key}`;
+  let object;
+  try {
+    object = await s3.send(new GetObjectCommand({ Bucket: location.bucket, Key: key }));
+  } catch (err) {
+    if (isNoSuchKey(err)) return undefined;
+    throw err;
+  }
+  if (object.ContentLength !== undefined && object.ContentLength > query.maxBytes) {
+    throw new ResourceExhaustedError(`${uri}: ${object.ContentLength} bytes exceed teacher-sync's limit of ${query.maxBytes} (--max-snapshot-bytes)`);
+  }
+  if (object.Body === undefined) throw new DataLossError(`${uri} has no body`);
+  const bytes = Buffer.from(await object.Body.transformToByteArray());
+  const sha256 = createHash('sha256').update(bytes).digest();
+  const metadata = object.Metadata ?? {};
+  if (metadata['job-id'] !== undefined && metadata['job-id'] !== query.jobId) {
+    throw new DataLossError(`${uri} holds a teacher snapshot of job ${metadata['job-id']}, not of job ${query.jobId}`);
+  }
+  if (metadata.sha256 !== undefined && metadata.sha256 !== sha256.toString('hex')) {
+    throw new DataLossError(`${uri}: SHA-256 of the bytes is ${sha256.toString('hex')}, the object's metadata says ${metadata.sha256}`);
+  }
+  const generation = Number(metadata.generation ?? 0);
+  return {
+    jobId: query.jobId,
+    generation: Number.isSafeInteger(generation) ? generation : 0,
+    step,
+    format: 'safetensors',
+    storeUri: query.storeUri,
+    sha256,
+    bytes,
+  };
+}
+
+/**
+ * Reads a snapshot back from where {@link storeSnapshot} wrote it: the object of `step`, or
+ * with step 0 the newest `teacher/step-*.safetensors` not skipped. `undefined` when there
+ * is none.
+ *
+ * @throws UnavailableError when S3 fails (retry), DataLossError when the object's bytes do
+ *   not match its metadata.
+ */
+export async function readStoredSnapshot(s3: S3Client, query: StoredSnapshotQuery): Promise<TeacherSnapshot | undefined> {
+  const location = parseStoreUri(query.storeUri);
+  try {
+    if (query.step !== 0) return await readSnapshotObject(s3, location, query, query.step);
+    for (const step of await listStoredSteps(s3, location)) {
+      if (query.skip(step)) continue;
+      // Gone between the listing and the read: the next older one will do.
+      const snapshot = await readSnapshotObject(s3, location, query, step);
+      if (snapshot !== undefined) return snapshot;
+    }
+    return undefined;
+  } catch (err) {
+    if (err instanceof DataLossError || err instanceof ResourceExhaustedError) throw err;
+    throw new UnavailableError(`reading the teacher snapshots under ${query.storeUri} failed (${describeError(err)}); retry`, { cause: err });
+  }
+}
+
 /** One rank's SHA-256 of its encoded teacher snapshot at a step (AttestTeacher). */
 export interface TeacherAttestation {
   /** Job id. */
@@ -148,6 +252,8 @@ interface JobSnapshots {
   readonly attestations: Map<number, AttestationGroup>;
   /** Steps whose snapshot was rejected, and the hashes that rejected it. */
   readonly rejected: Map<number, string>;
+  /** The `store_uri` of the job's latest upload that named one, or `''`. */
+  storeUri: string;
 }
 
 function hashPrefix(sha256: Buffer): string {
@@ -187,7 +293,7 @@ export class SnapshotStore {
   #job(jobId: string): JobSnapshots {
     let job = this.#byJob.get(jobId);
     if (job === undefined) {
-      job = { kept: [], attestations: new Map(), rejected: new Map() };
+      job = { kept: [], attestations: new Map(), rejected: new Map(), storeUri: '' };
       this.#byJob.set(jobId, job);
     }
     return job;
@@ -280,6 +386,25 @@ export class SnapshotStore {
   /** Why the snapshot of `step` was rejected (the snapshot's and the ranks' hashes), or `undefined`. */
   rejection(jobId: string, step: number): string | undefined {
     return this.#byJob.get(jobId)?.rejected.get(step);
+  }
+
+  /**
+   * Remembers where the job's snapshots are written, so they can be read back when none
+   * is in memory. Called for every upload header that names a `store_uri`.
+   */
+  rememberStoreUri(jobId: string, storeUri: string): void {
+    if (storeUri !== '') this.#job(jobId).storeUri = storeUri;
+  }
+
+  /** The job's last known `store_uri`, or `''`. */
+  storeUri(jobId: string): string {
+    return this.#byJob.get(jobId)?.storeUri ?? '';
+  }
+
+  /** True when every rank of the generation attesting `step` attested `sha256` (a snapshot read back from S3). */
+  attestedAs(jobId: string, step: number, sha256: Buffer): boolean {
+    const group = this.#byJob.get(jobId)?.attestations.get(step);
+    return group !== undefined && group.hashes.size === group.worldSize && [...group.hashes.values()].every((h) => h.equals(sha256));
   }
 
   /** Steps kept for `jobId` (rejected ones not among them), ascending. */

@@ -10,6 +10,8 @@ export interface TeacherSyncMetrics {
   readonly pushes: Counter;
   /** Centers computed. */
   readonly centers: Counter;
+  /** PushTeacherSums calls refused with ABORTED: a newer generation had pushed the step. */
+  readonly stalePushes: Counter;
   /** Teacher snapshots verified and stored. */
   readonly snapshots: Counter;
   /** Size of the latest stored teacher snapshot, in bytes. */
@@ -33,6 +35,11 @@ export function createTeacherSyncMetrics(registry: Registry): TeacherSyncMetrics
     centers: new Counter({
       name: 'dinofleet_teacher_sync_centers_total',
       help: 'Centers computed from the complete sums of a step.',
+      registers: [registry],
+    }),
+    stalePushes: new Counter({
+      name: 'dinofleet_teacher_sync_stale_pushes_total',
+      help: 'PushTeacherSums calls refused with ABORTED because a newer generation had pushed the same step.',
       registers: [registry],
     }),
     snapshots: new Counter({

@@ -71,9 +71,16 @@ function values(seed: number, n: number): Float32Array {
   return out;
 }
 
-type PushFields = Omit<Partial<PushTeacherSumsRequest>, 'sums'> & { rank: number; sums: Float32Array };
+type PushFields = Omit<Partial<PushTeacherSumsRequest>, 'sums' | 'baseCenter' | 'basePatchCenter'> & {
+  rank: number;
+  sums: Float32Array;
+  /** @default none (zeros at step 0) */
+  baseCenter?: Float32Array;
+  basePatchCenter?: Float32Array;
+};
 
 function pushRequest(fields: PushFields): PushTeacherSumsRequest {
+  const { baseCenter, basePatchCenter, ...rest } = fields;
   return {
     jobId: 'job-a',
     generation: 1,
@@ -83,8 +90,10 @@ function pushRequest(fields: PushFields): PushTeacherSumsRequest {
     patchSums: Buffer.alloc(0),
     patchCount: 0,
     centerMomentum: 0.9,
-    ...fields,
+    ...rest,
     sums: float32ToBytes(fields.sums),
+    baseCenter: float32ToBytes(baseCenter ?? new Float32Array(0)),
+    basePatchCenter: float32ToBytes(basePatchCenter ?? new Float32Array(0)),
   };
 }
 
@@ -92,8 +101,12 @@ function push(client: TeacherSyncClient, request: PushTeacherSumsRequest) {
   return callUnary(client, 'pushTeacherSums', request, { deadlineMs: DEADLINE_MS });
 }
 
-function getCenter(client: TeacherSyncClient, jobId: string, step: number, deadlineMs = DEADLINE_MS) {
-  return callUnary(client, 'getCenter', { jobId, step }, { deadlineMs });
+function getCenter(client: TeacherSyncClient, jobId: string, step: number, deadlineMs = DEADLINE_MS, generation = 0) {
+  return callUnary(client, 'getCenter', { jobId, step, generation }, { deadlineMs });
+}
+
+function centerOf(response: { center: Buffer }): Float32Array {
+  return float32FromBytes(response.center, 'center');
 }
 
 function bits(values: Float32Array): number[] {
@@ -178,10 +191,12 @@ describe('teacher-sync centers', () => {
     expect(bits(float32FromBytes(got1.center, 'center'))).toEqual(bits(center1));
     expect(bits(float32FromBytes(got1.patchCenter, 'patch'))).toEqual(bits(patch1));
 
-    // Step 1 builds on center_1; no patch outputs anywhere keeps the patch center.
+    // Step 1 builds on the base the ranks used (center_1); no patch outputs anywhere keeps
+    // the patch center.
     const [t0, t1] = [values(5, dims), values(6, dims)];
-    await push(f.client, pushRequest({ ...patch(0, new Float32Array(5), 0), step: 1, sums: t0, count: 4 }));
-    await push(f.client, pushRequest({ ...patch(1, new Float32Array(5), 0), step: 1, sums: t1, count: 4 }));
+    const bases = { baseCenter: center1, basePatchCenter: patch1 };
+    await push(f.client, pushRequest({ ...patch(0, new Float32Array(5), 0), ...bases, step: 1, sums: t0, count: 4 }));
+    await push(f.client, pushRequest({ ...patch(1, new Float32Array(5), 0), ...bases, step: 1, sums: t1, count: 4 }));
     const got2 = await getCenter(f.client, 'job-a', 2);
     expect(bits(float32FromBytes(got2.center, 'center'))).toEqual(bits(updateCenter(center1, float32Sum([t0, t1]), 8, 0.9)));
     expect(bits(float32FromBytes(got2.patchCenter, 'patch'))).toEqual(bits(patch1));
@@ -225,11 +240,6 @@ describe('teacher-sync centers', () => {
     expect(await push(f.client, pushRequest({ jobId: 'job-i', rank: 1, sums: values(2, 3) }))).toEqual({ ranksReceived: 2, centerReady: true });
     const before = await getCenter(f.client, 'job-i', 1);
     expect(await push(f.client, r0)).toEqual({ ranksReceived: 2, centerReady: true });
-    // Another generation's sums for the same step change nothing either.
-    expect(await push(f.client, pushRequest({ jobId: 'job-i', generation: 2, rank: 0, worldSize: 1, sums: values(9, 3) }))).toEqual({
-      ranksReceived: 0,
-      centerReady: true,
-    });
     const after = await getCenter(f.client, 'job-i', 1);
     expect(after).toEqual(before);
     expect(await f.server.registry.metrics()).toMatch(/^dinofleet_teacher_sync_centers_total 1$/m);
@@ -250,6 +260,9 @@ describe('teacher-sync centers', () => {
       [{ rank: 1, sums: new Float32Array(0) }, /sums must not be empty/],
       [{ rank: 1, sums: values(1, 4), patchCount: 3 }, /patch_count is 3 but patch_sums is empty/],
       [{ rank: 1, sums: values(1, 4), jobId: '' }, /job_id must not be empty/],
+      [{ rank: 1, sums: values(1, 4), baseCenter: values(1, 3) }, /base_center has 3 values, sums has 4; they must match/],
+      [{ rank: 1, sums: values(1, 4), basePatchCenter: values(1, 2) }, /base_patch_center has 2 values, patch_sums has 0; they must match/],
+      [{ rank: 1, step: 3, sums: values(1, 4) }, /step 3 rank 1: base_center is empty; every push after step 0 must carry the center its step used/],
     ];
     for (const [fields, message] of cases) {
       const err = await rejection(push(f.client, pushRequest({ jobId: 'job-v', ...fields })));
@@ -262,21 +275,136 @@ describe('teacher-sync centers', () => {
     expect(await push(f.client, pushRequest({ jobId: 'job-v', rank: 1, sums: values(2, 4) }))).toEqual({ ranksReceived: 2, centerReady: true });
   });
 
-  it('holds complete sums until the previous center exists, then computes the chain in order', async () => {
+  it('computes each center from the pushed base alone, in whatever order the steps arrive', async () => {
     await using f = await startFixture();
-    const single = (step: number, seed: number) => pushRequest({ jobId: 'job-h', step, rank: 0, worldSize: 1, sums: values(seed, 3) });
-    expect(await push(f.client, single(1, 2))).toEqual({ ranksReceived: 1, centerReady: false });
-    expect(await push(f.client, single(0, 1))).toEqual({ ranksReceived: 1, centerReady: true });
+    const single = (step: number, seed: number, baseCenter?: Float32Array) =>
+      pushRequest({ jobId: 'job-h', step, rank: 0, worldSize: 1, sums: values(seed, 3), ...(baseCenter !== undefined && { baseCenter }) });
     const center1 = updateCenter(new Float32Array(3), values(1, 3), 8, 0.9);
     const center2 = updateCenter(center1, values(2, 3), 8, 0.9);
-    expect(bits(float32FromBytes((await getCenter(f.client, 'job-h', 2)).center, 'center'))).toEqual(bits(center2));
+    // Step 1 before step 0: its base says what center 1 is, so center 2 exists at once.
+    expect(await push(f.client, single(1, 2, center1))).toEqual({ ranksReceived: 1, centerReady: true });
+    expect(bits(centerOf(await getCenter(f.client, 'job-h', 2)))).toEqual(bits(center2));
+    expect(await push(f.client, single(0, 1))).toEqual({ ranksReceived: 1, centerReady: true });
+    expect(bits(centerOf(await getCenter(f.client, 'job-h', 1)))).toEqual(bits(center1));
     // Step 0 uses zeros once the job's shape is known.
-    expect(bits(float32FromBytes((await getCenter(f.client, 'job-h', 0)).center, 'center'))).toEqual([0, 0, 0]);
+    expect(bits(centerOf(await getCenter(f.client, 'job-h', 0)))).toEqual([0, 0, 0]);
+  });
+
+  it('refuses a push whose base differs from the other ranks with FAILED_PRECONDITION naming the ranks', async () => {
+    await using f = await startFixture();
+    const base = values(7, 4);
+    const request = (rank: number, baseCenter: Float32Array) => pushRequest({ jobId: 'job-b', step: 5, worldSize: 3, rank, sums: values(rank, 4), baseCenter });
+    await push(f.client, request(0, base));
+    await push(f.client, request(2, base));
+    const other = Float32Array.from(base);
+    other[2] = (other[2] as number) + 1;
+    const err = await rejection(push(f.client, request(1, other)));
+    expect(err.code).toBe('FAILED_PRECONDITION');
+    expect(err.message).toMatch(
+      /job job-b generation 1 step 5 rank 1: base_center differs from the one ranks 0, 2 pushed for the step \(first difference at value 2: .+\); the ranks did not use the same center, so they are not in lock-step/,
+    );
+    // The refused push did not count: the step still waits for rank 1.
+    expect(await push(f.client, request(1, base))).toEqual({ ranksReceived: 3, centerReady: true });
+  });
+
+  it('gives two generations that push the same step their own centers', async () => {
+    await using f = await startFixture();
+    const base = values(11, 4);
+    // Generation 1 (two ranks) completes step 3, then fails; generation 2 (one rank) runs step 3 again.
+    await push(f.client, pushRequest({ jobId: 'job-g', generation: 1, step: 3, rank: 0, sums: values(1, 4), baseCenter: base }));
+    await push(f.client, pushRequest({ jobId: 'job-g', generation: 1, step: 3, rank: 1, sums: values(2, 4), baseCenter: base }));
+    const waiting = getCenter(f.client, 'job-g', 4, DEADLINE_MS, 2);
+    await push(f.client, pushRequest({ jobId: 'job-g', generation: 2, step: 3, rank: 0, worldSize: 1, count: 5, sums: values(3, 4), baseCenter: base }));
+
+    const first = updateCenter(base, float32Sum([values(1, 4), values(2, 4)]), 16, 0.9);
+    const second = updateCenter(base, values(3, 4), 5, 0.9);
+    const got2 = await waiting;
+    expect(got2.generation).toBe(2);
+    expect(bits(centerOf(got2))).toEqual(bits(second));
+    const got1 = await getCenter(f.client, 'job-g', 4, DEADLINE_MS, 1);
+    expect(got1.generation).toBe(1);
+    expect(bits(centerOf(got1))).toEqual(bits(first));
+    // Generation 0: the newest generation's.
+    expect(await getCenter(f.client, 'job-g', 4)).toEqual(got2);
+    expect(await f.server.registry.metrics()).toMatch(/^dinofleet_teacher_sync_centers_total 2$/m);
+  });
+
+  it('refuses a stale generation with ABORTED, for pushes and for the center they would make', async () => {
+    await using f = await startFixture();
+    const base = values(5, 2);
+    const request = (generation: number, rank: number) => pushRequest({ jobId: 'job-x', generation, step: 8, rank, sums: values(rank, 2), baseCenter: base });
+    await push(f.client, request(1, 0));
+    const waiting = rejection(getCenter(f.client, 'job-x', 9, DEADLINE_MS, 1));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Generation 2 pushes step 8: generation 1 can no longer complete it.
+    await push(f.client, request(2, 1));
+    const waited = await waiting;
+    expect(waited.code).toBe('ABORTED');
+    expect(waited.message).toMatch(/center for step 9 of job job-x from generation 1 will not come: generation 2 has pushed step 8 since/);
+    const pushed = await rejection(push(f.client, request(1, 1)));
+    expect(pushed.code).toBe('ABORTED');
+    expect(pushed.message).toMatch(/job job-x generation 1 step 8 rank 1: generation 2 has pushed step 8 since, so generation 1 is over/);
+    expect((await rejection(getCenter(f.client, 'job-x', 9, DEADLINE_MS, 1))).code).toBe('ABORTED');
+    // Generation 2 goes on undisturbed: rank 0's push completes its step.
+    expect(await push(f.client, request(2, 0))).toEqual({ ranksReceived: 2, centerReady: true });
+    expect((await getCenter(f.client, 'job-x', 9, DEADLINE_MS, 2)).generation).toBe(2);
+    const metrics = await f.server.registry.metrics();
+    expect(metrics).toMatch(/^dinofleet_teacher_sync_stale_pushes_total 1$/m);
+    expect(metrics).toMatch(/^dinofleet_teacher_sync_pushes_total 3$/m);
+  });
+
+  it('after a restart on the same port, gives the same center as an uninterrupted teacher-sync once the ranks push again', async () => {
+    const dims = 16;
+    const sums = (step: number, rank: number) => values(10 * step + rank + 1, dims);
+    const patchSums = (step: number, rank: number) => values(100 + 10 * step + rank, 3);
+    const request = (step: number, rank: number, baseCenter: Float32Array, basePatchCenter: Float32Array) =>
+      pushRequest({ jobId: 'job-r', step, rank, sums: sums(step, rank), count: 4 + rank, patchSums: float32ToBytes(patchSums(step, rank)), patchCount: 3, baseCenter, basePatchCenter });
+    /** Runs steps 0..2 on both ranks, each step's base being the center teacher-sync gave for it. */
+    const run = async (client: TeacherSyncClient, restartBeforeStep2?: () => Promise<TeacherSyncClient>) => {
+      let center: Float32Array = new Float32Array(dims);
+      let patch: Float32Array = new Float32Array(3);
+      for (let step = 0; step < 3; step++) {
+        await push(client, request(step, 0, center, patch));
+        if (step === 2 && restartBeforeStep2 !== undefined) {
+          // Rank 0's push is lost with the old process; the new one knows nothing.
+          client = await restartBeforeStep2();
+          expect((await rejection(getCenter(client, 'job-r', 3, 300))).code).toBe('DEADLINE_EXCEEDED');
+          await push(client, request(step, 0, center, patch));
+        }
+        await push(client, request(step, 1, center, patch));
+        const next = await getCenter(client, 'job-r', step + 1);
+        center = centerOf(next);
+        patch = float32FromBytes(next.patchCenter, 'patch');
+      }
+      return { center, patch };
+    };
+
+    let uninterrupted;
+    {
+      await using f = await startFixture();
+      uninterrupted = await run(f.client);
+    }
+    const first = await startFixture();
+    const port = first.server.grpcAddress.split(':').at(-1) as string;
+    let second: Fixture | undefined;
+    try {
+      const restarted = await run(first.client, async () => {
+        await first[Symbol.asyncDispose]();
+        second = await startFixture({ listen: `127.0.0.1:${port}` });
+        expect(second.server.grpcAddress).toBe(first.server.grpcAddress);
+        return second.client;
+      });
+      expect(bits(restarted.center)).toEqual(bits(uninterrupted.center));
+      expect(bits(restarted.patch)).toEqual(bits(uninterrupted.patch));
+    } finally {
+      await first[Symbol.asyncDispose]();
+      await second?.[Symbol.asyncDispose]();
+    }
   });
 
   it('WatchCenters sends the kept centers, then each new one', async () => {
     await using f = await startFixture();
-    const single = (step: number, seed: number) => pushRequest({ jobId: 'job-s', step, rank: 0, worldSize: 1, sums: values(seed, 2) });
+    const single = (step: number, seed: number) => pushRequest({ jobId: 'job-s', step, rank: 0, worldSize: 1, sums: values(seed, 2), baseCenter: values(seed + 50, 2) });
     await push(f.client, single(0, 1));
     await push(f.client, single(1, 2));
     const stream = f.client.watchCenters({ jobId: 'job-s', fromStep: 2 }, { deadline: Date.now() + DEADLINE_MS });
@@ -512,6 +640,58 @@ describe('teacher-sync attestations', () => {
     expect((await getSnapshot(f.client, 'job-att', 50)).header.verified).toBe(true);
   });
 
+  const storedHeader = (step: number, storeUri: string): TeacherSnapshotHeader => ({
+    jobId: 'job-att',
+    generation: 1,
+    step,
+    sizeBytes: snapshotOf(step).bytes.length,
+    sha256: snapshotOf(step).sha256,
+    format: 'safetensors',
+    storeUri,
+    verified: false,
+  });
+  const uploadStored = (client: TeacherSyncClient, step: number, storeUri: string) =>
+    putSnapshot(client, snapshotMessages(storedHeader(step, storeUri), snapshotOf(step).bytes));
+
+  it('with nothing in memory, serves the newest snapshot under the store_uri that was not rejected', async () => {
+    await using f = await startFixture({ keptSnapshots: 1 });
+    const storeUri = `s3://${s3.bucket}/readback/job-att/`;
+    await uploadStored(f.client, 50, storeUri);
+    await attest(f.client, { step: 50, rank: 0 });
+    await attest(f.client, { step: 50, rank: 1 });
+    await uploadStored(f.client, 100, storeUri);
+    // Rank 1 disagrees at step 100: the only snapshot in memory is dropped.
+    await attest(f.client, { step: 100, rank: 0 });
+    await attest(f.client, { step: 100, rank: 1, sha256: createHash('sha256').update('another teacher').digest() });
+
+    for (const step of [0, 50]) {
+      const { header, bytes } = await getSnapshot(f.client, 'job-att', step);
+      expect(header).toMatchObject({ jobId: 'job-att', generation: 1, step: 50, storeUri, verified: true, sizeBytes: bytes.length });
+      expect(header.sha256.equals(snapshotOf(50).sha256)).toBe(true);
+      expect(bytes.equals(snapshotOf(50).bytes)).toBe(true);
+    }
+    expect((await rejection(getSnapshot(f.client, 'job-att', 100))).code).toBe('DATA_LOSS');
+    expect((await rejection(getSnapshot(f.client, 'job-att', 150))).message).toMatch(/no teacher snapshot for step 150 of job job-att \(.*and none under s3:/);
+  });
+
+  it('after a restart knows no store_uri until an upload names one, and then reads S3 even when that upload broke off', async () => {
+    const storeUri = `s3://${s3.bucket}/restart/job-att/`;
+    {
+      await using before = await startFixture();
+      await uploadStored(before.client, 50, storeUri);
+    }
+    await using f = await startFixture();
+    expect((await rejection(getSnapshot(f.client, 'job-att', 0))).code).toBe('NOT_FOUND');
+    const headerOnly = snapshotMessages(storedHeader(100, storeUri), snapshotOf(100).bytes).slice(0, 1);
+    expect((await rejection(putSnapshot(f.client, headerOnly))).message).toMatch(/ended after 0 of \d+ bytes/);
+    const { header, bytes } = await getSnapshot(f.client, 'job-att', 0);
+    expect(header).toMatchObject({ step: 50, storeUri, verified: false });
+    expect(bytes.equals(snapshotOf(50).bytes)).toBe(true);
+    // The next upload puts one in memory again, and that one is served.
+    await uploadStored(f.client, 100, storeUri);
+    expect((await getSnapshot(f.client, 'job-att', 0)).header.step).toBe(100);
+  });
+
   it('rejects malformed attestations with INVALID_ARGUMENT messages that say what is wrong', async () => {
     await using f = await startFixture();
     await attest(f.client, { step: 50, rank: 0 });
@@ -548,7 +728,7 @@ describe('teacher-sync server', () => {
     }
     const response = await fetch(`http://${f.server.metricsAddress}/metrics`);
     const text = await response.text();
-    for (const name of ['pushes_total', 'centers_total', 'snapshots_total', 'snapshot_bytes', 'attestations_total', 'snapshots_verified_total', 'snapshot_mismatches_total']) {
+    for (const name of ['pushes_total', 'centers_total', 'stale_pushes_total', 'snapshots_total', 'snapshot_bytes', 'attestations_total', 'snapshots_verified_total', 'snapshot_mismatches_total']) {
       expect(text).toContain(`dinofleet_teacher_sync_${name}`);
     }
   });

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { handleClientStreamingCall, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
 import {
+  AbortedError,
   CancelledError,
   DataLossError,
   DeadlineExceededError,
@@ -36,10 +37,10 @@ import type {
 } from '@dinofleet/proto';
 import type { Logger } from '@dinofleet/telemetry';
 
-import type { CenterRecord, CenterStore } from './center-store.ts';
+import type { CenterRecord, CenterStore, PushResult } from './center-store.ts';
 import { float32FromBytes, float32ToBytes } from './float32-bytes.ts';
-import { parseStoreUri, storeSnapshot } from './snapshot-store.ts';
-import type { SnapshotCheck, SnapshotStore, TeacherSnapshot } from './snapshot-store.ts';
+import { parseStoreUri, readStoredSnapshot, storeSnapshot } from './snapshot-store.ts';
+import type { KeptSnapshot, SnapshotCheck, SnapshotStore, TeacherSnapshot } from './snapshot-store.ts';
 import type { TeacherSyncMetrics } from './teacher-sync-metrics.ts';
 
 /** Size of the chunks GetTeacherSnapshot sends, and what uploaders should send, in bytes (1 MiB). */
@@ -165,6 +166,7 @@ function validateSnapshotHeader(header: TeacherSnapshotHeader, options: TeacherS
 function receiveSnapshot(
   call: ServerReadableStream<PutTeacherSnapshotRequest, PutTeacherSnapshotResponse>,
   options: TeacherSyncServiceOptions,
+  onHeader: (header: TeacherSnapshotHeader) => void,
 ): Promise<TeacherSnapshot> {
   return new Promise((resolve, reject) => {
     let upload: SnapshotUpload | undefined;
@@ -183,6 +185,7 @@ function receiveSnapshot(
           case 'header': {
             if (upload !== undefined) throw new InvalidArgumentError('a second header in one PutTeacherSnapshot stream');
             validateSnapshotHeader(part.header, options);
+            onHeader(part.header);
             upload = { header: part.header, bytes: Buffer.allocUnsafe(part.header.sizeBytes), hash: createHash('sha256'), received: 0 };
             break;
           }
@@ -289,40 +292,75 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
 
   const pushTeacherSums = (request: PushTeacherSumsRequest): PushTeacherSumsResponse => {
     validatePush(request);
-    const result = centers.push({
-      jobId: request.jobId,
-      generation: request.generation,
-      step: request.step,
-      rank: request.rank,
-      sums: float32FromBytes(request.sums, 'sums'),
-      count: request.count,
-      patchSums: float32FromBytes(request.patchSums, 'patch_sums'),
-      patchCount: request.patchCount,
-      worldSize: request.worldSize,
-      centerMomentum: request.centerMomentum,
-    });
+    let result: PushResult;
+    try {
+      result = centers.push({
+        jobId: request.jobId,
+        generation: request.generation,
+        step: request.step,
+        rank: request.rank,
+        sums: float32FromBytes(request.sums, 'sums'),
+        count: request.count,
+        patchSums: float32FromBytes(request.patchSums, 'patch_sums'),
+        patchCount: request.patchCount,
+        worldSize: request.worldSize,
+        centerMomentum: request.centerMomentum,
+        baseCenter: float32FromBytes(request.baseCenter, 'base_center'),
+        basePatchCenter: float32FromBytes(request.basePatchCenter, 'base_patch_center'),
+      });
+    } catch (err) {
+      if (err instanceof AbortedError) {
+        metrics.stalePushes.inc();
+        logger.info('refused teacher sums of a stale generation', { job: request.jobId, generation: request.generation, step: request.step, rank: request.rank });
+      }
+      throw err;
+    }
     metrics.pushes.inc();
-    for (const record of result.computed) {
+    if (result.computed !== null) {
       metrics.centers.inc();
-      logger.debug('center computed', { job: request.jobId, step: record.step, generation: record.generation });
+      logger.debug('center computed', { job: request.jobId, step: result.computed.step, generation: result.computed.generation });
     }
     return { ranksReceived: result.ranksReceived, centerReady: result.centerReady };
   };
 
   const getCenter = async (request: GetCenterRequest, call: ServerUnaryCall<GetCenterRequest, GetCenterResponse>): Promise<GetCenterResponse> => {
     checkJobId(request.jobId);
-    const what = `the center for step ${request.step} of job ${request.jobId}`;
+    const which = request.generation === 0 ? '' : ` from generation ${request.generation}`;
+    const what = `the center for step ${request.step} of job ${request.jobId}${which}`;
     const { signal, dispose } = callSignal(call, options.maxCenterWaitMs, what);
     try {
-      return centerResponse(await centers.waitForCenter(request.jobId, request.step, signal));
+      return centerResponse(await centers.waitForCenter(request.jobId, request.step, request.generation, signal));
     } finally {
       dispose();
     }
   };
 
+  /**
+   * The snapshot GetTeacherSnapshot serves: the kept one, or with none kept for the job
+   * (a restart, or every kept one rejected) the copy under its last known `store_uri`.
+   */
+  const findSnapshot = async (jobId: string, step: number): Promise<KeptSnapshot | undefined> => {
+    const kept = snapshots.get(jobId, step);
+    if (kept !== undefined) return kept;
+    const storeUri = snapshots.storeUri(jobId);
+    if (snapshots.steps(jobId).length > 0 || storeUri === '' || options.s3 === undefined) return undefined;
+    // A rejected step stays rejected, whatever S3 still holds of it.
+    if (step !== 0 && snapshots.rejection(jobId, step) !== undefined) return undefined;
+    const stored = await readStoredSnapshot(options.s3, {
+      jobId,
+      storeUri,
+      step,
+      skip: (candidate) => snapshots.rejection(jobId, candidate) !== undefined,
+      maxBytes: options.maxSnapshotBytes,
+    });
+    if (stored === undefined) return undefined;
+    logger.info('teacher snapshot read back from S3 (none in memory)', { job: jobId, step: stored.step, storeUri });
+    return { snapshot: stored, verified: snapshots.attestedAs(jobId, stored.step, stored.sha256) };
+  };
+
   const putTeacherSnapshot: handleClientStreamingCall<PutTeacherSnapshotRequest, PutTeacherSnapshotResponse> = (call, callback) => {
     const handle = async (): Promise<PutTeacherSnapshotResponse> => {
-      const snapshot = await receiveSnapshot(call, options);
+      const snapshot = await receiveSnapshot(call, options, (header) => snapshots.rememberStoreUri(header.jobId, header.storeUri));
       if (snapshot.storeUri !== '' && options.s3 !== undefined) {
         let uri: string;
         try {
@@ -357,11 +395,9 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
       checkJobId(request.jobId);
       for await (const record of centers.watchCenters(request.jobId, request.fromStep, signal)) yield centerResponse(record);
     }, handlerOptions),
-    // Everything is in memory; the adapter wants an async iterable for its back-pressure.
-    // eslint-disable-next-line @typescript-eslint/require-await
     getTeacherSnapshot: serverStreamHandler(async function* (request): AsyncGenerator<GetTeacherSnapshotResponse> {
       checkJobId(request.jobId);
-      const kept = snapshots.get(request.jobId, request.step);
+      const kept = await findSnapshot(request.jobId, request.step);
       if (kept === undefined) {
         const rejection = request.step === 0 ? undefined : snapshots.rejection(request.jobId, request.step);
         if (rejection !== undefined) {
@@ -370,9 +406,11 @@ export function createTeacherSyncService(options: TeacherSyncServiceOptions): Te
           );
         }
         const steps = snapshots.steps(request.jobId);
+        const storeUri = snapshots.storeUri(request.jobId);
         const which = request.step === 0 ? 'no teacher snapshot' : `no teacher snapshot for step ${request.step}`;
+        const stored = steps.length === 0 && storeUri !== '' ? `, and none under ${storeUri}` : '';
         throw new NotFoundError(
-          `${which} of job ${request.jobId} (teacher-sync keeps the latest ${steps.length === 0 ? 'few; it has none' : `few: steps ${steps.join(', ')}`})`,
+          `${which} of job ${request.jobId} (teacher-sync keeps the latest ${steps.length === 0 ? 'few; it has none' : `few: steps ${steps.join(', ')}`}${stored})`,
         );
       }
       const { snapshot, verified } = kept;

@@ -4,11 +4,13 @@
  * model: each step it takes its per-rank batch of manifest records from its leases
  * (AcquireLease when one is used up), and sends CommitStep with a hash the test chooses.
  */
+import { createHash } from 'node:crypto';
 import type { ClientDuplexStream } from '@grpc/grpc-js';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { readSplitRecords } from '@dinofleet/data';
 import { callUnary, createClient, WorkerControlClient } from '@dinofleet/proto';
-import type { Assignment, ControlRequest, ControlResponse, DataCursor, ShardLease } from '@dinofleet/proto';
+import type { Assignment, CheckpointFile, ControlRequest, ControlResponse, DataCursor, ShardLease } from '@dinofleet/proto';
 
 /** Where the manifest is, for a fake worker that reads real records. */
 export interface FakeManifest {
@@ -21,7 +23,7 @@ export interface FakeManifest {
 export interface FakeWorkerOptions {
   readonly workerId: string;
   /** The state the worker claims to hold at registration. */
-  readonly held?: { jobId: string; stateStep: number; stateHash: Buffer };
+  readonly held?: { jobId: string; stateStep: number; stateHash: Buffer; pendingStep?: number; pendingHash?: Buffer };
   /** Train on Assignment (otherwise the test drives commits by hand). @default true */
   readonly train?: boolean;
   /** The state hash after `step` for `rank`. @default sha-like bytes of the step */
@@ -34,6 +36,8 @@ export interface FakeWorkerOptions {
   readonly stepDelayMs?: number;
   /** Called before committing a step; return false to hang instead (tests of loss). */
   readonly beforeCommit?: (step: number) => boolean;
+  /** Whether step `step` (the step number after it) comes out non-finite; called once per try. */
+  readonly nonFinite?: (step: number) => boolean;
 }
 
 /** A sample the fake worker trained on. */
@@ -68,6 +72,8 @@ export class FakeWorker implements AsyncDisposable {
   #heartbeat: NodeJS.Timeout | undefined;
   readonly #waiters = new Set<() => void>();
   #assignment: Assignment | undefined;
+  /** Generation the coordinator aborted or held (its loop stops). */
+  #stopped = 0;
   #acked = 0;
   #ended = false;
   /** Set when the coordinator ended the stream. */
@@ -106,6 +112,8 @@ export class FakeWorker implements AsyncDisposable {
           jobId: held?.jobId ?? '',
           stateStep: held?.stateStep ?? 0,
           stateHash: held?.stateHash ?? Buffer.alloc(0),
+          pendingStep: held?.pendingStep ?? 0,
+          pendingHash: held?.pendingHash ?? Buffer.alloc(0),
         },
       },
     });
@@ -155,9 +163,14 @@ export class FakeWorker implements AsyncDisposable {
     return this.waitFor((m) => (m.message?.$case === 'stop' ? m.message.stop.reason : undefined), timeoutMs);
   }
 
-  /** Waits for an Assignment. */
-  waitForAssignment(timeoutMs = 10_000): Promise<Assignment> {
-    return this.waitFor((m) => (m.message?.$case === 'assignment' ? m.message.assignment : undefined), timeoutMs);
+  /** Waits for an Assignment (of a generation >= `minGeneration`). */
+  waitForAssignment(timeoutMs = 10_000, minGeneration = 0): Promise<Assignment> {
+    return this.waitFor((m) => (m.message?.$case === 'assignment' && m.message.assignment.generation >= minGeneration ? m.message.assignment : undefined), timeoutMs);
+  }
+
+  /** Every Assignment received, oldest first. */
+  assignments(): Assignment[] {
+    return this.received.flatMap((m) => (m.message?.$case === 'assignment' ? [m.message.assignment] : []));
   }
 
   #onMessage(response: ControlResponse): void {
@@ -171,11 +184,14 @@ export class FakeWorker implements AsyncDisposable {
         break;
       case 'commitAck':
         this.#acked = Math.max(this.#acked, message.commitAck.step);
+        // Held at the boundary: the next Assignment (or a Stop) follows.
+        if (message.commitAck.hold) this.#stopped = Math.max(this.#stopped, message.commitAck.generation);
         break;
       case 'stop':
         this.#assignment = undefined;
         break;
       case 'abort':
+        this.#stopped = Math.max(this.#stopped, message.abort.generation);
         break;
       default: {
         const unknown: never = message;
@@ -215,7 +231,8 @@ export class FakeWorker implements AsyncDisposable {
 
   async #train(assignment: Assignment): Promise<void> {
     const generation = assignment.generation;
-    const current = (): boolean => this.#assignment?.generation === generation && this.#assignment.jobId === assignment.jobId && !this.#ended;
+    const current = (): boolean =>
+      this.#assignment?.generation === generation && this.#assignment.jobId === assignment.jobId && !this.#ended && this.#stopped < generation;
     if (assignment.shardLease === undefined) throw new Error('Assignment without a lease');
     let reader = await this.#openLease(assignment.shardLease);
     for (let step = assignment.startStep; step < assignment.totalSteps && current(); step++) {
@@ -244,7 +261,11 @@ export class FakeWorker implements AsyncDisposable {
       if (!current()) return;
       if (this.#options.beforeCommit?.(step + 1) === false) return;
       const from = this.received.length;
-      const hash = (this.#options.hashOf ?? ((_rank: number, s: number) => stepHash(s)))(assignment.rank, step + 1);
+      const nonfinite = this.#options.nonFinite?.(step + 1) ?? false;
+      const hashOf = this.#options.hashOf ?? ((_rank: number, s: number) => stepHash(s));
+      const hash = hashOf(assignment.rank, nonfinite ? step : step + 1);
+      const checkpoint = assignment.rank === 0 && !nonfinite ? await this.#writeCheckpoint(assignment, step + 1, hash) : undefined;
+      const epochs = this.trained.filter((t) => t.step === step + 1).map((t) => t.epoch);
       this.send({
         message: {
           $case: 'commitStep',
@@ -259,14 +280,24 @@ export class FakeWorker implements AsyncDisposable {
             skipped: [],
             imagesPerSecond: 100,
             lr: 0.001,
-            checkpointUri: '',
+            checkpointUri: checkpoint?.uri ?? '',
+            nonfinite,
+            sampleEpochs: epochs.slice(-sampleIds.length),
+            checkpointFiles: checkpoint?.files ?? [],
           },
         },
       });
+      if (nonfinite) return; // like an unacknowledged step: the next Assignment follows
       const target = step + 1;
       await this.waitFor(
         (m) =>
-          (m.message?.$case === 'commitAck' && m.message.commitAck.step >= target) || m.message?.$case === 'stop' || this.streamEnded ? true : undefined,
+          (m.message?.$case === 'commitAck' && m.message.commitAck.step >= target) ||
+          m.message?.$case === 'stop' ||
+          m.message?.$case === 'abort' ||
+          m.message?.$case === 'assignment' ||
+          this.streamEnded
+            ? true
+            : undefined,
         30_000,
         from,
       ).catch(() => undefined);
@@ -274,9 +305,41 @@ export class FakeWorker implements AsyncDisposable {
     }
   }
 
-  /** Sends Leaving. */
-  leave(reason: string): void {
-    this.send({ message: { $case: 'leaving', leaving: { reason } } });
+  /**
+   * Rank 0's part of a checkpoint when the spec asks for one at `step`: two small objects
+   * standing in for model.safetensors and state.json, reported as checkpoint_files.
+   */
+  async #writeCheckpoint(assignment: Assignment, step: number, hash: Buffer): Promise<{ uri: string; files: CheckpointFile[] } | undefined> {
+    const spec = JSON.parse(assignment.jobSpecJson) as { spec: { checkpoint: { uri: string; everySteps: number } | null } };
+    const checkpoint = spec.spec.checkpoint;
+    const s3 = this.#options.manifest?.s3;
+    if (checkpoint === null || s3 === undefined || (step % checkpoint.everySteps !== 0 && step !== assignment.totalSteps)) return undefined;
+    const match = /^s3:\/\/([^/]+)\/(.*)$/.exec(checkpoint.uri);
+    if (match === null) return undefined;
+    const bucket = match[1] ?? '';
+    const key = `${match[2] ?? ''}${assignment.jobId}/step-${String(step).padStart(8, '0')}/`;
+    const files: CheckpointFile[] = [];
+    for (const [name, text] of [
+      ['model.safetensors', `tensors of step ${step}`],
+      ['state.json', JSON.stringify({ step, stateHash: hash.toString('hex') })],
+    ] as const) {
+      const body = Buffer.from(text);
+      await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${key}${name}`, Body: body }));
+      files.push({ name, bytes: body.length, sha256: createHash('sha256').update(body).digest('hex') });
+    }
+    return { uri: `s3://${bucket}/${key}`, files };
+  }
+
+  /** Sends Leaving (graceful: leaves at the next step boundary). */
+  leave(reason: string, graceful = false): void {
+    this.send({ message: { $case: 'leaving', leaving: { reason, graceful } } });
+  }
+
+  /** Sends StepFailed for the current generation. */
+  stepFailed(reason: string, excludeMe = false): void {
+    const assignment = this.#assignment;
+    if (assignment === undefined) return;
+    this.send({ message: { $case: 'stepFailed', stepFailed: { generation: assignment.generation, step: this.#acked + 1, reason, excludeMe } } });
   }
 
   /** Ends the Control stream from the worker's side (a crash as the coordinator sees it). */

@@ -67,7 +67,26 @@ export async function startTestEnv(records = 30): Promise<TestEnv> {
 }
 
 /** A job spec (YAML) for the test manifest. */
-export function jobSpec(env: TestEnv, options: { name?: string; steps?: number; epochs?: number; workers?: number; batch?: number; shards?: number; recordSamples?: boolean; minWorkers?: number; maxWorkers?: number; manifestKey?: string } = {}): string {
+export function jobSpec(
+  env: TestEnv,
+  options: {
+    name?: string;
+    steps?: number;
+    epochs?: number;
+    workers?: number;
+    batch?: number;
+    shards?: number;
+    recordSamples?: boolean;
+    minWorkers?: number;
+    maxWorkers?: number;
+    manifestKey?: string;
+    /** Checkpoints under `s3://<test bucket>/<checkpointPrefix>` every `checkpointEvery` steps. */
+    checkpointPrefix?: string;
+    checkpointEvery?: number;
+    maxNonFiniteSteps?: number;
+    maxFailedGenerations?: number;
+  } = {},
+): string {
   const training = options.epochs !== undefined ? `epochs: ${options.epochs}` : `steps: ${options.steps ?? 4}`;
   const fleet = [`workers: ${options.workers ?? 2}`];
   if (options.minWorkers !== undefined) fleet.push(`minWorkers: ${options.minWorkers}`);
@@ -80,6 +99,8 @@ export function jobSpec(env: TestEnv, options: { name?: string; steps?: number; 
     `  data: { manifest: "s3://${env.bucket}/${options.manifestKey ?? env.manifestKey}", shards: ${options.shards ?? 3}, recordSamples: ${options.recordSamples ?? true} }`,
     `  training: { ${training}, globalBatchSize: ${options.batch ?? 4} }`,
     `  fleet: { ${fleet.join(', ')} }`,
+    ...(options.checkpointPrefix === undefined ? [] : [`  checkpoint: { uri: "s3://${env.bucket}/${options.checkpointPrefix}", everySteps: ${options.checkpointEvery ?? 1000} }`]),
+    `  fault: { maxNonFiniteSteps: ${options.maxNonFiniteSteps ?? 3}, maxFailedGenerations: ${options.maxFailedGenerations ?? 10} }`,
     '',
   ].join('\n');
 }
