@@ -17,8 +17,9 @@ import { isTerminal, sampleValue, scrape, waitForJob } from './support/cluster.t
 import { checkLedger, elasticJobSpec, submitJob, waitForStep } from './support/elastic.ts';
 
 const BUCKET = 'itest-elastic';
-/** 400 images at 8 per step: 50 steps an epoch. */
+/** 400 images at 8 per step: 50 steps an epoch; jobs run 60 steps over 40 shards of 10 records. */
 const IMAGES = 400;
+const RUN = { steps: 60, shards: 40 };
 
 async function expectExactlyOnce(fleet: LocalFleet, jobId: string, manifestUri: string): Promise<void> {
   const ledger = await checkLedger(fleet, jobId, manifestUri);
@@ -48,7 +49,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
   }, 90_000);
 
   it('keeps training after a worker is SIGKILLed mid-run: survivors go on in a new generation, every sample exactly once', async () => {
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'sigkill', workers: 3, minWorkers: 2 }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'sigkill', workers: 3, minWorkers: 2, ...RUN }));
     const before = await waitForStep(client, jobId, 5);
     const victim = (await fleet.workers())[1];
     expect(victim).toBeDefined();
@@ -59,11 +60,11 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
     await expectExactlyOnce(fleet, jobId, manifestUri);
     const metrics = await scrape(fleet.coordinator.metricsAddress);
     expect(sampleValue(metrics, 'dinofleet_job_recoveries_total', { job: jobId, cause: 'rank_lost' })).toBeGreaterThanOrEqual(1);
-    expect(sampleValue(metrics, 'dinofleet_job_samples_committed_total', { job: jobId })).toBe(job.committedStep * 8);
+    expect(sampleValue(metrics, 'dinofleet_job_samples_committed_total', { job: jobId })).toBe(RUN.steps * 8);
   });
 
   it('scales up and down while the job runs (ScaleJob), within minWorkers..maxWorkers', async () => {
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'scale', workers: 3, minWorkers: 2, maxWorkers: 4 }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'scale', workers: 3, minWorkers: 2, maxWorkers: 4, ...RUN }));
     await waitForStep(client, jobId, 3);
     const outOfRange = await callUnary(client, 'scaleJob', { jobId, workers: 5 }, { deadlineMs: 10_000 }).catch((e: unknown) => e);
     expect(outOfRange).toBeInstanceOf(DinofleetError);
@@ -86,7 +87,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
   });
 
   it('lets a SIGTERMed worker leave at a step boundary without aborting a step', async () => {
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'sigterm', workers: 3, minWorkers: 2 }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'sigterm', workers: 3, minWorkers: 2, ...RUN }));
     await waitForStep(client, jobId, 5);
     const leaver = (await fleet.workers())[0];
     process.kill(leaver!.pid, 'SIGTERM');
@@ -99,7 +100,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
   });
 
   it('survives a coordinator SIGKILL: the new coordinator continues from the committed step', async () => {
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'coordinator-kill', workers: 3 }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'coordinator-kill', workers: 3, ...RUN }));
     const before = await waitForStep(client, jobId, 5);
     await fleet.restart('coordinator', { signal: 'SIGKILL' });
     const after = await waitForStep(client, jobId, before.committedStep + 1, 120_000);
@@ -110,7 +111,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
   });
 
   it('survives a teacher-sync SIGKILL: the center is rebuilt from the ranks', async () => {
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'teacher-sync-kill', workers: 3 }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'teacher-sync-kill', workers: 3, ...RUN }));
     const before = await waitForStep(client, jobId, 5);
     await fleet.restart('teacher-sync', { signal: 'SIGKILL' });
     await waitForStep(client, jobId, before.committedStep + 2, 60_000);
@@ -120,7 +121,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
   });
 
   it('survives a Redis restart (append-only): the job continues', async () => {
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'redis-restart', workers: 3 }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'redis-restart', workers: 3, ...RUN }));
     const before = await waitForStep(client, jobId, 5);
     await fleet.restart('redis', { signal: 'SIGKILL', downMs: 1_000 });
     await waitForStep(client, jobId, before.committedStep + 2, 60_000);
@@ -131,7 +132,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
 
   it('resumes from the latest checkpoint at another world size when every worker is lost', async () => {
     const checkpoint = { uri: `s3://${BUCKET}/checkpoints/`, everySteps: 5 };
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'all-lost', workers: 3, checkpoint }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'all-lost', workers: 3, checkpoint, ...RUN }));
     const before = await waitForStep(client, jobId, 12);
     await callUnary(client, 'scaleJob', { jobId, workers: 2 }, { deadlineMs: 10_000 });
     for (const worker of await fleet.workers()) process.kill(worker.pid, 'SIGKILL');
@@ -169,10 +170,10 @@ describe('non-finite steps', { timeout: 300_000 }, () => {
 
   it('does not commit a non-finite step, retries it, and rolls back to the last checkpoint after three in a row', async () => {
     const checkpoint = { uri: `s3://${BUCKET}-nan/checkpoints/`, everySteps: 5 };
-    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'nonfinite', workers: 2, checkpoint, fault: { maxNonFiniteSteps: 3 } }));
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 'nonfinite', workers: 2, checkpoint, fault: { maxNonFiniteSteps: 3 }, steps: 24, shards: 16 }));
     const job = await waitForJob(client, jobId, isTerminal);
     expect(JobState[job.state], job.error).toBe('JOB_STATE_SUCCEEDED');
-    expect(job.committedStep).toBe(20);
+    expect(job.committedStep).toBe(24);
     await expectExactlyOnce(fleet, jobId, manifestUri);
     const metrics = await scrape(fleet.coordinator.metricsAddress);
     expect(sampleValue(metrics, 'dinofleet_job_nonfinite_steps_total', { job: jobId })).toBe(4);

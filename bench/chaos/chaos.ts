@@ -189,8 +189,10 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosResult>
     metadata: { name: 'chaos' },
     spec: {
       recipe: { preset: 'dino', overrides: { crops: { nLocal: 2 } } },
-      data: { manifest: uploaded.manifestUri, recordSamples: true },
-      training: { epochs: 1, globalBatchSize: batch, seed },
+      // Small shards (16 records): epochs overlap at their boundary by up to one lease per
+      // rank, so 15% more steps than an epoch make epoch 0 whole before the job ends.
+      data: { manifest: uploaded.manifestUri, recordSamples: true, shards: Math.ceil(offsets.length / 16) },
+      training: { steps: Math.ceil((1.15 * offsets.length) / batch), globalBatchSize: batch, seed },
       fleet: { workers, minWorkers: 2, maxWorkers: workers + 1 },
       checkpoint: { uri: `s3://${bucket}/checkpoints/`, everySteps: 25 },
     },

@@ -8,7 +8,11 @@ import { callUnary, type Job, type JobServiceClient } from '@dinofleet/proto';
 import { Redis } from 'ioredis';
 import { waitForJob } from './cluster.ts';
 
-/** A `dino` job over whole epochs of the manifest, in verification mode (sample ledger on). */
+/**
+ * A `dino` job in verification mode (sample ledger on) whose `steps` cover a bit more than
+ * one epoch: epochs overlap at their boundary by up to one lease per rank, so epoch 0 is
+ * whole only a few leases after its last record was handed out. Small shards keep that short.
+ */
 export function elasticJobSpec(
   manifestUri: string,
   o: {
@@ -16,7 +20,8 @@ export function elasticJobSpec(
     workers: number;
     minWorkers?: number;
     maxWorkers?: number;
-    epochs?: number;
+    steps: number;
+    shards: number;
     globalBatchSize?: number;
     checkpoint?: { uri: string; everySteps: number };
     fault?: { maxNonFiniteSteps?: number; maxFailedGenerations?: number };
@@ -28,8 +33,8 @@ export function elasticJobSpec(
     metadata: { name: o.name },
     spec: {
       recipe: { preset: 'dino', overrides: { crops: { nLocal: 1 } } },
-      data: { manifest: manifestUri, recordSamples: true },
-      training: { epochs: o.epochs ?? 1, globalBatchSize: o.globalBatchSize ?? 8, seed: 3 },
+      data: { manifest: manifestUri, recordSamples: true, shards: o.shards },
+      training: { steps: o.steps, globalBatchSize: o.globalBatchSize ?? 8, seed: 3 },
       fleet: { workers: o.workers, minWorkers: o.minWorkers ?? 1, maxWorkers: o.maxWorkers ?? Math.max(o.workers, 4) },
       ...(o.checkpoint !== undefined && { checkpoint: o.checkpoint }),
       ...(o.fault !== undefined && { fault: o.fault }),

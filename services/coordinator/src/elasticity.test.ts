@@ -202,8 +202,11 @@ describe('verifySampleLedger', () => {
     const offsets = [0, 10, 20, 30, 40];
     // Epoch 0 misses 30 and has 20 twice; epoch 1 is complete.
     expect(await verifySampleLedger(redis, c.prefix, 'ledger-job', offsets)).toEqual({ lost: 1, duplicated: 1, epochsComplete: 1, samplesCommitted: 11 });
-    // Before the job passes epoch 0 a missing record is not lost yet.
-    await redis.hdel(key, '3', '4');
-    expect(await verifySampleLedger(redis, c.prefix, 'ledger-job', offsets)).toEqual({ lost: 0, duplicated: 1, epochsComplete: 0, samplesCommitted: 5 });
+    // An epoch with fewer samples than records, among the newest two, may still be read.
+    await redis.hdel(key, '2', '3', '4');
+    expect(await verifySampleLedger(redis, c.prefix, 'ledger-job', offsets)).toEqual({ lost: 0, duplicated: 0, epochsComplete: 0, samplesCommitted: 3 });
+    // One with an epoch's worth of samples that misses a record has lost it.
+    await redis.hset(key, { 2: JSON.stringify({ ids: [20, 40], epochs: [0, 0] }) });
+    expect(await verifySampleLedger(redis, c.prefix, 'ledger-job', offsets)).toEqual({ lost: 1, duplicated: 1, epochsComplete: 0, samplesCommitted: 5 });
   });
 });

@@ -61,8 +61,9 @@ export async function truncateSampleLedger(redis: Redis, key: string, step: numb
 
 /**
  * Checks a job's sample ledger against its manifest: for each epoch that is complete (every
- * record offset appeared), and for epoch 0 once the job went past it, whether each record
- * was trained exactly once.
+ * record offset appeared), and for every epoch the job finished (every epoch before the
+ * newest two, and any epoch that holds an epoch's worth of samples) how many records were
+ * never trained in it (`lost`); `duplicated` counts (epoch, id) pairs trained more than once.
  *
  * @param manifestRecordOffsets byte offsets of the manifest's records (its sample ids).
  */
@@ -85,8 +86,19 @@ export async function verifySampleLedger(redis: Redis, prefix: string, jobId: st
     for (const count of counts.values()) if (count > 1) duplicated += 1;
     if (manifestRecordOffsets.length > 0 && manifestRecordOffsets.every((offset) => counts.has(offset))) epochsComplete += 1;
   }
-  const pastEpoch0 = [...seen.keys()].some((epoch) => epoch > 0);
-  const epoch0 = seen.get(0) ?? new Map<number, number>();
-  const lost = pastEpoch0 ? manifestRecordOffsets.filter((offset) => !epoch0.has(offset)).length : 0;
+  // Epochs overlap at their boundary (a rank whose lease runs out takes one of the next
+  // epoch while others still read this one's), so when the job stops, the newest two
+  // epochs may be partial. Older epochs must be whole; so must any epoch that holds an
+  // epoch's worth of samples.
+  const newest = Math.max(0, ...seen.keys());
+  let lost = 0;
+  for (let epoch = 0; epoch <= newest; epoch++) {
+    const counts = seen.get(epoch) ?? new Map<number, number>();
+    let trained = 0;
+    for (const count of counts.values()) trained += count;
+    if (epoch < newest - 1 || trained >= manifestRecordOffsets.length) {
+      lost += manifestRecordOffsets.filter((offset) => !counts.has(offset)).length;
+    }
+  }
   return { lost, duplicated, epochsComplete, samplesCommitted };
 }
