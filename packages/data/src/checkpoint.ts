@@ -56,6 +56,18 @@ export interface CheckpointManifest {
   readonly files: readonly CheckpointFile[];
 }
 
+/** Options of {@link writeCheckpoint}. */
+export interface WriteCheckpointOptions {
+  /**
+   * Write `manifest.json` and `latest.json` after the files, which completes the
+   * checkpoint. `false` writes the files only, for a caller that completes the checkpoint
+   * itself later (the coordinator, once the step committed). @default true
+   */
+  readonly commit?: boolean;
+  /** Called with each file's entry once the file is written, in order. */
+  readonly onFileWritten?: (file: CheckpointFile) => void;
+}
+
 /** A checkpoint read back by {@link readCheckpoint}. */
 export interface LoadedCheckpoint {
   /** Completed training steps the checkpoint holds. */
@@ -160,8 +172,8 @@ function parseManifest(value: unknown, where: string): CheckpointManifest {
  * Writes one checkpoint of `jobId` at `step` under `prefixUri` (the job spec's
  * `checkpoint.uri`, `s3://bucket/prefix/`): `model.safetensors` (the `tensors`, with
  * `jobId` and `step` as safetensors metadata), `state.json` (`{jobId, step, …state,
- * createdAt}`; `createdAt` defaults to now), `manifest.json` last, then `latest.json`.
- * Rewriting a step replaces it.
+ * createdAt}`; `createdAt` defaults to now), `manifest.json` last, then `latest.json`
+ * (both left out with `options.commit` false). Rewriting a step replaces it.
  *
  * @returns the step prefix, `s3://bucket/prefix/<jobId>/step-<8 digits>/`.
  * @throws CheckpointError for a bad URI, job id or step; the SDK's error when S3 fails
@@ -174,6 +186,7 @@ export async function writeCheckpoint(
   step: number,
   tensors: Readonly<Record<string, NamedTensor>>,
   state: Readonly<Record<string, unknown>>,
+  options: WriteCheckpointOptions = {},
 ): Promise<string> {
   const prefix = parsePrefixUri(prefixUri);
   checkJobId(jobId);
@@ -201,8 +214,11 @@ export async function writeCheckpoint(
     [CHECKPOINT_STATE_FILE, stateBytes, 'application/json'],
   ] as const) {
     await putObject(s3, prefix.bucket, `${stepKey}${key}`, body, contentType);
-    files.push({ key, bytes: body.length, sha256: sha256Hex(body) });
+    const file = { key, bytes: body.length, sha256: sha256Hex(body) };
+    files.push(file);
+    options.onFileWritten?.(file);
   }
+  if (options.commit === false) return uri;
   const manifest: CheckpointManifest = { step, files };
   await putObject(s3, prefix.bucket, `${stepKey}${CHECKPOINT_MANIFEST_FILE}`, new TextEncoder().encode(`${JSON.stringify(manifest, null, 2)}\n`), 'application/json');
   await putObject(s3, prefix.bucket, `${jobKey}${CHECKPOINT_LATEST_FILE}`, new TextEncoder().encode(`${JSON.stringify({ step, prefix: uri })}\n`), 'application/json');

@@ -84,4 +84,5 @@ export {
   type CheckpointFile,
   type CheckpointManifest,
   type LoadedCheckpoint,
+  type WriteCheckpointOptions,
 } from './checkpoint.ts';

@@ -100,5 +100,13 @@ export {
   type TeacherSums,
   type UpdateResult,
 } from './train-step.ts';
+export { captureDinoState, disposeDinoStateCopy, restoreDinoState, type DinoStateCopy } from './dino-state-copy.ts';
+export {
+  dinoStateTensors,
+  loadDinoStateTensors,
+  type DinoStateScalars,
+  type DinoStateTensors,
+  type StateTensorData,
+} from './dino-state-tensors.ts';
 export { trainOneProcess, type ImageDataset, type TrainerOptions, type TrainerProgress, type TrainerResult } from './trainer.ts';
 export { headForwardFlops, trainStepFlops, vitForwardFlops, type StepShape } from './flops.ts';

@@ -1,4 +1,5 @@
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodePng, manifestSplit } from '@dinofleet/data';
 import { startTestS3 } from '@dinofleet/data/testing';
@@ -95,6 +96,8 @@ describe('S3BatchLoader on shard leases', () => {
     // Images and sample ids: the good records in manifest order, across leases.
     const ids = batches.flatMap((batch) => batch.sampleIds);
     expect(ids).toEqual(good.slice(0, 12).map((g) => g.offset));
+    // Each image's epoch is its lease's (the sample ledger's epochs).
+    expect(batches.flatMap((batch) => batch.sampleEpochs)).toEqual(good.slice(0, 12).map((g) => g.lease.epoch));
     for (const batch of batches) expect(batch.images).toHaveLength(3);
     const first = batches[0]?.images[0];
     expect(first?.width).toBe(28);
@@ -192,6 +195,63 @@ describe('S3BatchLoader on shard leases', () => {
       await loader.close();
     }
     expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message)).toEqual([]);
+  });
+
+  /** A client whose GETs of `failing` fail with a 503 `failures` times before reaching s3rver. */
+  function flakyClient(failing: string, failures: number): { client: S3Client; gets: () => number } {
+    let gets = 0;
+    const client = {
+      send: (command: { input?: { Key?: string } }, options?: unknown) => {
+        if (command instanceof GetObjectCommand && command.input.Key === failing) {
+          gets++;
+          if (gets <= failures) {
+            return Promise.reject(Object.assign(new Error('We encountered an internal error. Please try again.'), { name: 'InternalError', $metadata: { httpStatusCode: 503 } }));
+          }
+        }
+        return (s3.client.send as (c: unknown, o?: unknown) => Promise<unknown>)(command, options);
+      },
+    } as unknown as S3Client;
+    return { client, gets: () => gets };
+  }
+
+  function loaderOn(client: S3Client, retries: { key: string; attempt: number }[]): S3BatchLoader {
+    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0 };
+    const reader = new LeaseReader({ s3: s3.client, bucket: s3.bucket, key: 'manifest.txt', firstLease: whole, acquireLease: () => Promise.reject(new Error('none')) });
+    return new S3BatchLoader({
+      reader,
+      s3: client,
+      bucket: s3.bucket,
+      batchSize: 2,
+      channels: 1,
+      readRetryDelaysMs: [5, 10, 20],
+      onReadRetry: (key, attempt) => retries.push({ key, attempt }),
+    });
+  }
+
+  it('retries an image whose read fails (5xx) and trains on it once it reads', async () => {
+    const flaky = flakyClient(lines[1]!.key, 2);
+    const retries: { key: string; attempt: number }[] = [];
+    const loader = loaderOn(flaky.client, retries);
+    const batch = await loader.next();
+    await loader.close();
+    expect(batch.sampleIds).toEqual([lines[0]!.offset, lines[1]!.offset]);
+    expect(batch.skipped).toEqual([]);
+    expect(retries).toEqual([
+      { key: lines[1]!.key, attempt: 1 },
+      { key: lines[1]!.key, attempt: 2 },
+    ]);
+    expect(flaky.gets()).toBe(3);
+  });
+
+  it('fails the batch naming the object once the read tries are used up', async () => {
+    const flaky = flakyClient(lines[1]!.key, 100);
+    const loader = loaderOn(flaky.client, []);
+    await expect(loader.next()).rejects.toThrow(
+      new RegExp(`^S3 s3://${s3.bucket}/${lines[1]!.key.replace(/\./g, '\\.')}: InternalError: We encountered an internal error\\. Please try again\\. after 4 attempts$`),
+    );
+    await loader.close();
+    // One try and three retries, each one request here (the SDK's own retries are the client's business).
+    expect(flaky.gets()).toBe(4);
   });
 
   it('prefetches the next batch while the current one is used', async () => {

@@ -7,7 +7,9 @@
 import { setMaxListeners } from 'node:events';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Image } from '@dinofleet/dino';
-import { DEFAULT_FETCH_CONCURRENCY, ManifestRecordError, fetchImages, parseManifestRecord } from '@dinofleet/data';
+import { DEFAULT_FETCH_CONCURRENCY, FetchSkipReason, ManifestRecordError, fetchImages, parseManifestRecord } from '@dinofleet/data';
+import type { FetchedImage } from '@dinofleet/data';
+import { UnavailableError } from '@dinofleet/proto';
 import type { DataCursor, SkippedSample } from '@dinofleet/proto';
 import type { LeaseReader } from './lease-reader.ts';
 
@@ -17,6 +19,8 @@ export interface TrainingBatch {
   readonly images: readonly Image[];
   /** Sample id (manifest byte offset) of each image, in batch order. */
   readonly sampleIds: readonly number[];
+  /** Epoch of the lease each image came from, in batch order (CommitStep.sample_epochs). */
+  readonly sampleEpochs: readonly number[];
   /** Entries skipped while filling the batch (replaced by later records). */
   readonly skipped: readonly SkippedSample[];
   /** Every lease read for the batch, in read order, with its position after it. */
@@ -47,6 +51,40 @@ export interface S3BatchLoaderOptions {
   channels?: 1 | 3;
   /** Called for every skipped entry (logging, the skipped-samples metric). */
   onSkip?: (skipped: SkippedSample, detail: string) => void;
+  /**
+   * Waits before each further try of an object whose read failed (not a missing object
+   * nor an undecodable one), in ms; once they are used up the batch fails with
+   * `S3 s3://bucket/key: <error> after N attempts`. Each try is one request with the S3
+   * client's own retries. @default {@link READ_RETRY_DELAYS_MS}
+   */
+  readRetryDelaysMs?: readonly number[];
+  /** Logs each retry of a failed read. */
+  onReadRetry?: (key: string, attempt: number, detail: string) => void;
+}
+
+/** Default of {@link S3BatchLoaderOptions.readRetryDelaysMs}: 0.5, 1 and 2 s (docs/cluster.md, worker item 9). */
+export const READ_RETRY_DELAYS_MS: readonly number[] = [500, 1_000, 2_000];
+
+/** A batch could not be read: an object kept failing (not missing, not undecodable). */
+export class ImageReadError extends UnavailableError {}
+
+/** Resolves after `ms`, or rejects with the signal's reason once it aborts. */
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason as Error);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** Reason of a manifest line that is not `key[<TAB>label]`. */
@@ -70,9 +108,10 @@ export class S3BatchLoader implements BatchSource {
   }
 
   async next(): Promise<TrainingBatch> {
-    const { reader, s3, bucket, batchSize, onSkip } = this.#options;
+    const { reader, batchSize, onSkip } = this.#options;
     const images: Image[] = [];
     const sampleIds: number[] = [];
+    const sampleEpochs: number[] = [];
     const skipped: SkippedSample[] = [];
     const skip = (entry: SkippedSample, detail: string): void => {
       skipped.push(entry);
@@ -81,38 +120,67 @@ export class S3BatchLoader implements BatchSource {
     while (images.length < batchSize) {
       // Read exactly as many records as images are missing: a replacement is the next
       // record, so the batch (and the cursor) never runs past what it trains on.
-      const wanted: { offset: number; key: string }[] = [];
+      const wanted: { offset: number; key: string; epoch: number }[] = [];
       while (wanted.length < batchSize - images.length) {
-        const { record } = await reader.next();
+        const { lease, record } = await reader.next();
         try {
           const entry = parseManifestRecord(record);
-          wanted.push({ offset: entry.offset, key: entry.key });
+          wanted.push({ offset: entry.offset, key: entry.key, epoch: lease.epoch });
         } catch (err) {
           if (!(err instanceof ManifestRecordError)) throw err;
           skip({ sampleId: record.offset, key: record.text.slice(0, 256), reason: INVALID_RECORD_REASON }, err.message);
         }
       }
-      const fetched = await fetchImages(
-        s3,
-        bucket,
-        wanted.map((w) => w.key),
-        {
-          concurrency: this.#options.concurrency ?? DEFAULT_FETCH_CONCURRENCY,
-          channels: this.#options.channels ?? 3,
-          signal: this.#abort.signal,
-        },
-      );
+      const fetched = await this.#fetch(wanted.map((w) => w.key));
       fetched.forEach((result, i) => {
-        const { offset } = wanted[i] as { offset: number };
+        const { offset, epoch } = wanted[i] as { offset: number; epoch: number };
         if ('image' in result) {
           images.push(result.image);
           sampleIds.push(offset);
+          sampleEpochs.push(epoch);
         } else {
           skip({ sampleId: offset, key: result.key, reason: result.skipped }, result.detail);
         }
       });
     }
-    return { images, sampleIds, skipped, cursors: await reader.takeCursors() };
+    return { images, sampleIds, sampleEpochs, skipped, cursors: await reader.takeCursors() };
+  }
+
+  /**
+   * Fetches `keys`: a missing or undecodable object comes back skipped, one whose read
+   * fails otherwise (5xx, throttling, network, denied) is tried again after each of
+   * `readRetryDelaysMs` and then fails the batch, since skipping it would make the sample
+   * ledger depend on S3's mood rather than on the data.
+   */
+  async #fetch(keys: readonly string[]): Promise<FetchedImage[]> {
+    const { s3, bucket } = this.#options;
+    const delays = this.#options.readRetryDelaysMs ?? READ_RETRY_DELAYS_MS;
+    const signal = this.#abort.signal;
+    const fetchOnce = (subset: readonly string[]): Promise<FetchedImage[]> =>
+      fetchImages(s3, bucket, subset, {
+        concurrency: this.#options.concurrency ?? DEFAULT_FETCH_CONCURRENCY,
+        channels: this.#options.channels ?? 3,
+        // One request per try (with the client's own retries): the tries and their
+        // waits are the loader's, below.
+        retries: 0,
+        signal,
+      });
+    const results = await fetchOnce(keys);
+    for (let attempt = 1; ; attempt++) {
+      const failed = results.flatMap((r, i) => ('skipped' in r && r.skipped === FetchSkipReason.ReadError ? [i] : []));
+      if (failed.length === 0) return results;
+      const first = results[failed[0] as number] as Extract<FetchedImage, { skipped: string }>;
+      const wait = delays[attempt - 1];
+      if (wait === undefined) {
+        throw new ImageReadError(`S3 s3://${bucket}/${first.key}: ${first.detail.replace(/^after \d+ attempt\(s\): /, '')} after ${attempt} attempts`);
+      }
+      for (const i of failed) this.#options.onReadRetry?.((results[i] as FetchedImage).key, attempt, (results[i] as { detail: string }).detail);
+      await delay(wait, signal);
+      const retried = await fetchOnce(failed.map((i) => (results[i] as FetchedImage).key));
+      failed.forEach((index, j) => {
+        results[index] = retried[j] as FetchedImage;
+      });
+    }
   }
 
   async close(): Promise<void> {
@@ -174,6 +242,8 @@ export class PrefetchingBatchSource implements BatchSource {
 export interface MemorySample {
   readonly sampleId: number;
   readonly image: Image;
+  /** Its epoch. @default 0 */
+  readonly epoch?: number;
 }
 
 /**
@@ -196,7 +266,13 @@ export class MemoryBatchSource implements BatchSource {
     }
     const slice = this.#samples.slice(this.#position, this.#position + this.#batchSize);
     this.#position += this.#batchSize;
-    return Promise.resolve({ images: slice.map((s) => s.image), sampleIds: slice.map((s) => s.sampleId), skipped: [], cursors: [] });
+    return Promise.resolve({
+      images: slice.map((s) => s.image),
+      sampleIds: slice.map((s) => s.sampleId),
+      sampleEpochs: slice.map((s) => s.epoch ?? 0),
+      skipped: [],
+      cursors: [],
+    });
   }
 
   close(): Promise<void> {

@@ -7,16 +7,25 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { CollectiveEndpoint } from '@dinofleet/collective';
 import { initComputeBackend } from '@dinofleet/compute';
 import type { ComputeBackend } from '@dinofleet/compute';
-import { GrpcServer } from '@dinofleet/proto';
+import { GrpcServer, StateTransferService, UnavailableError } from '@dinofleet/proto';
 import { LogLevel, createLogger } from '@dinofleet/telemetry';
 import type { Logger, Registry } from '@dinofleet/telemetry';
 import { Worker } from './worker.ts';
 import type { BatchSourceRequest, WorkerOptions } from './worker.ts';
 import type { BatchSource } from './batch-loader.ts';
+import type { NonfiniteFaults } from './fault-injection.ts';
+import { stateTransferServer } from './state-transfer.ts';
 
-export { Worker, DEFAULT_HEARTBEAT_INTERVAL_MS, RECONNECT_INITIAL_BACKOFF_MS, RECONNECT_MAX_BACKOFF_MS, WORKER_VERSION } from './worker.ts';
+export {
+  Worker,
+  DEFAULT_HEARTBEAT_INTERVAL_MS,
+  GRACEFUL_LEAVE_TIMEOUT_MS,
+  RECONNECT_INITIAL_BACKOFF_MS,
+  RECONNECT_MAX_BACKOFF_MS,
+  WORKER_VERSION,
+} from './worker.ts';
 export type { BatchSourceRequest, HeldState, WorkerOptions } from './worker.ts';
-export { MemoryBatchSource, PrefetchingBatchSource, S3BatchLoader, INVALID_RECORD_REASON } from './batch-loader.ts';
+export { ImageReadError, MemoryBatchSource, PrefetchingBatchSource, READ_RETRY_DELAYS_MS, S3BatchLoader, INVALID_RECORD_REASON } from './batch-loader.ts';
 export type { BatchSource, MemorySample, S3BatchLoaderOptions, TrainingBatch } from './batch-loader.ts';
 export { LeaseReader } from './lease-reader.ts';
 export type { LeaseReaderOptions, LeaseRecord } from './lease-reader.ts';
@@ -25,11 +34,17 @@ export type { GradientSlot } from './gradient-buffer.ts';
 export { STATE_HASH_BYTES, stateHash } from './state-hash.ts';
 export { TeacherSyncConnection, bytesToFloat32, float32ToBytes } from './teacher-sync-client.ts';
 export type { TeacherCenter, TeacherSnapshotUpload, TeacherSumsPush, TeacherSyncConnectionOptions } from './teacher-sync-client.ts';
-export { checkpointTensors, encodeTeacherSnapshot, saveCheckpoint, teacherTensors } from './checkpoint-writer.ts';
-export type { CheckpointTarget, StateTensor } from './checkpoint-writer.ts';
+export { checkpointTensors, encodeTeacherSnapshot, loadCheckpointInto, parseCheckpointUri, saveCheckpoint, teacherTensors } from './checkpoint-writer.ts';
+export type { CheckpointLocation, CheckpointTarget, SavedCheckpoint, StateTensor } from './checkpoint-writer.ts';
+export { DINO_STATE_FORMAT, decodeDinoStateInto, encodeDinoState } from './state-codec.ts';
+export type { EncodedStateInfo } from './state-codec.ts';
+export { FETCH_STATE_DEADLINE_MS, STATE_CHUNK_BYTES, fetchState, stateTransferServer } from './state-transfer.ts';
+export type { FetchStateOptions, FetchedState, ServableState, StateTransferSource } from './state-transfer.ts';
+export { FAULT_NONFINITE_STEPS_ENV, NonfiniteFaults } from './fault-injection.ts';
+export { STATE_TRANSFER_SECONDS_BUCKETS, StateTransferRole, WorkerMetrics } from './worker-metrics.ts';
 export { TEACHER_SNAPSHOT_EVERY_STEPS, computeStep, rankBatch, runStepLoop } from './step-loop.ts';
 export { parseAssignedJobSpec } from './assigned-spec.ts';
-export { WORKER_USAGE, WorkerConfigError, resolveWorkerConfig } from './worker-config.ts';
+export { WORKER_S3_MAX_ATTEMPTS, WORKER_USAGE, WorkerConfigError, resolveWorkerConfig, resolveWorkerS3Config } from './worker-config.ts';
 export type { WorkerConfig } from './worker-config.ts';
 export type { StepLoopContext, StepOutcome, StepRing } from './step-loop.ts';
 
@@ -59,8 +74,16 @@ export interface StartWorkerOptions {
   batchSource?: (request: BatchSourceRequest) => BatchSource;
   /** Ring settings other than what the Assignment fixes. */
   ring?: WorkerOptions['ring'];
-  /** GetCenter deadline, in ms. @default 120000 */
+  /** Deadline of one GetCenter attempt, in ms. @default the teacher-sync client's */
   getCenterTimeoutMs?: number;
+  /** How long teacher-sync calls keep retrying, in ms. @default the teacher-sync client's (30000) */
+  teacherSyncWaitMs?: number;
+  /** Waits between the tries of a failing image read, in ms. @default 500, 1000, 2000 */
+  readRetryDelaysMs?: readonly number[];
+  /** Steps that get a NaN loss slot (test hook). @default from DINOFLEET_FAULT_NONFINITE_STEPS */
+  nonfiniteFaults?: NonfiniteFaults;
+  /** Deadline of a whole state transfer, in ms. @default 60000 */
+  stateTransferTimeoutMs?: number;
 }
 
 /** A running worker. */
@@ -68,10 +91,10 @@ export interface WorkerProcess extends AsyncDisposable {
   readonly workerId: string;
   /** "host:port" peers dial for the ring. */
   readonly collectiveAddress: string;
-  /** The gRPC server (Collective + health). */
+  /** The gRPC server (Collective, StateTransfer, health). */
   readonly server: GrpcServer;
   readonly worker: Worker;
-  /** Sends `Leaving{reason}`, ends the run, closes the stream and the server. Idempotent. */
+  /** Sends `Leaving{reason}` (unless a graceful leave was stopped), ends the run, closes the stream and the server. Idempotent. */
   close(reason?: string): Promise<void>;
 }
 
@@ -81,7 +104,10 @@ export function defaultWorkerId(): string {
   return `${host}-${process.pid}`;
 }
 
-/** Starts a worker in this process: its Collective server, then its Control stream. */
+/**
+ * Starts a worker in this process: its gRPC server (Collective and StateTransfer, which a
+ * joining rank fetches this worker's state from), then its Control stream.
+ */
 export async function startWorker(options: StartWorkerOptions): Promise<WorkerProcess> {
   const backend = options.backend ?? 'wasm';
   const info = await initComputeBackend(backend);
@@ -90,6 +116,19 @@ export async function startWorker(options: StartWorkerOptions): Promise<WorkerPr
   const logger = options.logger ?? createLogger({ name: 'worker', level: LogLevel.Info });
   const server = new GrpcServer({ address: listen });
   const endpoint = new CollectiveEndpoint({ server });
+  // Services go on before the server starts; the worker that answers exists only after
+  // it (it needs the bound address), so the handler looks it up per call.
+  const serving: { worker?: Worker } = {};
+  server.addService(
+    StateTransferService,
+    stateTransferServer(
+      {
+        encodeHeldState: (jobId, step, requester) =>
+          serving.worker === undefined ? Promise.reject(new UnavailableError('the worker is starting')) : serving.worker.encodeHeldState(jobId, step, requester),
+      },
+      { onInternalError: (err, path) => logger.error('state transfer failed', { path, err }) },
+    ),
+  );
   let bound;
   try {
     bound = await endpoint.start();
@@ -114,7 +153,12 @@ export async function startWorker(options: StartWorkerOptions): Promise<WorkerPr
     ...(options.batchSource !== undefined && { batchSource: options.batchSource }),
     ...(options.ring !== undefined && { ring: options.ring }),
     ...(options.getCenterTimeoutMs !== undefined && { getCenterTimeoutMs: options.getCenterTimeoutMs }),
+    ...(options.teacherSyncWaitMs !== undefined && { teacherSyncWaitMs: options.teacherSyncWaitMs }),
+    ...(options.readRetryDelaysMs !== undefined && { readRetryDelaysMs: options.readRetryDelaysMs }),
+    ...(options.nonfiniteFaults !== undefined && { nonfiniteFaults: options.nonfiniteFaults }),
+    ...(options.stateTransferTimeoutMs !== undefined && { stateTransferTimeoutMs: options.stateTransferTimeoutMs }),
   });
+  serving.worker = worker;
   worker.start();
   let closing: Promise<void> | undefined;
   const close = (reason = 'closed'): Promise<void> => {

@@ -48,7 +48,7 @@ describe('the worker process', () => {
     expect(p.stderr()).toMatch(/usage: worker --coordinator/);
   });
 
-  it('writes the ready file, serves health and /metrics, registers, and on SIGTERM sends Leaving and exits 0', async () => {
+  it('writes the ready file, serves health and /metrics, registers, and on SIGTERM leaves gracefully and exits 0', async () => {
     const readyFile = join(dir, 'ready.json');
     const p = run(['--coordinator', coordinator.address, '--backend', 'cpu', '--worker-id', 'proc-1', '--ready-file', readyFile, '--log-level', 'warn']);
     await expect.poll(() => readFile(readyFile, 'utf8').then(() => true, () => false), { timeout: 60_000, interval: 200 }).toBe(true);
@@ -57,13 +57,19 @@ describe('the worker process', () => {
     const health = createClient(HealthClient, ready.grpcAddress);
     const status = await callUnary(health, 'check', { service: 'dinofleet.v1.Collective' }, { deadlineMs: 5_000 });
     expect(status.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    // Joining ranks fetch the state from the same server.
+    const transfer = await callUnary(health, 'check', { service: 'dinofleet.v1.StateTransfer' }, { deadlineMs: 5_000 });
+    expect(transfer.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
     health.close();
     const metrics = await fetch(`http://${ready.metricsAddress}/metrics`);
     expect(metrics.status).toBe(200);
     await expect.poll(() => coordinator.registers.map((r) => r.workerId), { timeout: 10_000 }).toContain('proc-1');
     expect(coordinator.registers.find((r) => r.workerId === 'proc-1')?.collectiveAddress).toBe(ready.grpcAddress);
+    // In no job, it has nothing to wait for: it leaves at once.
+    const killed = Date.now();
     p.child.kill('SIGTERM');
     expect(await p.exited).toBe(0);
-    expect(coordinator.leavings).toContainEqual({ workerId: 'proc-1', reason: 'sigterm' });
+    expect(Date.now() - killed).toBeLessThan(15_000);
+    expect(coordinator.leavings.filter((l) => l.workerId === 'proc-1')).toEqual([{ workerId: 'proc-1', reason: 'sigterm', graceful: true }]);
   }, 90_000);
 });

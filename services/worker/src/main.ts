@@ -1,18 +1,20 @@
 /**
  * The worker process: `node --import tsx services/worker/src/main.ts --coordinator host:port`
  * (flags in docs/cluster.md). Serves Collective and health on `--listen`, `/metrics` on
- * `--metrics-listen`, holds the Control stream, and on SIGTERM sends Leaving, drains and
- * exits 0 (a second signal exits 130 at once).
+ * `--metrics-listen`, holds the Control stream. On SIGTERM (or SIGINT) it leaves
+ * gracefully: `Leaving{graceful}`, the step in progress runs until its ack, then it waits
+ * for the coordinator's Stop (at most 30 s), drains and exits 0; a second signal exits 130
+ * at once (docs/cluster.md, worker item 7).
  */
 import { hostname } from 'node:os';
 import { COLLECTIVE_EXCHANGE_DEFINITION } from '@dinofleet/collective';
-import { createS3Client, resolveS3Config } from '@dinofleet/data';
+import { createS3Client } from '@dinofleet/data';
 import { serviceNameOf, writeReadyFile } from '@dinofleet/proto';
 import { MetricsServer, Registry, createLogger } from '@dinofleet/telemetry';
-import { startWorker } from './index.ts';
-import { WORKER_USAGE, WorkerConfigError, parseHostPort, resolveWorkerConfig } from './worker-config.ts';
+import { GRACEFUL_LEAVE_TIMEOUT_MS, startWorker } from './index.ts';
+import { WORKER_USAGE, WorkerConfigError, parseHostPort, resolveWorkerConfig, resolveWorkerS3Config } from './worker-config.ts';
 
-/** Grace period of the shutdown, in ms. */
+/** Grace period of the shutdown after the graceful leave, in ms. */
 const DRAIN_GRACE_MS = 10_000;
 
 async function main(): Promise<void> {
@@ -20,7 +22,7 @@ async function main(): Promise<void> {
   let s3;
   try {
     config = resolveWorkerConfig(process.argv.slice(2), process.env, `${hostname()}-${process.pid}`);
-    s3 = createS3Client(resolveS3Config());
+    s3 = createS3Client(resolveWorkerS3Config());
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     process.stderr.write(`worker: ${message}\n${err instanceof WorkerConfigError ? `${WORKER_USAGE}\n` : 'check the DINOFLEET_S3_* / AWS_* environment\n'}`);
@@ -59,16 +61,21 @@ async function main(): Promise<void> {
     }
     shuttingDown = true;
     logger.info('shutting down', { signal });
-    // Probes and peers see NOT_SERVING while the worker drains.
-    running.server.setServing('', false);
-    running.server.setServing(serviceNameOf(COLLECTIVE_EXCHANGE_DEFINITION), false);
+    const reason = signal === 'SIGTERM' ? 'sigterm' : signal.toLowerCase();
     const force = setTimeout(() => {
-      logger.warn('drain took too long; exiting', { graceMs: DRAIN_GRACE_MS });
+      logger.warn('leaving and draining took too long; exiting', { graceMs: GRACEFUL_LEAVE_TIMEOUT_MS + DRAIN_GRACE_MS });
       process.exit(0);
-    }, DRAIN_GRACE_MS);
+    }, GRACEFUL_LEAVE_TIMEOUT_MS + DRAIN_GRACE_MS);
     force.unref();
     void (async () => {
-      await running.close(signal === 'SIGTERM' ? 'sigterm' : signal.toLowerCase()).catch((err: unknown) => logger.warn('close failed', { err }));
+      // The step in progress finishes and commits; the Collective server keeps serving
+      // until then (the ring needs it), and so does StateTransfer.
+      const stopped = await running.worker.leave(reason, GRACEFUL_LEAVE_TIMEOUT_MS);
+      if (!stopped) logger.warn('no Stop after the graceful Leaving; leaving anyway', { waitedMs: GRACEFUL_LEAVE_TIMEOUT_MS });
+      // Probes and peers see NOT_SERVING while the worker drains.
+      running.server.setServing('', false);
+      running.server.setServing(serviceNameOf(COLLECTIVE_EXCHANGE_DEFINITION), false);
+      await running.close(reason).catch((err: unknown) => logger.warn('close failed', { err }));
       await metrics.close().catch(() => undefined);
       s3.destroy();
       process.exit(0);

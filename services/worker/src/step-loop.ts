@@ -6,10 +6,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { RingAllReduce } from '@dinofleet/collective';
-import { Rng, applyUpdate, buildCropBatch, computeLocalStep } from '@dinofleet/dino';
-import type { DinoState, LossParts, StepCollective, UpdateResult } from '@dinofleet/dino';
+import { Rng, applyUpdate, buildCropBatch, captureDinoState, computeLocalStep } from '@dinofleet/dino';
+import type { DinoState, DinoStateCopy, LossParts, StepCollective, UpdateResult } from '@dinofleet/dino';
 import { AbortedError, DataLossError } from '@dinofleet/proto';
-import type { CommitStep } from '@dinofleet/proto';
+import type { CheckpointFile, CommitStep } from '@dinofleet/proto';
 import { StepPhase } from '@dinofleet/telemetry';
 import type { Logger, TrainingMetrics } from '@dinofleet/telemetry';
 import type { BatchSource } from './batch-loader.ts';
@@ -17,8 +17,9 @@ import { encodeTeacherSnapshot, saveCheckpoint } from './checkpoint-writer.ts';
 import type { CheckpointTarget } from './checkpoint-writer.ts';
 import { GradientLayout } from './gradient-buffer.ts';
 import { stateHash } from './state-hash.ts';
+import type { NonfiniteFaults } from './fault-injection.ts';
 import { snapshotSha256 } from './teacher-sync-client.ts';
-import type { TeacherSyncConnection } from './teacher-sync-client.ts';
+import type { TeacherSumsPush, TeacherSyncConnection } from './teacher-sync-client.ts';
 
 /**
  * Rank 0 sends a teacher snapshot every this many steps (and after the last one), and
@@ -60,8 +61,21 @@ export interface StepLoopContext {
   readonly teacherSync: TeacherSyncConnection | null;
   /** Rank 0 with a checkpoint in the spec: where, and how often. */
   readonly checkpoint: (CheckpointTarget & { readonly everySteps: number }) | null;
-  /** Sends the CommitStep and resolves once its CommitAck arrived. */
-  readonly commit: (commit: CommitStep) => Promise<void>;
+  /**
+   * Sends the CommitStep and resolves with its CommitAck's `hold` once the ack arrived. A
+   * `nonfinite` commit is never acknowledged: the promise settles only when the run ends.
+   */
+  readonly commit: (commit: CommitStep) => Promise<{ readonly hold: boolean }>;
+  /**
+   * Takes the rollback copy of the state, captured just before the step's update: the
+   * caller owns it from then on, restores it when the step does not commit and disposes it
+   * on the step's CommitAck (docs/cluster.md, "The worker's state around a step").
+   */
+  readonly keepRollback: (copy: DinoStateCopy) => void;
+  /** Test hook: steps whose loss slot this rank sets to NaN (DINOFLEET_FAULT_NONFINITE_STEPS). */
+  readonly nonfiniteFaults?: NonfiniteFaults;
+  /** Called when a step starts (its batch is taken). */
+  readonly onStepStarted?: (step: number) => void;
   /** Called after every step is computed (before its commit), e.g. for heartbeats. */
   readonly onComputed?: (step: number) => void;
   readonly metrics?: TrainingMetrics;
@@ -76,8 +90,39 @@ export interface StepOutcome {
   readonly update: UpdateResult;
 }
 
+function abortReason(signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new AbortedError(String(signal.reason));
+}
+
 function checkAborted(signal: AbortSignal): void {
-  if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new AbortedError(String(signal.reason));
+  if (signal.aborted) throw abortReason(signal);
+}
+
+/** Settles like `promise`, or rejects with the abort reason as soon as `signal` aborts (the promise runs on). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(abortReason(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(abortReason(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  });
+}
+
+/** Rejects with the abort reason once `signal` aborts; never resolves. */
+function waitForAbort(signal: AbortSignal): Promise<never> {
+  return new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(abortReason(signal));
+    else signal.addEventListener('abort', () => reject(abortReason(signal)), { once: true });
+  });
 }
 
 function lossParts(loss: LossParts, share: number): Record<string, number> {
@@ -92,17 +137,26 @@ function lossParts(loss: LossParts, share: number): Record<string, number> {
   };
 }
 
-/** Sets `state.center` (and `ibotCenter`) to teacher-sync's center for `step`. */
-async function fetchCenter(ctx: StepLoopContext, step: number): Promise<void> {
-  const { state } = ctx;
-  if (ctx.teacherSync === null) throw new Error('a centering recipe needs teacher-sync');
-  const center = await ctx.teacherSync.getCenter(ctx.jobId, step);
+/**
+ * Sets `state.center` (and `ibotCenter`) to teacher-sync's center of this generation for
+ * `step`; while it waits, a timed-out attempt pushes `push` (this rank's sums of the step
+ * before) again, since a restarted teacher-sync rebuilds the center from the pushes alone.
+ */
+async function fetchCenter(ctx: StepLoopContext, step: number, push: TeacherSumsPush): Promise<void> {
+  const { state, teacherSync } = ctx;
+  if (teacherSync === null) throw new Error('a centering recipe needs teacher-sync');
+  const center = await teacherSync.getCenter(ctx.jobId, step, {
+    generation: ctx.generation,
+    repush: () => teacherSync.pushTeacherSums(push),
+    signal: ctx.signal,
+  });
   if (center.center.length !== state.center.length) {
     throw new DataLossError(`teacher-sync's center for step ${step} has ${center.center.length} values, the head ${state.center.length}`);
   }
+  // Once aborted, the state belongs to the caller again (it restores the rollback copy).
+  checkAborted(ctx.signal);
   state.center = center.center;
   if (state.ibotCenter !== null && center.patchCenter !== null) state.ibotCenter = center.patchCenter;
-  checkAborted(ctx.signal);
 }
 
 /**
@@ -116,29 +170,35 @@ async function snapshotTeacher(ctx: StepLoopContext, teacherSync: TeacherSyncCon
   try {
     // Deterministic: tensors in sorted name order, metadata {jobId, step} only, so ranks
     // with bit-identical teachers produce identical bytes.
-    bytes = await encodeTeacherSnapshot(state, jobId);
+    bytes = await untilAborted(encodeTeacherSnapshot(state, jobId), ctx.signal);
   } catch (err) {
+    if (ctx.signal.aborted) throw abortReason(ctx.signal);
     ctx.logger.warn('encoding the teacher snapshot failed', { step, err });
     return;
   }
   if (rank === 0) {
     try {
-      await teacherSync.putTeacherSnapshot({
-        jobId,
-        generation,
-        step,
-        storeUri: ctx.checkpoint === null ? '' : `${ctx.checkpoint.uri}${jobId}/`,
-        bytes,
-      });
+      await untilAborted(
+        teacherSync.putTeacherSnapshot({
+          jobId,
+          generation,
+          step,
+          storeUri: ctx.checkpoint === null ? '' : `${ctx.checkpoint.uri}${jobId}/`,
+          bytes,
+        }),
+        ctx.signal,
+      );
     } catch (err) {
+      if (ctx.signal.aborted) throw abortReason(ctx.signal);
       ctx.logger.warn('teacher snapshot failed', { step, err });
     }
   }
   try {
     const sha256 = snapshotSha256(bytes);
-    const attested = await teacherSync.attestTeacher({ jobId, generation, step, rank, worldSize: ctx.worldSize, sha256 });
+    const attested = await untilAborted(teacherSync.attestTeacher({ jobId, generation, step, rank, worldSize: ctx.worldSize, sha256 }), ctx.signal);
     ctx.logger.debug('teacher snapshot attested', { step, sha256: sha256.toString('hex'), ...attested });
   } catch (err) {
+    if (ctx.signal.aborted) throw abortReason(ctx.signal);
     ctx.logger.warn('teacher snapshot attestation failed', { step, err });
   }
 }
@@ -153,7 +213,9 @@ export async function computeStep(ctx: StepLoopContext, layout: GradientLayout):
   const phase = (p: StepPhase): (() => number) => ctx.metrics?.startPhaseTimer(p) ?? (() => 0);
 
   const endData = phase(StepPhase.Data);
-  const batch = await ctx.batches.next();
+  ctx.onStepStarted?.(s);
+  // A loader stuck in a retry or an AcquireLease must not keep an aborted run alive.
+  const batch = await untilAborted(ctx.batches.next(), ctx.signal);
   if (batch.images.length !== ctx.perRankBatch) {
     throw new DataLossError(`step ${s}: the loader gave ${batch.images.length} images, the rank's batch is ${ctx.perRankBatch}`);
   }
@@ -179,26 +241,35 @@ export async function computeStep(ctx: StepLoopContext, layout: GradientLayout):
 
   const endAllreduce = phase(StepPhase.Allreduce);
   const sums = local.teacherSums;
-  const pushed =
-    centering && ctx.teacherSync !== null
-      ? ctx.teacherSync.pushTeacherSums({
-          jobId,
-          generation,
-          step: s,
-          rank,
-          worldSize: ctx.worldSize,
-          centerMomentum: recipe.teacher.centerMomentum,
-          sums: sums.cls,
-          count: sums.clsCount,
-          patchSums: sums.patch,
-          patchCount: sums.patchCount,
-        })
-      : Promise.resolve(undefined);
+  const push: TeacherSumsPush = {
+    jobId,
+    generation,
+    step: s,
+    rank,
+    worldSize: ctx.worldSize,
+    centerMomentum: recipe.teacher.centerMomentum,
+    sums: sums.cls,
+    count: sums.clsCount,
+    patchSums: sums.patch,
+    patchCount: sums.patchCount,
+    // The centers step s used: teacher-sync derives the next ones from them.
+    baseCenter: state.center,
+    basePatchCenter: state.ibotCenter,
+    signal: ctx.signal,
+  };
+  const pushed = centering && ctx.teacherSync !== null ? ctx.teacherSync.pushTeacherSums(push) : Promise.resolve(undefined);
   // Seen by the await below; until then a failure must not count as unhandled.
   pushed.catch(() => undefined);
+  let lossSlot = local.loss.total;
+  if (ctx.nonfiniteFaults?.take(s) === true) {
+    // The fault test hook: a NaN in this rank's loss slot makes the all-reduced loss NaN on
+    // every rank, so they all take the non-finite path together.
+    ctx.logger.warn('fault injection: NaN in the loss slot of this step (DINOFLEET_FAULT_NONFINITE_STEPS)', { step: s });
+    lossSlot = Number.NaN;
+  }
   let flat: Float32Array;
   try {
-    flat = await layout.flatten(local.grads, local.loss.total);
+    flat = await layout.flatten(local.grads, lossSlot);
   } finally {
     tf.dispose(Object.values(local.grads));
   }
@@ -209,33 +280,41 @@ export async function computeStep(ctx: StepLoopContext, layout: GradientLayout):
 
   const endOptimizer = phase(StepPhase.Optimizer);
   const { grads, loss: globalLoss } = layout.unflatten(summed);
+  // The acknowledged state, for the caller to restore if this step does not commit.
+  ctx.keepRollback(captureDinoState(state));
   const update = applyUpdate(state, grads, sums, globalLoss, { centers: centering ? 'external' : 'local' });
-  if (!update.applied) {
-    // Every rank saw the same global loss and gradient, so every rank skips the update;
-    // the step still counts (its samples are consumed) so step numbers stay in lock-step.
-    ctx.logger.warn('non-finite loss or gradient: update skipped', { step: s, loss: globalLoss, gradNorm: update.gradNorm });
-    state.step = s + 1;
-  }
-  if (centering) {
+  const nonfinite = !update.applied;
+  if (nonfinite) {
+    // Every rank saw the same global loss and gradient, so every rank skips the update and
+    // reports it; the coordinator retries the step in a new generation (state.step stays s).
+    ctx.logger.warn('non-finite loss or gradient: update skipped, reporting it', { step: s, loss: globalLoss, gradNorm: update.gradNorm });
+  } else if (centering) {
     // The center step s+1 uses (teacher-sync's, from every rank's step-s sums), taken now
     // rather than at the start of step s+1: the state after step s then holds what the
     // one-process state does after trainStep, so the hash and the checkpoint cover it.
-    await fetchCenter(ctx, s + 1);
+    await fetchCenter(ctx, s + 1, push);
   }
   endOptimizer();
 
   const hash = await stateHash(state);
+  checkAborted(ctx.signal);
   let checkpointUri = '';
+  let checkpointFiles: CheckpointFile[] = [];
   const last = s + 1 === ctx.totalSteps;
-  if (rank === 0 && ctx.checkpoint !== null && ((s + 1) % ctx.checkpoint.everySteps === 0 || last)) {
+  if (!nonfinite && rank === 0 && ctx.checkpoint !== null && ((s + 1) % ctx.checkpoint.everySteps === 0 || last)) {
     try {
-      checkpointUri = await saveCheckpoint(ctx.checkpoint, state);
+      const saved = await untilAborted(saveCheckpoint(ctx.checkpoint, state, hash), ctx.signal);
+      checkpointUri = saved.uri;
+      checkpointFiles = saved.files;
       ctx.logger.info('checkpoint written', { step: s + 1, uri: checkpointUri });
     } catch (err) {
+      checkAborted(ctx.signal);
       ctx.logger.error('checkpoint failed; training goes on', { step: s + 1, err });
     }
   }
-  if (ctx.teacherSync !== null && ((s + 1) % TEACHER_SNAPSHOT_EVERY_STEPS === 0 || last)) await snapshotTeacher(ctx, ctx.teacherSync, s + 1);
+  if (!nonfinite && ctx.teacherSync !== null && ((s + 1) % TEACHER_SNAPSHOT_EVERY_STEPS === 0 || last)) {
+    await snapshotTeacher(ctx, ctx.teacherSync, s + 1);
+  }
 
   const seconds = (performance.now() - started) / 1000;
   const share = ctx.perRankBatch / ctx.globalBatch;
@@ -266,13 +345,18 @@ export async function computeStep(ctx: StepLoopContext, layout: GradientLayout):
       imagesPerSecond: batch.images.length / seconds,
       lr: update.lr,
       checkpointUri,
+      nonfinite,
+      sampleEpochs: [...batch.sampleEpochs],
+      checkpointFiles,
     },
   };
 }
 
 /**
  * Runs steps from `ctx.state.step` until `totalSteps` has committed, committing each and
- * waiting for its ack before the next one. Rejects when a step fails or `signal` aborts.
+ * waiting for its ack before the next one. After a non-finite step or an ack with `hold`
+ * it starts nothing more and waits for the run to end (an Abort, Assignment or Stop
+ * follows). Rejects when a step fails or `signal` aborts.
  */
 export async function runStepLoop(ctx: StepLoopContext): Promise<void> {
   const layout = new GradientLayout(ctx.state.student);
@@ -281,6 +365,10 @@ export async function runStepLoop(ctx: StepLoopContext): Promise<void> {
     const { commit } = await computeStep(ctx, layout);
     ctx.onComputed?.(commit.step);
     checkAborted(ctx.signal);
-    await ctx.commit(commit);
+    const { hold } = await untilAborted(ctx.commit(commit), ctx.signal);
+    if (commit.nonfinite || hold) {
+      ctx.logger.info(commit.nonfinite ? 'waiting for the coordinator after a non-finite step' : 'holding at the step boundary', { step: commit.step });
+      await waitForAbort(ctx.signal);
+    }
   }
 }

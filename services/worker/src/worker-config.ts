@@ -6,6 +6,8 @@
 import { parseArgs } from 'node:util';
 import { COMPUTE_BACKENDS, parseComputeBackend } from '@dinofleet/compute';
 import type { ComputeBackend } from '@dinofleet/compute';
+import { resolveS3Config } from '@dinofleet/data';
+import type { S3Config } from '@dinofleet/data';
 import { splitHostPort } from '@dinofleet/proto';
 import type { HostPort } from '@dinofleet/proto';
 import { LogLevel } from '@dinofleet/telemetry';
@@ -114,4 +116,17 @@ export function resolveWorkerConfig(argv: readonly string[], env: NodeJS.Process
     readyFile: read('ready-file') ?? null,
     logLevel,
   };
+}
+
+/** Attempts per S3 request inside the SDK for a worker (docs/cluster.md, worker item 9). */
+export const WORKER_S3_MAX_ATTEMPTS = 5;
+
+/**
+ * The worker's S3 settings: `resolveS3Config` of the environment, with the SDK's standard
+ * retries raised to {@link WORKER_S3_MAX_ATTEMPTS} attempts unless
+ * `DINOFLEET_S3_MAX_ATTEMPTS` says otherwise.
+ */
+export function resolveWorkerS3Config(env: NodeJS.ProcessEnv = process.env): S3Config {
+  const explicit = env.DINOFLEET_S3_MAX_ATTEMPTS !== undefined && env.DINOFLEET_S3_MAX_ATTEMPTS !== '';
+  return resolveS3Config(explicit ? {} : { maxAttempts: WORKER_S3_MAX_ATTEMPTS }, env);
 }

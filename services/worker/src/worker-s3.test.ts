@@ -96,6 +96,7 @@ describe('a worker reading S3', () => {
     // Step 1: records 0 and 2 (1 is missing); lease e0-s0 is used up.
     expect(commits[0]).toMatchObject({
       sampleIds: [offsets[0], offsets[2]],
+      sampleEpochs: [0, 0],
       skipped: [{ sampleId: offsets[MISSING], key: `fmnist/train/${MISSING}.png`, reason: 'missing' }],
       dataCursors: [{ leaseId: 'e0-s0', epoch: 0, position: l0.end, exhausted: true }],
       sampleCount: 2,
@@ -111,6 +112,7 @@ describe('a worker reading S3', () => {
     // Step 3: the end of e0-s1 and the start of epoch 1's first lease.
     expect(commits[2]).toMatchObject({
       sampleIds: [offsets[5], offsets[0]],
+      sampleEpochs: [0, 1],
       dataCursors: [
         { leaseId: 'e0-s1', epoch: 0, position: l1.end, exhausted: true },
         { leaseId: 'e1-s0', epoch: 1, position: offsets[1], exhausted: false },
@@ -122,8 +124,18 @@ describe('a worker reading S3', () => {
       { jobId: 's3-run-abcdefgh', generation: 1, rank: 0, workerId: 'w-s3' },
       { jobId: 's3-run-abcdefgh', generation: 1, rank: 0, workerId: 'w-s3' },
     ]);
-    // The latest checkpoint is the last step's, and its teacher is the worker's.
+    // Rank 0 writes the model and state.json and reports them; the coordinator completes the
+    // checkpoint with manifest.json once the step committed (here: by hand).
+    expect(commits[0]?.checkpointFiles).toEqual([]);
+    expect(commits[2]?.checkpointFiles.map((f) => f.name)).toEqual(['model.safetensors', 'state.json']);
+    expect(await readCheckpoint(s3.client, `s3://${s3.bucket}/ckpt/`, 's3-run-abcdefgh')).toBeNull();
+    const manifest = { step: STEPS, files: commits[2]!.checkpointFiles.map((f) => ({ key: f.name, bytes: f.bytes, sha256: f.sha256 })) };
+    await s3.client.send(
+      new PutObjectCommand({ Bucket: s3.bucket, Key: 'ckpt/s3-run-abcdefgh/step-00000003/manifest.json', Body: JSON.stringify(manifest) }),
+    );
+    // Then the latest checkpoint is the last step's, and its teacher is the worker's.
     const checkpoint = await readCheckpoint(s3.client, `s3://${s3.bucket}/ckpt/`, 's3-run-abcdefgh');
+    expect(checkpoint?.state.stateHash).toBe(Buffer.from(commits[2]!.stateHash).toString('hex'));
     expect(checkpoint?.step).toBe(STEPS);
     await expect.poll(() => worker.worker.heldState?.committedStep, { timeout: 10_000 }).toBe(STEPS);
     const teacher = worker.worker.heldState?.state.teacher['backbone.blocks.3.mlp.fc2.weight'];

@@ -2,7 +2,13 @@
  * One worker process's life: the Control stream to the coordinator (Register, heartbeats,
  * reconnects with backoff) and the state machine around it: idle → assigned (one
  * {@link JobRun} per Assignment) → committed steps → Stop → idle (docs/cluster.md,
- * "Control stream and the step loop").
+ * "Control stream and the step loop", and "Elasticity and failures": the rollback copy,
+ * getting the state at a generation's start step, StepFailed, graceful leaving).
+ *
+ * The state is never dropped for a failure: an Abort, a newer Assignment, a broken stream
+ * or a failed step restores the rollback copy, so the worker always comes out holding the
+ * job's state at its last acknowledged step. Only Stop, an assignment to another job, or a
+ * state that cannot be the job's (a failed transfer, a hash mismatch) drops it.
  */
 import { availableParallelism } from 'node:os';
 import { getHeapStatistics } from 'node:v8';
@@ -13,12 +19,13 @@ import { RingAllReduce } from '@dinofleet/collective';
 import type { ComputeBackend as ComputeBackendName } from '@dinofleet/compute';
 import { parseS3Uri, resolveRecipe } from '@dinofleet/config';
 import type { JobSpec } from '@dinofleet/config';
-import { createS3Client, resolveS3Config } from '@dinofleet/data';
-import { createDinoState, disposeDinoState } from '@dinofleet/dino';
-import type { DinoState } from '@dinofleet/dino';
+import { createS3Client } from '@dinofleet/data';
+import { createDinoState, disposeDinoState, disposeDinoStateCopy, restoreDinoState } from '@dinofleet/dino';
+import type { DinoRecipe, DinoState, DinoStateCopy } from '@dinofleet/dino';
 import {
   AbortedError,
   ComputeBackend,
+  DataLossError,
   FailedPreconditionError,
   InvalidArgumentError,
   UnavailableError,
@@ -34,9 +41,17 @@ import type { Logger, Registry, TrainingMetrics } from '@dinofleet/telemetry';
 import { parseAssignedJobSpec } from './assigned-spec.ts';
 import { PrefetchingBatchSource, S3BatchLoader } from './batch-loader.ts';
 import type { BatchSource } from './batch-loader.ts';
+import { loadCheckpointInto } from './checkpoint-writer.ts';
+import { NonfiniteFaults } from './fault-injection.ts';
 import { LeaseReader } from './lease-reader.ts';
+import { decodeDinoStateInto, encodeDinoState } from './state-codec.ts';
+import { stateHash } from './state-hash.ts';
+import { fetchState } from './state-transfer.ts';
+import type { ServableState, StateTransferSource } from './state-transfer.ts';
 import { rankBatch, runStepLoop } from './step-loop.ts';
 import { TeacherSyncConnection } from './teacher-sync-client.ts';
+import { resolveWorkerS3Config } from './worker-config.ts';
+import { StateTransferRole, WorkerMetrics } from './worker-metrics.ts';
 
 /** Version reported in Register. */
 export const WORKER_VERSION = '0.1.0';
@@ -44,8 +59,10 @@ export const WORKER_VERSION = '0.1.0';
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000;
 /** First reconnect backoff, in ms. */
 export const RECONNECT_INITIAL_BACKOFF_MS = 200;
-/** Largest reconnect backoff, in ms. */
-export const RECONNECT_MAX_BACKOFF_MS = 5_000;
+/** Largest reconnect backoff, in ms (a restarted coordinator sees its workers back within it). */
+export const RECONNECT_MAX_BACKOFF_MS = 2_000;
+/** Longest wait for Stop after a graceful Leaving, in ms (docs/cluster.md, worker item 7). */
+export const GRACEFUL_LEAVE_TIMEOUT_MS = 30_000;
 /** A stream that stayed up this long counts as healthy: the backoff starts over. */
 const HEALTHY_STREAM_MS = 5_000;
 
@@ -69,19 +86,19 @@ export interface WorkerOptions {
   workerId: string;
   /** This worker's Collective endpoint, started, shared by every generation. */
   endpoint: CollectiveEndpoint;
-  /** "host:port" peers dial to reach `endpoint`. @default endpoint.address */
+  /** "host:port" peers dial to reach `endpoint` (and this worker's StateTransfer service). @default endpoint.address */
   collectiveAddress?: string;
   /** The compute backend tfjs runs on (reported in Register). */
   backend: ComputeBackendName;
   /** Whether wasm SIMD is in use (reported as the "simd" feature). @default false */
   simd?: boolean;
-  /** S3 client for images and checkpoints. @default one from the environment (`resolveS3Config`) */
+  /** S3 client for images and checkpoints. @default one from the environment (`resolveWorkerS3Config`) */
   s3?: S3Client;
   /** Image objects in flight at once. @default 16 */
   fetchConcurrency?: number;
   /** Heartbeat period, in ms. @default 2000 */
   heartbeatIntervalMs?: number;
-  /** Registry for the training metrics. @default none (no metrics) */
+  /** Registry for the training and worker metrics. @default none (no metrics) */
   registry?: Registry;
   logger: Logger;
   /** Replaces the S3 loader, e.g. with in-memory batches in tests. */
@@ -90,8 +107,16 @@ export interface WorkerOptions {
   ring?: Omit<RingAllReduceOptions, 'endpoint' | 'job' | 'generation' | 'rank' | 'peers'>;
   /** Deadline of an AcquireLease call, in ms. @default 30000 */
   acquireLeaseTimeoutMs?: number;
-  /** GetCenter deadline, in ms. @default 120000 */
+  /** Deadline of one GetCenter attempt, in ms. @default teacher-sync client's (3000) */
   getCenterTimeoutMs?: number;
+  /** How long teacher-sync calls keep retrying before the step fails, in ms. @default teacher-sync client's (30000) */
+  teacherSyncWaitMs?: number;
+  /** Deadline of a whole state transfer, in ms. @default 60000 */
+  stateTransferTimeoutMs?: number;
+  /** Waits between the tries of a failing image read, in ms. @default 500, 1000, 2000 */
+  readRetryDelaysMs?: readonly number[];
+  /** Steps that get a NaN loss slot (test hook). @default from DINOFLEET_FAULT_NONFINITE_STEPS */
+  nonfiniteFaults?: NonfiniteFaults;
 }
 
 /** The training state a worker holds between generations. */
@@ -100,13 +125,18 @@ export interface HeldState {
   readonly state: DinoState;
   /** Steps committed (acknowledged) for this state; `state.step` may be one ahead mid-step. */
   committedStep: number;
-  /** Hash of the state after `committedStep` steps (empty before the first commit). */
+  /** Hash of the state after `committedStep` steps (empty while unknown, e.g. a fresh state before its first commit). */
   committedHash: Buffer;
+  /** The state at `committedStep` while `state` holds an update not acknowledged yet. */
+  rollback: DinoStateCopy | null;
+  /** The (finite) CommitStep sent for the state as it is, while not acknowledged. */
+  pending: { readonly step: number; readonly hash: Buffer } | null;
 }
 
 interface CommitWaiter {
   readonly step: number;
-  readonly resolve: () => void;
+  readonly nonfinite: boolean;
+  readonly resolve: (ack: { hold: boolean }) => void;
   readonly reject: (err: Error) => void;
 }
 
@@ -118,11 +148,25 @@ interface JobRun {
   done: Promise<void>;
   /** Last step computed (committed or not). */
   computedStep: number;
+  /** Whether a step is being computed or waits for its ack (an end now abandons it). */
+  inStep: boolean;
   /** Closes the ring, the loader and the teacher-sync channel (not the metrics). Idempotent. */
   readonly close: () => Promise<void>;
   /** The job's series on this rank: kept after the last step, removed when the run ends. */
   readonly metrics: TrainingMetrics | undefined;
 }
+
+/** What happens to the held state when a run ends. */
+type EndPolicy =
+  /** Back to the last acknowledged step (Abort, a failed step, a newer Assignment). */
+  | 'rollback'
+  /** Keep a state whose CommitStep was sent, with its copy, for the next Register (a broken stream). */
+  | 'keep-pending'
+  /** Drop it (Stop, closing). */
+  | 'drop';
+
+/** The state at a generation's start step could not be had (transfer, checkpoint, hash): the rank cannot join. */
+class StateUnavailableError extends FailedPreconditionError {}
 
 const BACKEND_ENUM: Readonly<Record<ComputeBackendName, ComputeBackend>> = {
   wasm: ComputeBackend.COMPUTE_BACKEND_WASM,
@@ -152,26 +196,34 @@ function skipReasonOf(reason: string): SkipReason {
   return known ?? SkipReason.Other;
 }
 
+function hex(hash: Uint8Array): string {
+  return Buffer.from(hash).toString('hex');
+}
+
 /**
- * A worker: holds the Control stream, trains Assignments, commits steps. `start()`,
- * then `close()` (or `await using`).
+ * A worker: holds the Control stream, trains Assignments, commits steps, serves its state
+ * to joining ranks. `start()`, then `close()` (or `await using`).
  */
-export class Worker implements AsyncDisposable {
+export class Worker implements AsyncDisposable, StateTransferSource {
   readonly workerId: string;
   readonly #options: WorkerOptions;
   readonly #logger: Logger;
   readonly #client: WorkerControlClient;
   readonly #stopping = new AbortController();
+  readonly #metrics: WorkerMetrics;
+  readonly #faults: NonfiniteFaults;
   #loop: Promise<void> | undefined;
   #call: ClientDuplexStream<ControlRequest, ControlResponse> | undefined;
   #held: HeldState | null = null;
   #run: JobRun | null = null;
   #waiter: CommitWaiter | null = null;
-  /** Serialises the handling of Assignment / Abort / Stop. */
+  /** Serialises the handling of Assignment / Abort / Stop and failed steps. */
   #queue: Promise<void> = Promise.resolve();
   #s3: S3Client | undefined;
   #closed: Promise<void> | undefined;
   #registrations = 0;
+  /** Set by {@link leave}: resolves once Stop came (or there was nothing to wait for). */
+  #leaving: { readonly stopped: Promise<void>; readonly resolve: () => void; done: boolean } | undefined;
 
   constructor(options: WorkerOptions) {
     if (options.workerId === '') throw new InvalidArgumentError('workerId must not be empty');
@@ -180,6 +232,9 @@ export class Worker implements AsyncDisposable {
     this.#logger = options.logger.child({ workerId: options.workerId });
     this.#client = createClient(WorkerControlClient, options.coordinatorAddress);
     this.#s3 = options.s3;
+    this.#metrics = new WorkerMetrics(options.registry);
+    this.#faults = options.nonfiniteFaults ?? NonfiniteFaults.fromEnv();
+    if (this.#faults.pending > 0) this.#logger.warn('fault injection armed: non-finite steps', { env: process.env.DINOFLEET_FAULT_NONFINITE_STEPS });
   }
 
   /** The training state held now (null when idle without state); for tests and probes. */
@@ -237,7 +292,7 @@ export class Worker implements AsyncDisposable {
     });
     const heartbeat = setInterval(() => this.#sendHeartbeat(), this.#options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS);
     try {
-      await this.#register(call);
+      this.#register(call);
       await ended;
     } catch (err) {
       this.#logger.warn('control stream could not register', { err: errorMessage(err) });
@@ -249,15 +304,17 @@ export class Worker implements AsyncDisposable {
       // Errors after the end (a late cancel) must not crash the process.
       call.on('error', () => undefined);
     }
-    // Membership ended with the stream: the coordinator has dropped this rank.
-    this.#enqueue(() => this.#endRun(new UnavailableError('the control stream to the coordinator ended'), 'keep-committed'));
+    // Membership ended with the stream: the coordinator has dropped this rank. A state
+    // whose CommitStep went out stays (with its copy): the job may have committed it.
+    this.#enqueue(() => this.#endRun(new UnavailableError('the control stream to the coordinator ended'), 'keep-pending'));
     return heardFrom;
   }
 
-  async #register(call: ClientDuplexStream<ControlRequest, ControlResponse>): Promise<void> {
-    // Job fields only for a state at an acknowledged step: the coordinator resumes a job
-    // with workers whose (step, hash) match its last commit, and fails it on a mismatch.
-    const held = this.#held !== null && this.#held.committedHash.length > 0 ? this.#held : null;
+  #register(call: ClientDuplexStream<ControlRequest, ControlResponse>): void {
+    // Job fields only for a state whose step the coordinator can check: an acknowledged one
+    // (with its hash), and the pending one when its CommitStep went out unacknowledged.
+    const held = this.#held;
+    const reported = held !== null && (held.committedHash.length > 0 || held.pending !== null) ? held : null;
     const options = this.#options;
     call.write({
       message: {
@@ -273,15 +330,21 @@ export class Worker implements AsyncDisposable {
             features: options.simd === true ? ['simd'] : [],
             version: WORKER_VERSION,
           },
-          jobId: held?.jobId ?? '',
-          stateStep: held?.committedStep ?? 0,
-          stateHash: held?.committedHash ?? Buffer.alloc(0),
+          jobId: reported?.jobId ?? '',
+          stateStep: reported?.committedStep ?? 0,
+          stateHash: reported?.committedHash ?? Buffer.alloc(0),
+          pendingStep: reported?.pending?.step ?? 0,
+          pendingHash: reported?.pending?.hash ?? Buffer.alloc(0),
         },
       },
     });
     this.#registrations++;
-    this.#logger.info('registered', { coordinator: options.coordinatorAddress, jobId: held?.jobId ?? '', stateStep: held?.committedStep ?? 0 });
-    return Promise.resolve();
+    this.#logger.info('registered', {
+      coordinator: options.coordinatorAddress,
+      jobId: reported?.jobId ?? '',
+      stateStep: reported?.committedStep ?? 0,
+      pendingStep: reported?.pending?.step ?? 0,
+    });
   }
 
   #send(message: ControlRequest['message']): boolean {
@@ -307,7 +370,7 @@ export class Worker implements AsyncDisposable {
         this.#enqueue(() => this.#onAssignment(m.assignment));
         break;
       case 'commitAck':
-        this.#onCommitAck(m.commitAck.generation, m.commitAck.step);
+        this.#onCommitAck(m.commitAck.generation, m.commitAck.step, m.commitAck.hold);
         break;
       case 'abort': {
         const run = this.#run;
@@ -316,13 +379,18 @@ export class Worker implements AsyncDisposable {
           break;
         }
         this.#logger.warn('generation aborted', { generation: m.abort.generation, reason: m.abort.reason });
-        this.#enqueue(() => this.#endRun(new AbortedError(`generation ${m.abort.generation} aborted: ${m.abort.reason}`), 'keep-committed'));
+        this.#enqueue(() => this.#endRun(new AbortedError(`generation ${m.abort.generation} aborted: ${m.abort.reason}`), 'rollback'));
         break;
       }
       case 'stop':
         this.#logger.info('stopped', { reason: m.stop.reason, jobId: this.#held?.jobId ?? '' });
         this.#enqueue(async () => {
           await this.#endRun(new AbortedError(`stopped: ${m.stop.reason}`), 'drop');
+          const leaving = this.#leaving;
+          if (leaving !== undefined && !leaving.done) {
+            leaving.done = true;
+            leaving.resolve();
+          }
         });
         break;
     }
@@ -334,48 +402,47 @@ export class Worker implements AsyncDisposable {
     });
   }
 
-  #onCommitAck(generation: number, step: number): void {
+  #onCommitAck(generation: number, step: number, hold: boolean): void {
     const waiter = this.#waiter;
     const run = this.#run;
-    if (waiter === null || run === null || generation !== run.assignment.generation || step !== waiter.step) {
-      this.#logger.warn('unexpected CommitAck ignored', { generation, step, waiting: waiter?.step ?? null });
+    const held = this.#held;
+    if (waiter === null || run === null || held === null || generation !== run.assignment.generation || step !== waiter.step || waiter.nonfinite) {
+      // A non-finite step never commits (its update was not applied): an ack of it is a
+      // coordinator bug, and taking it would make the rank skip the step.
+      this.#logger.warn('unexpected CommitAck ignored', { generation, step, waiting: waiter?.step ?? null, nonfinite: waiter?.nonfinite ?? false });
       return;
     }
     this.#waiter = null;
-    waiter.resolve();
+    // The update stands: it is the acknowledged state now, and the copy is no longer needed.
+    if (held.pending !== null) {
+      held.committedStep = held.pending.step;
+      held.committedHash = held.pending.hash;
+      held.pending = null;
+    }
+    if (held.rollback !== null) {
+      disposeDinoStateCopy(held.rollback);
+      held.rollback = null;
+    }
+    run.inStep = false;
+    waiter.resolve({ hold });
   }
 
-  /** Sends a CommitStep and resolves when its CommitAck arrives. */
-  #commit(run: JobRun, commit: CommitStep): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      if (run.abort.signal.aborted) {
+  /** Sends a CommitStep and resolves with the ack's `hold` once its CommitAck arrives. */
+  #commit(run: JobRun, commit: CommitStep): Promise<{ hold: boolean }> {
+    return new Promise((resolve, reject) => {
+      const held = this.#held;
+      if (run.abort.signal.aborted || held === null) {
         reject(new AbortedError('the run ended before its commit'));
         return;
       }
-      this.#waiter = { step: commit.step, resolve, reject };
+      this.#waiter = { step: commit.step, nonfinite: commit.nonfinite, resolve, reject };
+      if (!commit.nonfinite) held.pending = { step: commit.step, hash: Buffer.from(commit.stateHash) };
       if (!this.#send({ $case: 'commitStep', commitStep: commit })) {
         this.#waiter = null;
+        held.pending = null;
         reject(new UnavailableError(`no control stream to send the commit of step ${commit.step} on`));
       }
     });
-  }
-
-  /**
-   * Ends the current stream, so the loop re-registers on a new one. Half-closes first so
-   * what was written (a Leaving) reaches the coordinator; cancels if it does not end
-   * its side within `graceMs`.
-   */
-  #restartStream(graceMs = 2_000): void {
-    const call = this.#call;
-    if (call === undefined) return;
-    // Nothing more may be written on it (heartbeats would fail after end()).
-    this.#call = undefined;
-    call.end();
-    const force = setTimeout(() => call.cancel(), graceMs);
-    const settled = (): void => clearTimeout(force);
-    call.once('end', settled);
-    call.once('close', settled);
-    call.once('error', settled);
   }
 
   // ---------------------------------------------------------------------------------
@@ -385,16 +452,29 @@ export class Worker implements AsyncDisposable {
     const held = this.#held;
     if (held === null) return;
     this.#held = null;
+    if (held.rollback !== null) disposeDinoStateCopy(held.rollback);
     disposeDinoState(held.state);
     this.#logger.info('training state dropped', { jobId: held.jobId, step: held.state.step, why });
   }
 
+  /** Puts the held state back to its last acknowledged step. */
+  #rollBack(why: string): void {
+    const held = this.#held;
+    if (held === null) return;
+    held.pending = null;
+    const copy = held.rollback;
+    if (copy === null) return;
+    held.rollback = null;
+    const from = held.state.step;
+    restoreDinoState(held.state, copy);
+    this.#logger.info('state rolled back to the acknowledged step', { jobId: held.jobId, from, to: held.state.step, why });
+  }
+
   /**
-   * Ends the current run (if any) and waits for it to stop. `keep-committed` keeps the
-   * state when it holds no uncommitted update (an Abort, a broken stream); `drop` drops it
-   * (Stop, a failure).
+   * Ends the current run (if any), waits for it to stop, then treats the held state by
+   * `policy` (see {@link EndPolicy}).
    */
-  async #endRun(reason: Error, state: 'keep-committed' | 'drop'): Promise<void> {
+  async #endRun(reason: Error, policy: EndPolicy): Promise<void> {
     const run = this.#run;
     if (run !== null) {
       this.#run = null;
@@ -403,26 +483,165 @@ export class Worker implements AsyncDisposable {
       this.#waiter = null;
       waiter?.reject(reason);
       await run.close();
+      // The loop touches the state only until it sees the abort; after this, it is ours.
       await run.done.catch(() => undefined);
       run.metrics?.remove();
+      if (run.inStep && policy !== 'drop') this.#metrics.abortedSteps.inc();
     }
     const held = this.#held;
     if (held === null) return;
-    if (state === 'drop') this.#dropState(reason.message);
-    else if (held.state.step !== held.committedStep) this.#dropState(`it holds uncommitted step ${held.state.step} (${reason.message})`);
+    if (policy === 'drop') this.#dropState(reason.message);
+    else if (policy === 'rollback' || held.pending === null) this.#rollBack(reason.message);
   }
 
   async #onAssignment(a: Assignment): Promise<void> {
     const log = this.#logger.child({ jobId: a.jobId, generation: a.generation, rank: a.rank });
-    if (this.#run !== null) await this.#endRun(new AbortedError(`superseded by generation ${a.generation}`), 'keep-committed');
+    const held = this.#held;
+    // A restarted coordinator that committed the step this rank sent last starts the next
+    // generation there: the pending state is the acknowledged one.
+    const keepPending = held !== null && held.jobId === a.jobId && held.pending !== null && held.pending.step === a.startStep;
+    await this.#endRun(new AbortedError(`superseded by generation ${a.generation}`), keepPending ? 'keep-pending' : 'rollback');
+    if (keepPending && held.pending !== null) {
+      log.info('the pending step was committed; keeping it', { step: held.pending.step });
+      held.committedStep = held.pending.step;
+      held.committedHash = held.pending.hash;
+      held.pending = null;
+      if (held.rollback !== null) disposeDinoStateCopy(held.rollback);
+      held.rollback = null;
+    }
     try {
       await this.#startRun(a, log);
     } catch (err) {
-      log.error('assignment failed', { err: errorMessage(err) });
-      this.#dropState(`assignment failed: ${errorMessage(err)}`);
-      this.#send({ $case: 'leaving', leaving: { reason: `rank ${a.rank} (${this.workerId}) could not start generation ${a.generation}: ${errorMessage(err)}` } });
-      this.#restartStream();
+      const message = errorMessage(err);
+      log.error('assignment failed', { err: message });
+      // The rank cannot go on with this job (it drops whatever it held of it): the
+      // coordinator forms the next generation without it.
+      this.#dropState(`assignment failed: ${message}`);
+      this.#send({
+        $case: 'stepFailed',
+        stepFailed: {
+          generation: a.generation,
+          step: a.startStep + 1,
+          reason: `rank ${a.rank} (${this.workerId}) could not start generation ${a.generation}: ${message}`,
+          excludeMe: true,
+        },
+      });
     }
+  }
+
+  /**
+   * The job's state at `a.startStep` (docs/cluster.md, worker item 2), in this order: the
+   * checkpoint to restore; the state this worker holds; a transfer from `state_source`; a
+   * fresh state at step 0. Then checked against `start_state_hash`.
+   * @throws StateUnavailableError when there is none or it does not match.
+   */
+  async #acquireState(a: Assignment, spec: JobSpec, recipe: DinoRecipe, log: Logger): Promise<HeldState> {
+    const fresh = (): DinoState => createDinoState(recipe, spec.spec.training.seed, { totalSteps: a.totalSteps });
+    const adopt = (state: DinoState, hash: Buffer): HeldState => {
+      this.#held = { jobId: a.jobId, state, committedStep: state.step, committedHash: hash, rollback: null, pending: null };
+      return this.#held;
+    };
+    const held = this.#held;
+    let acquired: HeldState;
+    if (held !== null && held.jobId !== a.jobId) this.#dropState(`assigned to another job, ${a.jobId}`);
+    if (a.restoreCheckpointUri !== '') {
+      this.#dropState(`restoring ${a.restoreCheckpointUri}`);
+      const state = fresh();
+      try {
+        const restored = await loadCheckpointInto(this.#s3Client(), a.restoreCheckpointUri, a.jobId, state);
+        if (restored.step !== a.startStep) throw new DataLossError(`checkpoint ${a.restoreCheckpointUri} holds step ${restored.step}, the generation starts at ${a.startStep}`);
+      } catch (err) {
+        disposeDinoState(state);
+        throw new StateUnavailableError(`could not restore checkpoint ${a.restoreCheckpointUri}: ${errorMessage(err)}`, { cause: err });
+      }
+      log.info('state restored from a checkpoint', { uri: a.restoreCheckpointUri, step: a.startStep });
+      acquired = adopt(state, await stateHash(state));
+    } else if (this.#held !== null && this.#held.state.step === a.startStep && this.#held.committedStep === a.startStep) {
+      acquired = this.#held;
+      if (acquired.committedHash.length === 0) acquired.committedHash = await stateHash(acquired.state);
+    } else if (a.stateSource !== '') {
+      if (this.#held !== null) this.#dropState(`it is at step ${this.#held.state.step}, the generation starts at ${a.startStep}`);
+      acquired = adopt(...(await this.#fetchState(a, fresh, log)));
+    } else if (a.startStep === 0) {
+      if (this.#held !== null) this.#dropState(`it is at step ${this.#held.state.step}, the generation starts at 0`);
+      const state = fresh();
+      acquired = adopt(state, await stateHash(state));
+    } else {
+      throw new StateUnavailableError(
+        `it holds no state of job ${a.jobId} at step ${a.startStep}${this.#held === null ? '' : ` (it holds step ${this.#held.state.step})`} and the assignment names neither a state source nor a checkpoint`,
+      );
+    }
+    if (a.startStateHash.length > 0 && !acquired.committedHash.equals(Buffer.from(a.startStateHash))) {
+      throw new StateUnavailableError(
+        `state hash mismatch at step ${a.startStep}: this rank has ${hex(acquired.committedHash)}, the job ${hex(a.startStateHash)}`,
+      );
+    }
+    return acquired;
+  }
+
+  /** Fetches the state at `a.startStep` from `a.stateSource` into a fresh state; returns it and its verified hash. */
+  async #fetchState(a: Assignment, fresh: () => DinoState, log: Logger): Promise<[DinoState, Buffer]> {
+    const started = performance.now();
+    let fetched;
+    try {
+      fetched = await fetchState({
+        address: a.stateSource,
+        jobId: a.jobId,
+        step: a.startStep,
+        workerId: this.workerId,
+        deadlineMs: this.#options.stateTransferTimeoutMs ?? 60_000,
+        signal: this.#stopping.signal,
+      });
+    } catch (err) {
+      throw new StateUnavailableError(`state transfer from ${a.stateSource} failed: ${errorMessage(err)}`, { cause: err });
+    }
+    const state = fresh();
+    try {
+      decodeDinoStateInto(state, fetched.bytes);
+      const hash = await stateHash(state);
+      if (state.step !== a.startStep || !hash.equals(Buffer.from(fetched.header.stateHash))) {
+        throw new DataLossError(
+          `the state from ${a.stateSource} decodes to step ${state.step} hash ${hex(hash)}, its header says step ${a.startStep} hash ${hex(fetched.header.stateHash)}`,
+        );
+      }
+      const seconds = (performance.now() - started) / 1000;
+      this.#metrics.stateTransfers.inc({ role: StateTransferRole.Received });
+      this.#metrics.stateTransferSeconds.observe(seconds);
+      log.info('state received', { from: a.stateSource, step: a.startStep, sizeBytes: fetched.bytes.byteLength, seconds });
+      return [state, hash];
+    } catch (err) {
+      disposeDinoState(state);
+      throw new StateUnavailableError(`state transfer from ${a.stateSource} failed: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+
+  /**
+   * StateTransferSource: the held state of `jobId` at acknowledged step `step`, encoded.
+   * Waits for the control messages already queued (an Abort being handled restores the
+   * state first).
+   */
+  async encodeHeldState(jobId: string, step: number, requester: string): Promise<ServableState> {
+    await this.#queue;
+    const held = this.#held;
+    // Servable: the state is at `step` and whole, i.e. acknowledged there, or its update's
+    // CommitStep went out (a pending state that a restarted coordinator committed).
+    const servable =
+      held !== null &&
+      held.jobId === jobId &&
+      held.state.step === step &&
+      (held.rollback === null ? held.committedStep === step : held.pending?.step === step);
+    if (!servable) {
+      throw new FailedPreconditionError(
+        held === null || held.jobId !== jobId
+          ? `worker ${this.workerId} holds no state of job ${jobId}`
+          : `worker ${this.workerId} holds job ${jobId} at step ${held.state.step} (acknowledged ${held.committedStep}), not ${step}`,
+      );
+    }
+    const bytes = await encodeDinoState(held.state, jobId);
+    const hash = await stateHash(held.state);
+    this.#metrics.stateTransfers.inc({ role: StateTransferRole.Sent });
+    this.#logger.info('state sent', { jobId, step, to: requester, sizeBytes: bytes.byteLength });
+    return { bytes, stateHash: hash };
   }
 
   async #startRun(a: Assignment, log: Logger): Promise<void> {
@@ -436,21 +655,11 @@ export class Worker implements AsyncDisposable {
     }
     const spec = parseAssignedJobSpec(a.jobSpecJson);
     const recipe = resolveRecipe(spec);
+    if (recipe.targets === 'centering' && a.teacherSyncAddress === '') throw new InvalidArgumentError('a centering recipe needs teacher_sync_address');
 
-    if (this.#held !== null && this.#held.jobId !== a.jobId) this.#dropState(`assigned to another job, ${a.jobId}`);
-    if (this.#held === null) {
-      const state = createDinoState(recipe, spec.spec.training.seed, { totalSteps: a.totalSteps });
-      this.#held = { jobId: a.jobId, state, committedStep: state.step, committedHash: Buffer.alloc(0) };
-    }
-    const held = this.#held;
-    if (held.state.step !== a.startStep) {
-      // Issue 4 adds state transfer; until then a rank without the right state cannot join.
-      log.warn('cannot join: the state is at another step; re-registering without it', { stateStep: held.state.step, startStep: a.startStep });
-      this.#dropState(`state at step ${held.state.step}, assignment starts at ${a.startStep}`);
-      this.#restartStream();
-      return;
-    }
+    const held = await this.#acquireState(a, spec, recipe, log);
 
+    const abort = new AbortController();
     const ring = new RingAllReduce({
       ...this.#options.ring,
       endpoint: this.#options.endpoint,
@@ -459,28 +668,27 @@ export class Worker implements AsyncDisposable {
       rank: a.rank,
       peers: a.ranks.map((peer) => peer.collectiveAddress),
     });
-    const acquireLease = (): Promise<ShardLease> => this.#acquireLease(a);
+    const acquireLease = (): Promise<ShardLease> => this.#acquireLease(a, abort.signal);
     const request: BatchSourceRequest = { assignment: a, spec, perRankBatch: size, batchOffset: offset, acquireLease };
     const metrics: TrainingMetrics | undefined =
       this.#options.registry === undefined ? undefined : createTrainingMetrics(this.#options.registry, { job: a.jobId, rank: String(a.rank) });
     let batches: BatchSource;
     let teacherSync: TeacherSyncConnection | null = null;
     try {
-      batches = this.#options.batchSource?.(request) ?? this.#s3BatchSource(request, recipe.vit.inChannels, log, metrics);
+      batches = this.#options.batchSource?.(request) ?? this.#s3BatchSource(request, recipe.vit.inChannels, log, metrics, abort.signal);
       if (a.teacherSyncAddress !== '') {
         teacherSync = new TeacherSyncConnection({
           address: a.teacherSyncAddress,
           ...(this.#options.getCenterTimeoutMs !== undefined && { getCenterTimeoutMs: this.#options.getCenterTimeoutMs }),
+          ...(this.#options.teacherSyncWaitMs !== undefined && { teacherSyncWaitMs: this.#options.teacherSyncWaitMs }),
         });
-      } else if (recipe.targets === 'centering') {
-        throw new InvalidArgumentError('a centering recipe needs teacher_sync_address');
       }
     } catch (err) {
+      metrics?.remove();
       await ring.close();
       throw err;
     }
     const checkpointSpec = spec.spec.checkpoint;
-    const abort = new AbortController();
     let closed: Promise<void> | undefined;
     const close = (): Promise<void> => {
       closed ??= (async () => {
@@ -493,6 +701,7 @@ export class Worker implements AsyncDisposable {
       assignment: a,
       abort,
       computedStep: held.state.step,
+      inStep: false,
       close,
       metrics,
       done: Promise.resolve(),
@@ -515,14 +724,22 @@ export class Worker implements AsyncDisposable {
         a.rank === 0 && checkpointSpec !== null
           ? { s3: this.#s3Client(), uri: checkpointSpec.uri, jobId: a.jobId, everySteps: checkpointSpec.everySteps }
           : null,
-      commit: async (commit) => {
-        await this.#commit(run, commit);
-        held.committedStep = commit.step;
-        held.committedHash = Buffer.from(commit.stateHash);
+      commit: (commit) => this.#commit(run, commit),
+      keepRollback: (copy) => {
+        if (this.#held !== held) {
+          disposeDinoStateCopy(copy);
+          return;
+        }
+        if (held.rollback !== null) disposeDinoStateCopy(held.rollback);
+        held.rollback = copy;
+      },
+      onStepStarted: () => {
+        run.inStep = true;
       },
       onComputed: (step) => {
         run.computedStep = step;
       },
+      nonfiniteFaults: this.#faults,
       ...(metrics !== undefined && { metrics }),
       logger: log,
       signal: abort.signal,
@@ -539,21 +756,30 @@ export class Worker implements AsyncDisposable {
         this.#enqueue(() => this.#failRun(run, err, log));
       },
     );
-    return Promise.resolve();
   }
 
-  /** A step failed (ring, teacher-sync, S3): tell the coordinator, drop the state, re-register. */
+  /**
+   * A step failed (ring, teacher-sync, S3): roll the state back to the acknowledged step,
+   * tell the coordinator, and wait for its Abort / Assignment on the same stream.
+   */
   async #failRun(run: JobRun, err: unknown, log: Logger): Promise<void> {
     if (this.#run !== run) return;
-    const step = this.#held?.state.step ?? run.computedStep;
-    const reason = `rank ${run.assignment.rank} (${this.workerId}) failed at step ${step}: ${errorMessage(err)}`;
-    log.error('step failed', { step, err: errorMessage(err) });
-    await this.#endRun(err instanceof Error ? err : new Error(String(err)), 'drop');
-    this.#send({ $case: 'leaving', leaving: { reason } });
-    this.#restartStream();
+    const step = this.#held?.rollback?.step ?? this.#held?.state.step ?? run.computedStep;
+    const message = errorMessage(err);
+    log.error('step failed', { step, err: message });
+    await this.#endRun(err instanceof Error ? err : new Error(message), 'rollback');
+    this.#send({
+      $case: 'stepFailed',
+      stepFailed: {
+        generation: run.assignment.generation,
+        step: step + 1,
+        reason: `rank ${run.assignment.rank} (${this.workerId}) failed at step ${step}: ${message}`,
+        excludeMe: false,
+      },
+    });
   }
 
-  async #acquireLease(a: Assignment): Promise<ShardLease> {
+  async #acquireLease(a: Assignment, signal: AbortSignal): Promise<ShardLease> {
     const response = await withRetry(
       () =>
         callUnary(
@@ -562,18 +788,18 @@ export class Worker implements AsyncDisposable {
           { jobId: a.jobId, generation: a.generation, rank: a.rank, workerId: this.workerId },
           { deadlineMs: this.#options.acquireLeaseTimeoutMs ?? 30_000 },
         ),
-      { maxAttempts: 5, initialBackoffMs: 200 },
+      { maxAttempts: 5, initialBackoffMs: 200, signal },
     );
     if (response.lease === undefined) throw new FailedPreconditionError('AcquireLease returned no lease');
     return response.lease;
   }
 
   #s3Client(): S3Client {
-    this.#s3 ??= createS3Client(resolveS3Config());
+    this.#s3 ??= createS3Client(resolveWorkerS3Config());
     return this.#s3;
   }
 
-  #s3BatchSource(request: BatchSourceRequest, channels: number, log: Logger, metrics: TrainingMetrics | undefined): BatchSource {
+  #s3BatchSource(request: BatchSourceRequest, channels: number, log: Logger, metrics: TrainingMetrics | undefined, signal: AbortSignal): BatchSource {
     const { assignment } = request;
     const lease = assignment.shardLease;
     if (lease === undefined) throw new InvalidArgumentError('the assignment has no shard lease');
@@ -586,6 +812,7 @@ export class Worker implements AsyncDisposable {
       etag: assignment.manifestEtag,
       firstLease: lease,
       acquireLease: request.acquireLease,
+      signal,
     });
     const loader = new S3BatchLoader({
       reader,
@@ -598,6 +825,8 @@ export class Worker implements AsyncDisposable {
         log.warn('sample skipped', { sampleId: skipped.sampleId, key: skipped.key, reason: skipped.reason, detail });
         metrics?.skipSamples(skipReasonOf(skipped.reason));
       },
+      onReadRetry: (key, attempt, detail) => log.warn('image read failed; retrying', { key, attempt, detail }),
+      ...(this.#options.readRetryDelaysMs !== undefined && { readRetryDelaysMs: this.#options.readRetryDelaysMs }),
     });
     return new PrefetchingBatchSource(loader, Math.max(0, assignment.totalSteps - assignment.startStep));
   }
@@ -606,8 +835,41 @@ export class Worker implements AsyncDisposable {
   // Shutdown
 
   /**
-   * Leaves: sends `Leaving{reason}` when connected, ends the run, closes the stream and
-   * drops the state. Idempotent; the endpoint stays the caller's.
+   * Leaves gracefully (SIGTERM, scale-down; docs/cluster.md, worker item 7): sends
+   * `Leaving{reason, graceful: true}`, lets the step in progress run until its ack (the
+   * coordinator answers with `CommitAck{hold}` and `Stop`) and resolves once Stop came,
+   * after `timeoutMs` at the latest, or at once when the worker is in no job. Resolves true
+   * when it was stopped (or had nothing to leave). Idempotent.
+   */
+  async leave(reason = 'sigterm', timeoutMs = GRACEFUL_LEAVE_TIMEOUT_MS): Promise<boolean> {
+    if (this.#leaving === undefined) {
+      let resolve!: () => void;
+      const stopped = new Promise<void>((r) => (resolve = r));
+      this.#leaving = { stopped, resolve, done: false };
+      const sent = this.#send({ $case: 'leaving', leaving: { reason, graceful: true } });
+      if (!sent || (this.#run === null && this.#held === null)) {
+        // Nothing to hand over: no stream to wait on, or no job on this worker.
+        this.#leaving.done = true;
+        resolve();
+      }
+      this.#logger.info('leaving gracefully', { reason, waitingForStop: !this.#leaving.done });
+    }
+    const leaving = this.#leaving;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<boolean>((r) => {
+      timer = setTimeout(() => r(false), timeoutMs);
+    });
+    try {
+      return await Promise.race([leaving.stopped.then(() => true), timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Leaves: sends `Leaving{reason}` (not graceful: the worker is gone now) when connected,
+   * unless a graceful {@link leave} was answered by Stop; ends the run, closes the stream
+   * and drops the state. Idempotent; the endpoint stays the caller's.
    */
   close(reason = 'closed'): Promise<void> {
     this.#closed ??= this.#shutdown(reason);
@@ -615,7 +877,7 @@ export class Worker implements AsyncDisposable {
   }
 
   async #shutdown(reason: string): Promise<void> {
-    this.#send({ $case: 'leaving', leaving: { reason } });
+    if (this.#leaving?.done !== true) this.#send({ $case: 'leaving', leaving: { reason, graceful: false } });
     this.#stopping.abort();
     this.#restartStream(1_000);
     await this.#queue;
@@ -625,9 +887,25 @@ export class Worker implements AsyncDisposable {
     this.#client.close();
   }
 
+  /**
+   * Ends the current stream. Half-closes first so what was written (a Leaving) reaches the
+   * coordinator; cancels if it does not end its side within `graceMs`.
+   */
+  #restartStream(graceMs: number): void {
+    const call = this.#call;
+    if (call === undefined) return;
+    // Nothing more may be written on it (heartbeats would fail after end()).
+    this.#call = undefined;
+    call.end();
+    const force = setTimeout(() => call.cancel(), graceMs);
+    const settled = (): void => clearTimeout(force);
+    call.once('end', settled);
+    call.once('close', settled);
+    call.once('error', settled);
+  }
+
   /** `await using worker = ...` closes it. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
 }
-

@@ -1,8 +1,9 @@
 /**
- * Test-only: a small WorkerControl server standing in for the coordinator. It waits for
- * `workers` registrations, assigns them ranks in worker-id order, checks that every rank's
- * CommitStep for a step carries the same state hash, acknowledges the step, and records
- * everything it saw.
+ * Test-only: a small WorkerControl server standing in for the coordinator. By default it
+ * waits for `workers` registrations, assigns them ranks in worker-id order (generation 1),
+ * checks that every rank's CommitStep for a step carries the same state hash, acknowledges
+ * the step, and records everything it saw. Tests of failures drive it by hand instead:
+ * `assign` a generation, `abort` it, `send` any message, hold back acks.
  */
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { FailedPreconditionError, GrpcServer, WorkerControlService, unaryHandler } from '@dinofleet/proto';
@@ -15,6 +16,7 @@ import type {
   Heartbeat,
   Register,
   ShardLease,
+  StepFailed,
   WorkerControlServer,
 } from '@dinofleet/proto';
 
@@ -32,6 +34,33 @@ export interface FakeJob {
   readonly startStep?: number;
   /** Leases AcquireLease hands out, in order; afterwards it fails. @default none */
   readonly nextLeases?: readonly ShardLease[];
+  /** Assign generation 1 once `workers` registered. @default true */
+  readonly autoAssign?: boolean;
+  /** Acknowledge a step once every rank of the generation committed it with equal hashes. @default true */
+  readonly autoAck?: boolean;
+}
+
+/** One generation to {@link FakeCoordinator.assign}. */
+export interface FakeGeneration {
+  readonly generation: number;
+  /** Worker ids in rank order. */
+  readonly workerIds: readonly string[];
+  /** @default the job's startStep, else 0 */
+  readonly startStep?: number;
+  /** `state_source` per worker id ("" when absent). */
+  readonly stateSources?: Readonly<Record<string, string>>;
+  /** @default empty */
+  readonly startStateHash?: Uint8Array;
+  /** @default "" */
+  readonly restoreCheckpointUri?: string;
+  /** Only these workers get their assignment (the others are left out). @default all */
+  readonly recipients?: readonly string[];
+}
+
+/** A CommitStep and who sent it. */
+export interface FakeCommit {
+  readonly workerId: string;
+  readonly commit: CommitStep;
 }
 
 /** The fake coordinator. */
@@ -39,16 +68,25 @@ export interface FakeCoordinator extends AsyncDisposable {
   readonly address: string;
   readonly registers: Register[];
   readonly heartbeats: Heartbeat[];
-  /** Commits by step, indexed by rank. */
+  /** Commits of the current generation's ranks by step, indexed by rank (the last one each sent). */
   readonly commits: Map<number, CommitStep[]>;
+  /** Every CommitStep, in arrival order. */
+  readonly allCommits: FakeCommit[];
   /** "step s: rank hashes differ" messages. */
   readonly mismatches: string[];
-  readonly leavings: { workerId: string; reason: string }[];
+  readonly leavings: { workerId: string; reason: string; graceful: boolean }[];
+  readonly stepFailures: (StepFailed & { workerId: string })[];
   readonly acquireLeaseCalls: AcquireLeaseRequest[];
   /** The last step acknowledged. */
   readonly ackedStep: () => number;
   /** Resolves once step `step` is acknowledged (rejects after `timeoutMs`). */
   waitForAck(step: number, timeoutMs: number): Promise<void>;
+  /** Sends `generation` to its workers (the assignment of each rank). */
+  assign(generation: FakeGeneration): void;
+  /** Sends Abort{generation} to every connected worker. */
+  abort(generation: number, reason: string): void;
+  /** Sends a message to one worker. */
+  send(workerId: string, message: ControlResponse['message']): void;
   /** Sends Stop to every connected worker. */
   stopAll(reason: string): void;
   /** Ends every Control stream from the server side (a coordinator going away). */
@@ -62,47 +100,59 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
   const registers: Register[] = [];
   const heartbeats: Heartbeat[] = [];
   const commits = new Map<number, CommitStep[]>();
+  const allCommits: FakeCommit[] = [];
   const mismatches: string[] = [];
-  const leavings: { workerId: string; reason: string }[] = [];
+  const leavings: { workerId: string; reason: string; graceful: boolean }[] = [];
+  const stepFailures: (StepFailed & { workerId: string })[] = [];
   const acquireLeaseCalls: AcquireLeaseRequest[] = [];
   let ranks: string[] = [];
+  let generation = 0;
   let acked = 0;
   const ackWaiters = new Set<() => void>();
 
-  const assign = (): void => {
-    ranks = registers.slice(0, workers).map((r) => r.workerId).sort();
+  const assign = (g: FakeGeneration): void => {
+    ranks = [...g.workerIds];
+    generation = g.generation;
+    commits.clear();
     const peers = ranks.map((workerId, rank) => ({
       rank,
       workerId,
-      collectiveAddress: registers.find((r) => r.workerId === workerId)?.collectiveAddress ?? '',
+      collectiveAddress: registers.findLast((r) => r.workerId === workerId)?.collectiveAddress ?? '',
     }));
     ranks.forEach((workerId, rank) => {
-      const perRank = Math.floor(job.globalBatch / workers) + (rank < job.globalBatch % workers ? 1 : 0);
+      const n = ranks.length;
+      const perRank = Math.floor(job.globalBatch / n) + (rank < job.globalBatch % n ? 1 : 0);
       const assignment: Assignment = {
         jobId: job.jobId,
-        generation: 1,
+        generation: g.generation,
         ranks: peers,
         rank,
         globalBatch: job.globalBatch,
         perRankBatch: perRank,
         gradientAccumulation: 1,
-        startStep: job.startStep ?? 0,
+        startStep: g.startStep ?? job.startStep ?? 0,
         shardLease: job.leases?.[rank],
         jobSpecJson: job.specJson,
         teacherSyncAddress: job.teacherSyncAddress,
         totalSteps: job.totalSteps,
         manifestUri: job.manifestUri,
         manifestEtag: '',
+        stateSource: g.stateSources?.[workerId] ?? '',
+        startStateHash: Buffer.from(g.startStateHash ?? new Uint8Array(0)),
+        restoreCheckpointUri: g.restoreCheckpointUri ?? '',
       };
-      streams.get(workerId)?.write({ message: { $case: 'assignment', assignment } });
+      if (g.recipients === undefined || g.recipients.includes(workerId)) streams.get(workerId)?.write({ message: { $case: 'assignment', assignment } });
     });
   };
 
   const onCommit = (workerId: string, commit: CommitStep): void => {
+    allCommits.push({ workerId, commit });
     const rank = ranks.indexOf(workerId);
+    if (rank < 0 || commit.generation !== generation) return;
     const forStep = commits.get(commit.step) ?? [];
     commits.set(commit.step, forStep);
     forStep[rank] = commit;
+    if (job.autoAck === false || commit.nonfinite) return;
     if (forStep.filter((c) => c !== undefined).length < ranks.length) return;
     const hashes = forStep.map((c) => Buffer.from(c.stateHash).toString('hex'));
     if (new Set(hashes).size !== 1) {
@@ -110,7 +160,7 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
       return;
     }
     acked = commit.step;
-    for (const id of ranks) streams.get(id)?.write({ message: { $case: 'commitAck', commitAck: { generation: 1, step: commit.step } } });
+    for (const id of ranks) streams.get(id)?.write({ message: { $case: 'commitAck', commitAck: { generation, step: commit.step, hold: false } } });
     for (const w of [...ackWaiters]) w();
   };
 
@@ -124,7 +174,9 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
             workerId = m.register.workerId;
             streams.set(workerId, call);
             registers.push(m.register);
-            if (registers.length === workers) assign();
+            if (job.autoAssign !== false && registers.length === workers) {
+              assign({ generation: 1, workerIds: registers.slice(0, workers).map((r) => r.workerId).sort() });
+            }
             break;
           case 'heartbeat':
             heartbeats.push(m.heartbeat);
@@ -133,7 +185,10 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
             onCommit(workerId, m.commitStep);
             break;
           case 'leaving':
-            leavings.push({ workerId, reason: m.leaving.reason });
+            leavings.push({ workerId, reason: m.leaving.reason, graceful: m.leaving.graceful });
+            break;
+          case 'stepFailed':
+            stepFailures.push({ workerId, ...m.stepFailed });
             break;
           case undefined:
             break;
@@ -161,8 +216,10 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
     registers,
     heartbeats,
     commits,
+    allCommits,
     mismatches,
     leavings,
+    stepFailures,
     acquireLeaseCalls,
     ackedStep: () => acked,
     waitForAck: (step, timeoutMs) =>
@@ -185,6 +242,13 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
         ackWaiters.add(check);
         check();
       }),
+    assign,
+    abort: (g, reason) => {
+      for (const stream of streams.values()) stream.write({ message: { $case: 'abort', abort: { generation: g, reason } } });
+    },
+    send: (workerId, message) => {
+      streams.get(workerId)?.write({ message });
+    },
     stopAll: (reason) => {
       for (const stream of streams.values()) stream.write({ message: { $case: 'stop', stop: { reason } } });
     },

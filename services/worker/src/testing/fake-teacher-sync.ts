@@ -1,8 +1,9 @@
 /**
  * Test-only: a tiny TeacherSync server with teacher-sync's center rule (docs/cluster.md,
- * "teacher-sync"): center(s+1) = updateCenter(center(s), Σ_r sums_r, Σ_r count_r, m),
- * summing ranks in rank order in float32; center(0) = zeros. Snapshots and the ranks'
- * attestations of them are kept in memory.
+ * "teacher-sync (changes)"): the center of (generation g, step s+1) =
+ * updateCenter(base_center, Σ_r sums_r, Σ_r count_r, m) over the ranks of g pushing step s,
+ * summing ranks in rank order in float32. GetCenter waits for the asked generation's
+ * center (0: the newest). Snapshots and the ranks' attestations are kept in memory.
  */
 import { createHash } from 'node:crypto';
 import { updateCenter } from '@dinofleet/dino';
@@ -33,7 +34,7 @@ export interface FakeSnapshot {
 /** The fake's server and what it saw. */
 export interface FakeTeacherSync extends AsyncDisposable {
   readonly address: string;
-  /** Centers by step (step 0 is zeros once the dimension is known). */
+  /** The newest center of each step. */
   readonly centers: Map<number, { center: Float32Array; patch: Float32Array | null; generation: number }>;
   readonly pushes: PushTeacherSumsRequest[];
   readonly snapshots: FakeSnapshot[];
@@ -53,6 +54,8 @@ function sumInRankOrder(pushes: readonly PushTeacherSumsRequest[], pick: (p: Pus
 /** Starts the fake on 127.0.0.1:0. */
 export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
   const centers = new Map<number, { center: Float32Array; patch: Float32Array | null; generation: number }>();
+  /** Centers by `${generation}/${step}`. */
+  const byGeneration = new Map<string, { center: Float32Array; patch: Float32Array | null; generation: number }>();
   const pending = new Map<string, Map<number, PushTeacherSumsRequest>>();
   const pushes: PushTeacherSumsRequest[] = [];
   const snapshots: FakeSnapshot[] = [];
@@ -70,22 +73,22 @@ export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
       pending.set(key, ranks);
       ranks.set(request.rank, request);
       const ready = ranks.size === request.worldSize;
-      if (ready && !centers.has(request.step + 1)) {
+      const next = `${request.generation}/${request.step + 1}`;
+      if (ready && !byGeneration.has(next)) {
         const ordered = [...ranks.entries()].sort(([a], [b]) => a - b).map(([, p]) => p);
-        const dim = request.sums.byteLength / 4;
-        const previous = centers.get(request.step) ?? {
-          center: new Float32Array(dim),
-          patch: request.patchSums.byteLength > 0 ? new Float32Array(request.patchSums.byteLength / 4) : null,
-          generation: request.generation,
-        };
+        const first = ordered[0] as PushTeacherSumsRequest;
+        const base = bytesToFloat32(first.baseCenter);
+        const basePatch = first.basePatchCenter.byteLength > 0 ? bytesToFloat32(first.basePatchCenter) : null;
         const count = ordered.reduce((n, p) => n + p.count, 0);
-        const center = updateCenter(previous.center, sumInRankOrder(ordered, (p) => p.sums), count, request.centerMomentum);
+        const center = updateCenter(base, sumInRankOrder(ordered, (p) => p.sums), count, request.centerMomentum);
         const patchCount = ordered.reduce((n, p) => n + p.patchCount, 0);
         const patch =
-          previous.patch !== null && patchCount > 0
-            ? updateCenter(previous.patch, sumInRankOrder(ordered, (p) => p.patchSums), patchCount, request.centerMomentum)
-            : previous.patch;
-        centers.set(request.step + 1, { center, patch, generation: request.generation });
+          basePatch !== null && patchCount > 0
+            ? updateCenter(basePatch, sumInRankOrder(ordered, (p) => p.patchSums), patchCount, request.centerMomentum)
+            : basePatch;
+        const made = { center, patch, generation: request.generation };
+        byGeneration.set(next, made);
+        centers.set(request.step + 1, made);
         notify();
       }
       return Promise.resolve({ ranksReceived: ranks.size, centerReady: ready });
@@ -94,7 +97,7 @@ export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
       const deadline = call.getDeadline();
       const deadlineMs = deadline instanceof Date ? deadline.getTime() : Number(deadline);
       for (;;) {
-        const found = centers.get(request.step);
+        const found = request.generation === 0 ? centers.get(request.step) : byGeneration.get(`${request.generation}/${request.step}`);
         if (found !== undefined) {
           return {
             step: request.step,
