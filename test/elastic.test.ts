@@ -81,7 +81,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
     expect(JobState[job.state], job.error).toBe('JOB_STATE_SUCCEEDED');
     await expectExactlyOnce(fleet, jobId, manifestUri);
     const metrics = await scrape(fleet.coordinator.metricsAddress);
-    expect(sampleValue(metrics, 'dinofleet_job_reconfigurations_total', { job: jobId, kind: 'join' })).toBeGreaterThanOrEqual(1);
+    expect(sampleValue(metrics, 'dinofleet_job_reconfigurations_total', { job: jobId, kind: 'scale' })).toBeGreaterThanOrEqual(2);
     // Back to the fleet's size for the next tests.
     await callUnary(client, 'scaleJob', { jobId, workers: 3 }, { deadlineMs: 10_000 }).catch(() => undefined);
   });
