@@ -143,7 +143,8 @@ function isAborted(signal: AbortSignal | undefined): boolean {
   return signal?.aborted === true;
 }
 
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+/** Resolves after `ms`, or at once when `signal` aborts (never rejects). */
+export function sleepUnlessAborted(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve) => {
     if (signal?.aborted === true) {
       resolve();
@@ -176,7 +177,7 @@ export async function withRetry<T>(attempt: (info: RetryAttempt) => Promise<T>, 
       const waitMs = backoffMs(n, config);
       // Waiting past the deadline only to start an attempt that cannot finish is pointless.
       if (Date.now() + waitMs >= config.deadlineMs || isAborted(config.signal)) throw err;
-      await sleep(waitMs, config.signal);
+      await sleepUnlessAborted(waitMs, config.signal);
       if (isAborted(config.signal)) throw err;
     }
   }

@@ -21,6 +21,7 @@ import {
   createClient,
   fromServiceError,
   resolveRetryConfig,
+  sleepUnlessAborted,
   UnavailableError,
   withRetry,
 } from '@dinofleet/proto';
@@ -201,25 +202,6 @@ function seconds(ms: number): string {
   return String(Number((ms / 1000).toFixed(1)));
 }
 
-/** Resolves after `ms`, or at once when `signal` aborts. */
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted === true) {
-      resolve();
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
 /**
  * Settles like `promise`, or with `{ done: false }` once `untilMs` (ms since the epoch)
  * passes or `signal` aborts; `promise` is then left to settle on its own.
@@ -363,7 +345,7 @@ export class TeacherSyncConnection {
       // The last attempt gets what is left of the wait, but never less than a round trip.
       const leftMs = untilMs - Date.now() - MIN_ATTEMPT_MS;
       if (leftMs <= 0) break;
-      await sleep(Math.min(backoffMs(attempt, backoff), leftMs), signal);
+      await sleepUnlessAborted(Math.min(backoffMs(attempt, backoff), leftMs), signal);
       if (isAborted(signal)) throw abortReason(signal);
     }
     throw new UnavailableError(
