@@ -144,6 +144,17 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
     // Steps after the last checkpoint (10 or later) were redone.
     expect(sampleValue(metrics, 'dinofleet_job_steps_lost_total', { job: jobId })).toBeGreaterThanOrEqual(before.committedStep % 5);
   });
+
+  // Last: it takes the fleet's S3 away.
+  it('fails a job clearly when S3 stays unreachable: retries, then the reason and the limit', async () => {
+    const jobId = await submitJob(client, elasticJobSpec(manifestUri, { name: 's3-down', workers: 3, fault: { maxFailedGenerations: 2 }, ...RUN }));
+    await waitForStep(client, jobId, 3);
+    await fleet.s3?.stop();
+    const job = await waitForJob(client, jobId, isTerminal, 240_000);
+    expect(JobState[job.state]).toBe('JOB_STATE_FAILED');
+    expect(job.error).toMatch(/S3 s3:\/\/itest-elastic\/.* after \d+ attempts/);
+    expect(job.error).toMatch(/maxFailedGenerations is 2/);
+  });
 });
 
 describe('non-finite steps', { timeout: 300_000 }, () => {
