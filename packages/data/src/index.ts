@@ -33,6 +33,7 @@ export {
   DEFAULT_SPLIT_BLOCK_BYTES,
   MAX_MANIFEST_SPLITS,
   ManifestFormatError,
+  ManifestReadError,
   manifestSplit,
   manifestSplitCount,
   planManifestObjectSplits,

@@ -1,8 +1,11 @@
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { parseManifestRecord } from './manifest-record.ts';
-import { manifestSplit, planManifestObjectSplits, planManifestSplits, readSplitRecords } from './manifest-splits.ts';
+import { ManifestReadError, manifestSplit, planManifestObjectSplits, planManifestSplits, readSplitRecords } from './manifest-splits.ts';
+import { createS3Client, resolveS3Config } from './s3-config.ts';
 import type { ManifestRecord, ManifestSplit } from './manifest-splits.ts';
 import { memoryS3 } from './testing/memory-s3.ts';
 import { startTestS3 } from './testing/s3.ts';
@@ -200,6 +203,23 @@ describe('readSplitRecords failures', () => {
     expect(await read(split, { blockBytes: 16, maxRecordBytes: 100 })).toEqual(['short', 'x'.repeat(100), 'end']);
     await expect(read({ index: 3, start: 50, end: bytes.byteLength + 10 }, { blockBytes: 16 })).rejects.toThrow(/shorter than split 3/);
     await expect(read(split, { blockBytes: 0 })).rejects.toThrow(/blockBytes/);
+  });
+
+  it('gives up on an unreachable S3 after its retries with a ManifestReadError naming the object and the attempts', async () => {
+    // A port nobody listens on: every GET fails with ECONNREFUSED (retryable).
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const { port } = closed.address() as AddressInfo;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const client = createS3Client(resolveS3Config({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 1 }, {}));
+    try {
+      const records = readSplitRecords(client, 'b', 'manifest.txt', { index: 0, start: 0, end: 100 }, { retries: 2 });
+      const error = await records.next().then(() => undefined, (e: unknown) => e);
+      expect(error).toBeInstanceOf(ManifestReadError);
+      expect((error as Error).message).toMatch(/^S3 s3:\/\/b\/manifest\.txt \(manifest bytes 0-\d+\): .*ECONNREFUSED.* after 3 attempts$/);
+    } finally {
+      client.destroy();
+    }
   });
 });
 

@@ -161,6 +161,13 @@ export const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
 // so they start small and double instead of fetching whole blocks.
 const TAIL_FIRST_BYTES = 4 * 1024;
 
+/** Thrown when the manifest's bytes stay unreadable (S3 unreachable, throttling, 5xx) after retries. */
+export class ManifestReadError extends Error {
+  override readonly name = 'ManifestReadError';
+  /** Stable code. */
+  readonly code = 'manifest_unreadable';
+}
+
 /** Thrown when a manifest cannot be read as records. */
 export class ManifestFormatError extends Error {
   override readonly name = 'ManifestFormatError';
@@ -235,7 +242,11 @@ export async function* readSplitRecords(
           ...(options.signal !== undefined && { signal: options.signal }),
         });
       } catch (error) {
-        if (attempt >= retries || !isRetryableS3Error(error)) throw error;
+        if (!isRetryableS3Error(error)) throw error;
+        if (attempt >= retries) {
+          const message = error instanceof Error ? error.message : String(error);
+          throw new ManifestReadError(`S3 s3://${bucket}/${key} (manifest bytes ${from}-${to}): ${message} after ${attempt + 1} attempts`, { cause: error });
+        }
         await sleep(backoffDelayMs(attempt), options.signal);
       }
     }
