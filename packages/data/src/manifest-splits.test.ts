@@ -211,7 +211,7 @@ describe('readSplitRecords failures', () => {
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
     const { port } = closed.address() as AddressInfo;
     await new Promise<void>((resolve) => closed.close(() => resolve()));
-    const client = createS3Client(resolveS3Config({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 1 }, {}));
+    const client = createS3Client(resolveS3Config({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 1, credentials: { accessKeyId: 'k', secretAccessKey: 's' } }, {}));
     try {
       const records = readSplitRecords(client, 'b', 'manifest.txt', { index: 0, start: 0, end: 100 }, { retries: 2 });
       const error = await records.next().then(() => undefined, (e: unknown) => e);
