@@ -3,7 +3,7 @@
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runEquivalence } from '@dinofleet/bench/equivalence';
+import { runEquivalence, scaleThenKill } from '@dinofleet/bench/equivalence';
 import { describe, expect, it } from 'vitest';
 
 describe('equivalence of the cluster and the one-process trainer', () => {
@@ -17,6 +17,26 @@ describe('equivalence of the cluster and the one-process trainer', () => {
     expect(result.maxAbsDiffCenter).toBeLessThanOrEqual(1e-5);
     // The steps moved the weights by far more than the tolerance, so agreeing is not just
     // agreeing on the initial state.
+    expect(result.maxAbsUpdate).toBeGreaterThan(1e-4);
+  });
+
+  it('stays equal when the fleet changes mid-run: scaled from 2 to 3 workers, then a worker SIGKILLed', { timeout: 300_000 }, async () => {
+    const logDir = await mkdtemp(join(tmpdir(), 'dinofleet-equivalence-elastic-'));
+    const result = await runEquivalence({
+      workers: 2,
+      maxWorkers: 3,
+      steps: 8,
+      globalBatchSize: 12,
+      images: 128,
+      nLocal: 1,
+      logDir,
+      during: scaleThenKill({ scaleAfter: 2, scaleTo: 3, killAfter: 4 }),
+    });
+    // Generation 1 (2 ranks), 2 (3 ranks after the join), 3 (2 survivors), 4 (the replacement joined).
+    expect(result.generations).toBeGreaterThanOrEqual(3);
+    expect(result.maxAbsDiffStudent).toBeLessThanOrEqual(1e-5);
+    expect(result.maxAbsDiffTeacher).toBeLessThanOrEqual(1e-5);
+    expect(result.maxAbsDiffCenter).toBeLessThanOrEqual(1e-5);
     expect(result.maxAbsUpdate).toBeGreaterThan(1e-4);
   });
 });

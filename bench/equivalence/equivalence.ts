@@ -9,6 +9,7 @@ import { initComputeBackend } from '@dinofleet/compute';
 import { createS3Client, fetchImages, readCheckpoint, resolveS3Config, type NamedTensor } from '@dinofleet/data';
 import { buildCropBatch, createDinoState, disposeDinoState, Rng, trainStep, type DinoState, type Image } from '@dinofleet/dino';
 import { startLocalFleet, uploadFashionMnist } from '@dinofleet/local';
+import type { LocalFleet } from '@dinofleet/local';
 import { callUnary, createClient, JobServiceClient, JobState, type Job } from '@dinofleet/proto';
 import { Redis } from 'ioredis';
 
@@ -24,6 +25,13 @@ export interface EquivalenceOptions {
   readonly images?: number;
   /** Local crops per image. @default 2 */
   readonly nLocal?: number;
+  /** Most workers (`spec.fleet.maxWorkers`), for runs that scale up. @default workers */
+  readonly maxWorkers?: number;
+  /**
+   * Runs beside the job once it is submitted (scale it, kill workers): the reference is
+   * trained on the batches the ledger says were committed, whatever the fleet did.
+   */
+  readonly during?: (run: { readonly fleet: LocalFleet; readonly client: JobServiceClient; readonly jobId: string }) => Promise<void>;
   /** Worker logs go here (one file per process). */
   readonly logDir?: string;
   /** Progress lines. */
@@ -46,6 +54,10 @@ export interface EquivalenceResult {
   readonly tensorsCompared: number;
   /** Wall time of the cluster job, seconds (submit to SUCCEEDED). */
   readonly clusterSeconds: number;
+  /** Generations the job went through (1 when nothing changed). */
+  readonly generations: number;
+  /** World size of the last commit. */
+  readonly finalWorldSize: number;
 }
 
 const BUCKET = 'dinofleet-equivalence';
@@ -53,7 +65,7 @@ const SEED = 7;
 const TERMINAL = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
 
 /** The job the fleet runs: `dino` (centering through teacher-sync) without rank-dependent randomness. */
-function equivalenceSpec(manifestUri: string, o: Required<Omit<EquivalenceOptions, 'logDir' | 'log'>>): Record<string, unknown> {
+function equivalenceSpec(manifestUri: string, o: Required<Omit<EquivalenceOptions, 'logDir' | 'log' | 'during'>>): Record<string, unknown> {
   return {
     apiVersion: 'dinofleet/v1',
     kind: 'TrainingJob',
@@ -69,7 +81,7 @@ function equivalenceSpec(manifestUri: string, o: Required<Omit<EquivalenceOption
       },
       data: { manifest: manifestUri, recordSamples: true, shards: 4 * o.workers },
       training: { steps: o.steps, globalBatchSize: o.globalBatchSize, seed: SEED },
-      fleet: { workers: o.workers },
+      fleet: { workers: o.workers, minWorkers: 1, maxWorkers: o.maxWorkers },
       checkpoint: { uri: `s3://${BUCKET}/checkpoints/`, everySteps: 1_000_000 },
     },
   };
@@ -128,6 +140,30 @@ async function waitForJob(client: JobServiceClient, jobId: string, timeoutMs: nu
   }
 }
 
+/** Polls until a step after `afterStep` committed (or the job ended). */
+async function waitForStepAfter(client: JobServiceClient, jobId: string, afterStep: number): Promise<Job | undefined> {
+  for (;;) {
+    const { job } = await callUnary(client, 'getJob', { jobId }, { deadlineMs: 5000 });
+    if (job === undefined || TERMINAL.has(job.state) || job.committedStep > afterStep) return job;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * A disruption for {@link EquivalenceOptions.during}: ScaleJob(`scaleTo`) once step
+ * `scaleAfter` committed, then a SIGKILL of one worker once step `killAfter` committed (the
+ * survivors go on in a new generation; the local scaler starts a replacement that joins).
+ */
+export function scaleThenKill(o: { readonly scaleAfter: number; readonly scaleTo: number; readonly killAfter: number }): NonNullable<EquivalenceOptions['during']> {
+  return async ({ fleet, client, jobId }) => {
+    if ((await waitForStepAfter(client, jobId, o.scaleAfter - 1))?.finishedAtUnixMs !== 0) return;
+    await callUnary(client, 'scaleJob', { jobId, workers: o.scaleTo }, { deadlineMs: 10_000 });
+    if ((await waitForStepAfter(client, jobId, o.killAfter - 1))?.finishedAtUnixMs !== 0) return;
+    const victim = (await fleet.workers())[1];
+    if (victim !== undefined) process.kill(victim.pid, 'SIGKILL');
+  };
+}
+
 /** One-process reference: the same images per step, the same crops, `trainStep`. */
 async function referenceRun(spec: JobSpec, images: readonly (readonly Image[])[]): Promise<{ state: DinoState; initialStudent: Map<string, Float32Array> }> {
   const recipe = resolveRecipe(spec);
@@ -150,6 +186,7 @@ export async function runEquivalence(options: EquivalenceOptions = {}): Promise<
     globalBatchSize: options.globalBatchSize ?? 16,
     images: options.images ?? 256,
     nLocal: options.nLocal ?? 2,
+    maxWorkers: options.maxWorkers ?? options.workers ?? 2,
   };
   const log = options.log ?? (() => undefined);
   await using fleet = await startLocalFleet({ workers: o.workers, backend: 'wasm', ...(options.logDir !== undefined && { logDir: options.logDir }) });
@@ -165,7 +202,9 @@ export async function runEquivalence(options: EquivalenceOptions = {}): Promise<
     try {
       const { jobId } = await callUnary(client, 'submitJob', { spec: JSON.stringify(specObject), idempotencyKey: '' }, { deadlineMs: 30_000 });
       log(`submitted ${jobId}`);
+      const during = options.during?.({ fleet, client, jobId });
       const job = await waitForJob(client, jobId, 10 * 60_000);
+      await during;
       const clusterSeconds = (performance.now() - started) / 1000;
       if (job.state !== JobState.JOB_STATE_SUCCEEDED) throw new Error(`job ${jobId} ended ${JobState[job.state]}: ${job.error}`);
       log(`job ${jobId} succeeded after ${clusterSeconds.toFixed(1)} s, ${job.committedStep} steps`);
@@ -230,6 +269,8 @@ export async function runEquivalence(options: EquivalenceOptions = {}): Promise<
           maxAbsUpdate: update,
           tensorsCompared: compared,
           clusterSeconds,
+          generations: job.generation,
+          finalWorldSize: job.progress?.worldSize ?? 0,
         };
       } finally {
         disposeDinoState(state);

@@ -1,19 +1,22 @@
-// `npm run bench -- equivalence [--workers 2] [--steps 4] [--batch-size 16]`
+// `npm run bench -- equivalence [--workers 2] [--steps 4] [--batch-size 16] [--elastic]`
 // A job on a local fleet (Redis, s3rver, coordinator, teacher-sync, N worker processes)
 // against the one-process trainer on the same batches: the largest |Δ| over every student
-// and teacher weight and the center. Target: max_abs_diff <= 1e-5.
+// and teacher weight and the center. Target: max_abs_diff <= 1e-5. `--elastic`: the job is
+// scaled up by one worker after step 2 and loses a worker (SIGKILL) after step 4; the
+// reference trains on the batches that were committed.
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { log, report } from '../lib/report.ts';
-import { runEquivalence } from './equivalence.ts';
+import { runEquivalence, scaleThenKill } from './equivalence.ts';
 
 const { values } = parseArgs({
   options: {
     workers: { type: 'string', default: '2' },
     steps: { type: 'string', default: '6' },
     'batch-size': { type: 'string', default: '16' },
+    elastic: { type: 'boolean', default: false },
   },
 });
 const logDir = await mkdtemp(join(tmpdir(), 'dinofleet-equivalence-'));
@@ -21,6 +24,10 @@ const result = await runEquivalence({
   workers: Number(values.workers),
   steps: Number(values.steps),
   globalBatchSize: Number(values['batch-size']),
+  ...(values.elastic && {
+    maxWorkers: Number(values.workers) + 1,
+    during: scaleThenKill({ scaleAfter: 2, scaleTo: Number(values.workers) + 1, killAfter: 4 }),
+  }),
   logDir,
   log,
 });
@@ -29,6 +36,8 @@ log(`max |Δ|: student ${result.maxAbsDiffStudent.toExponential(2)}, teacher ${r
 report({
   workers: result.workers,
   steps: result.steps,
+  generations: result.generations,
+  final_world_size: result.finalWorldSize,
   max_abs_diff: result.maxAbsDiff,
   max_abs_diff_student: result.maxAbsDiffStudent,
   max_abs_diff_teacher: result.maxAbsDiffTeacher,
