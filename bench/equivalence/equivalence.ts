@@ -151,14 +151,20 @@ async function waitForStepAfter(client: JobServiceClient, jobId: string, afterSt
 
 /**
  * A disruption for {@link EquivalenceOptions.during}: ScaleJob(`scaleTo`) once step
- * `scaleAfter` committed, then a SIGKILL of one worker once step `killAfter` committed (the
- * survivors go on in a new generation; the local scaler starts a replacement that joins).
+ * `scaleAfter` committed, then, once a step committed at that size and at step `killAfter`
+ * or later, a SIGKILL of one worker (the survivors go on in a new generation; the local
+ * scaler starts a replacement that joins).
  */
 export function scaleThenKill(o: { readonly scaleAfter: number; readonly scaleTo: number; readonly killAfter: number }): NonNullable<EquivalenceOptions['during']> {
   return async ({ fleet, client, jobId }) => {
     if ((await waitForStepAfter(client, jobId, o.scaleAfter - 1))?.finishedAtUnixMs !== 0) return;
     await callUnary(client, 'scaleJob', { jobId, workers: o.scaleTo }, { deadlineMs: 10_000 });
-    if ((await waitForStepAfter(client, jobId, o.killAfter - 1))?.finishedAtUnixMs !== 0) return;
+    // The kill comes once the joiner trains (a commit at the new size), at step killAfter or later.
+    let job: Job | undefined;
+    do {
+      job = await waitForStepAfter(client, jobId, Math.max(o.killAfter - 1, job?.committedStep ?? 0));
+    } while (job !== undefined && job.finishedAtUnixMs === 0 && job.progress?.worldSize !== o.scaleTo);
+    if (job?.finishedAtUnixMs !== 0) return;
     const victim = (await fleet.workers())[1];
     if (victim !== undefined) process.kill(victim.pid, 'SIGKILL');
   };

@@ -1,4 +1,4 @@
-// `npm run bench -- equivalence [--workers 2] [--steps 4] [--batch-size 16] [--elastic]`
+// `npm run bench -- equivalence [--workers 2] [--steps 6, 16 with --elastic] [--batch-size 16] [--elastic]`
 // A job on a local fleet (Redis, s3rver, coordinator, teacher-sync, N worker processes)
 // against the one-process trainer on the same batches: the largest |Δ| over every student
 // and teacher weight and the center. Target: max_abs_diff <= 1e-5. `--elastic`: the job is
@@ -14,7 +14,7 @@ import { runEquivalence, scaleThenKill } from './equivalence.ts';
 const { values } = parseArgs({
   options: {
     workers: { type: 'string', default: '2' },
-    steps: { type: 'string', default: '6' },
+    steps: { type: 'string' },
     'batch-size': { type: 'string', default: '16' },
     elastic: { type: 'boolean', default: false },
   },
@@ -22,7 +22,8 @@ const { values } = parseArgs({
 const logDir = await mkdtemp(join(tmpdir(), 'dinofleet-equivalence-'));
 const result = await runEquivalence({
   workers: Number(values.workers),
-  steps: Number(values.steps),
+  // A joining worker process takes seconds to boot: the elastic run needs more steps.
+  steps: Number(values.steps ?? (values.elastic ? 16 : 6)),
   globalBatchSize: Number(values['batch-size']),
   ...(values.elastic && {
     maxWorkers: Number(values.workers) + 1,
