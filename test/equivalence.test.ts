@@ -25,6 +25,8 @@ describe('equivalence of the cluster and the one-process trainer', () => {
     const result = await runEquivalence({
       workers: 2,
       maxWorkers: 3,
+      // The third process waits idle, so the scale-up joins at the next boundary.
+      fleetWorkers: 3,
       steps: 8,
       globalBatchSize: 12,
       images: 128,

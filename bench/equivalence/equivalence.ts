@@ -28,6 +28,11 @@ export interface EquivalenceOptions {
   /** Most workers (`spec.fleet.maxWorkers`), for runs that scale up. @default workers */
   readonly maxWorkers?: number;
   /**
+   * Worker processes the fleet starts (the ones beyond `workers` wait idle, so a scale-up
+   * joins at the next step boundary instead of after a process boot). @default workers
+   */
+  readonly fleetWorkers?: number;
+  /**
    * Runs beside the job once it is submitted (scale it, kill workers): the reference is
    * trained on the batches the ledger says were committed, whatever the fleet did.
    */
@@ -65,7 +70,7 @@ const SEED = 7;
 const TERMINAL = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
 
 /** The job the fleet runs: `dino` (centering through teacher-sync) without rank-dependent randomness. */
-function equivalenceSpec(manifestUri: string, o: Required<Omit<EquivalenceOptions, 'logDir' | 'log' | 'during'>>): Record<string, unknown> {
+function equivalenceSpec(manifestUri: string, o: Required<Omit<EquivalenceOptions, 'logDir' | 'log' | 'during' | 'fleetWorkers'>>): Record<string, unknown> {
   return {
     apiVersion: 'dinofleet/v1',
     kind: 'TrainingJob',
@@ -195,7 +200,7 @@ export async function runEquivalence(options: EquivalenceOptions = {}): Promise<
     maxWorkers: options.maxWorkers ?? options.workers ?? 2,
   };
   const log = options.log ?? (() => undefined);
-  await using fleet = await startLocalFleet({ workers: o.workers, backend: 'wasm', ...(options.logDir !== undefined && { logDir: options.logDir }) });
+  await using fleet = await startLocalFleet({ workers: options.fleetWorkers ?? o.workers, backend: 'wasm', ...(options.logDir !== undefined && { logDir: options.logDir }) });
   const s3 = createS3Client(resolveS3Config({}, { ...process.env, ...fleet.s3Env }));
   try {
     log(`fleet up: coordinator ${fleet.coordinatorAddress}, teacher-sync ${fleet.teacherSyncAddress}`);

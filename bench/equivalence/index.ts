@@ -1,4 +1,4 @@
-// `npm run bench -- equivalence [--workers 2] [--steps 6, 16 with --elastic] [--batch-size 16] [--elastic]`
+// `npm run bench -- equivalence [--workers 2] [--steps 6, 10 with --elastic] [--batch-size 16] [--elastic]`
 // A job on a local fleet (Redis, s3rver, coordinator, teacher-sync, N worker processes)
 // against the one-process trainer on the same batches: the largest |Δ| over every student
 // and teacher weight and the center. Target: max_abs_diff <= 1e-5. `--elastic`: the job is
@@ -22,11 +22,11 @@ const { values } = parseArgs({
 const logDir = await mkdtemp(join(tmpdir(), 'dinofleet-equivalence-'));
 const result = await runEquivalence({
   workers: Number(values.workers),
-  // A joining worker process takes seconds to boot: the elastic run needs more steps.
-  steps: Number(values.steps ?? (values.elastic ? 16 : 6)),
+  steps: Number(values.steps ?? (values.elastic ? 10 : 6)),
   globalBatchSize: Number(values['batch-size']),
   ...(values.elastic && {
     maxWorkers: Number(values.workers) + 1,
+    fleetWorkers: Number(values.workers) + 1,
     during: scaleThenKill({ scaleAfter: 2, scaleTo: Number(values.workers) + 1, killAfter: 4 }),
   }),
   logDir,
