@@ -1031,6 +1031,8 @@ export class JobRunner implements WorkerListener, LeaseAuthority {
     switch (outcome.kind) {
       case 'succeeded':
         stop('job succeeded');
+        // Tidied before the state changes, so whoever sees SUCCEEDED sees no lease queue.
+        await leases?.obliterate().catch((err: unknown) => this.#log.warn('deleting the lease queue failed', { err: errorText(err) }));
         await store.setState(this.jobId, 'SUCCEEDED', 'job succeeded', { finishedAt: now, workersActive: 0 });
         await store.appendEvent(this.jobId, {
           severity: Severity.SEVERITY_INFO,
@@ -1039,7 +1041,6 @@ export class JobRunner implements WorkerListener, LeaseAuthority {
           generation: this.#record.generation,
           step: outcome.committedStep,
         });
-        await leases?.obliterate();
         break;
       case 'failed':
         stop(`job failed: ${outcome.message}`);
