@@ -11,4 +11,4 @@ export { LogLevel, createLogger } from './logger.ts';
 export type { LogFields, LogSink, Logger, LoggerOptions } from './logger.ts';
 export { MAX_LOG_DEPTH, REDACTED, isSecretFieldName, maskSecrets, toLoggable } from './redact.ts';
 export type { Loggable } from './redact.ts';
-export { Registry } from 'prom-client';
+export { Counter, Gauge, Histogram, Registry } from 'prom-client';

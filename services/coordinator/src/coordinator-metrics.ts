@@ -5,6 +5,7 @@
  * `Registry`), so the few gauges and counters here are small objects that speak the
  * registry's `get()` protocol instead of prom-client's metric classes.
  */
+import { Histogram } from '@dinofleet/telemetry';
 import type { Registry } from '@dinofleet/telemetry';
 import { JOB_STATE_NAMES } from './job-store.ts';
 import type { JobStateName } from './job-store.ts';
@@ -65,62 +66,8 @@ export class LabelledMetric {
   }
 }
 
-/** Default buckets of {@link LabelledHistogram}, seconds: a recovery takes seconds to a minute. */
+/** Buckets of `dinofleet_job_recovery_seconds`: a recovery takes seconds to a minute. */
 export const RECOVERY_SECONDS_BUCKETS: readonly number[] = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300];
-
-/** A histogram with labels (cumulative buckets, `_sum`, `_count`), in the registry's protocol. */
-export class LabelledHistogram {
-  readonly type = 'histogram';
-  readonly #series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
-
-  constructor(
-    readonly name: string,
-    readonly help: string,
-    readonly buckets: readonly number[] = RECOVERY_SECONDS_BUCKETS,
-  ) {}
-
-  /** Records one observation for `labels`. */
-  observe(labels: Labels, value: number): void {
-    const key = JSON.stringify(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : 1)));
-    const series = this.#series.get(key) ?? { labels, counts: this.buckets.map(() => 0), sum: 0, count: 0 };
-    this.buckets.forEach((le, i) => {
-      if (value <= le) series.counts[i] = (series.counts[i] ?? 0) + 1;
-    });
-    series.sum += value;
-    series.count += 1;
-    this.#series.set(key, series);
-  }
-
-  /** Observations recorded for `labels`. */
-  count(labels: Labels): number {
-    const key = JSON.stringify(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : 1)));
-    return this.#series.get(key)?.count ?? 0;
-  }
-
-  /** Forgets every series whose labels include `labels`. */
-  removeMatching(labels: Labels): void {
-    for (const [key, entry] of this.#series) {
-      if (Object.entries(labels).every(([k, v]) => entry.labels[k] === v)) this.#series.delete(key);
-    }
-  }
-
-  /** The registry's collection protocol. */
-  get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: { labels: Labels; value: number; metricName: string }[] }> {
-    const values: { labels: Labels; value: number; metricName: string }[] = [];
-    for (const { labels, counts, sum, count } of this.#series.values()) {
-      this.buckets.forEach((le, i) => values.push({ labels: { ...labels, le: String(le) }, value: counts[i] ?? 0, metricName: `${this.name}_bucket` }));
-      values.push({ labels: { ...labels, le: '+Inf' }, value: count, metricName: `${this.name}_bucket` });
-      values.push({ labels, value: sum, metricName: `${this.name}_sum` });
-      values.push({ labels, value: count, metricName: `${this.name}_count` });
-    }
-    return Promise.resolve({ name: this.name, help: this.help, type: this.type, aggregator: 'sum', values });
-  }
-
-  /** Registry.reset() support. */
-  reset(): void {
-    this.#series.clear();
-  }
-}
 
 /** The coordinator's metrics. */
 export class CoordinatorMetrics {
@@ -136,7 +83,13 @@ export class CoordinatorMetrics {
   readonly workersRegistered = new LabelledMetric('dinofleet_workers_registered', 'Workers holding a control stream.', 'gauge');
   readonly liveRanks = new LabelledMetric('dinofleet_job_live_ranks', 'World size of the current generation.', 'gauge');
   readonly recoveries = new LabelledMetric('dinofleet_job_recoveries_total', 'Recoveries by cause (rank_lost, step_failed, nonfinite, coordinator_restart, rollback).', 'counter');
-  readonly recoverySeconds = new LabelledHistogram('dinofleet_job_recovery_seconds', 'Seconds from detecting a failure to the next commit.');
+  readonly recoverySeconds = new Histogram({
+    name: 'dinofleet_job_recovery_seconds',
+    help: 'Seconds from detecting a failure to the next commit.',
+    labelNames: ['job'],
+    buckets: [...RECOVERY_SECONDS_BUCKETS],
+    registers: [],
+  });
   readonly reconfigurations = new LabelledMetric('dinofleet_job_reconfigurations_total', 'Generations formed at a step boundary, by kind (join, leave, scale).', 'counter');
   readonly stepsLost = new LabelledMetric('dinofleet_job_steps_lost_total', 'Committed steps thrown away by checkpoint restores.', 'counter');
   readonly samplesCommitted = new LabelledMetric('dinofleet_job_samples_committed_total', 'Samples of committed steps.', 'counter');
@@ -163,7 +116,6 @@ export class CoordinatorMetrics {
       this.workersRegistered,
       this.liveRanks,
       this.recoveries,
-      this.recoverySeconds,
       this.reconfigurations,
       this.stepsLost,
       this.samplesCommitted,
@@ -172,5 +124,6 @@ export class CoordinatorMetrics {
     ]) {
       registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
     }
+    registry.registerMetric(this.recoverySeconds);
   }
 }

@@ -4,7 +4,7 @@
  */
 export { JOBS_QUEUE, startCoordinator } from './coordinator.ts';
 export type { Coordinator, CoordinatorOptions } from './coordinator.ts';
-export { CoordinatorMetrics, LabelledHistogram, LabelledMetric, RECOVERY_SECONDS_BUCKETS } from './coordinator-metrics.ts';
+export { CoordinatorMetrics, LabelledMetric, RECOVERY_SECONDS_BUCKETS } from './coordinator-metrics.ts';
 export { CHECKPOINT_DATA_FILE, completeCheckpoint, findLatestCheckpoint } from './checkpoint-commit.ts';
 export type { CheckpointData, FoundCheckpoint } from './checkpoint-commit.ts';
 export { COORDINATOR_FLAG_OPTIONS, COORDINATOR_USAGE, resolveCoordinatorConfig } from './coordinator-config.ts';
