@@ -46,6 +46,8 @@ export interface FetchImagesOptions {
   readonly maxObjectBytes?: number;
   /** Backoff between retries. @default 100 ms base, 5 s cap, full jitter */
   readonly backoff?: BackoffOptions;
+  /** Called before each retry of an object's read (`attempt` counts from 1), e.g. to log it. */
+  readonly onRetry?: (key: string, attempt: number, detail: string) => void;
   /** Aborts the batch: the returned promise rejects with the signal's reason. */
   readonly signal?: AbortSignal;
 }
@@ -92,7 +94,7 @@ async function fetchOne(
   s3: S3Client,
   bucket: string,
   key: string,
-  config: Required<Omit<FetchImagesOptions, 'signal' | 'backoff'>> & Pick<FetchImagesOptions, 'signal' | 'backoff'>,
+  config: Required<Omit<FetchImagesOptions, 'signal' | 'backoff' | 'onRetry'>> & Pick<FetchImagesOptions, 'signal' | 'backoff' | 'onRetry'>,
 ): Promise<FetchedImage> {
   let bytes: Uint8Array | undefined;
   for (let attempt = 0; bytes === undefined; attempt++) {
@@ -105,6 +107,7 @@ async function fetchOne(
       if (attempt >= config.retries || !isRetryableS3Error(error)) {
         return { key, skipped: FetchSkipReason.ReadError, detail: `after ${attempt + 1} attempt(s): ${describe(error)}` };
       }
+      config.onRetry?.(key, attempt + 1, describe(error));
       await sleep(backoffDelayMs(attempt, config.backoff), config.signal);
     }
   }
@@ -144,6 +147,7 @@ export async function fetchImages(
     channels: options.channels ?? 3,
     ...(options.signal !== undefined && { signal: options.signal }),
     ...(options.backoff !== undefined && { backoff: options.backoff }),
+    ...(options.onRetry !== undefined && { onRetry: options.onRetry }),
   };
 
   const results = new Array<FetchedImage>(keys.length);

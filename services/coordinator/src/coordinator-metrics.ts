@@ -76,12 +76,11 @@ export class CoordinatorMetrics {
   readonly step = new LabelledMetric('dinofleet_job_step', 'Last committed step.', 'gauge');
   readonly totalSteps = new LabelledMetric('dinofleet_job_total_steps', 'Total steps of the job.', 'gauge');
   readonly generation = new LabelledMetric('dinofleet_job_generation', 'Current membership generation.', 'gauge');
-  readonly worldSize = new LabelledMetric('dinofleet_job_world_size', 'Ranks in the current generation.', 'gauge');
+  readonly worldSize = new LabelledMetric('dinofleet_job_world_size', 'Live ranks: the ranks of the current generation.', 'gauge');
   readonly imagesPerSecond = new LabelledMetric('dinofleet_job_images_per_second', 'Global images per second over the recent commits.', 'gauge');
   readonly loss = new LabelledMetric('dinofleet_job_loss', 'Loss terms of the last committed step, averaged over ranks.', 'gauge');
   readonly samplesSkipped = new LabelledMetric('dinofleet_job_samples_skipped_total', 'Manifest entries skipped in committed steps.', 'counter');
   readonly workersRegistered = new LabelledMetric('dinofleet_workers_registered', 'Workers holding a control stream.', 'gauge');
-  readonly liveRanks = new LabelledMetric('dinofleet_job_live_ranks', 'World size of the current generation.', 'gauge');
   readonly recoveries = new LabelledMetric('dinofleet_job_recoveries_total', 'Recoveries by cause (rank_lost, step_failed, nonfinite, coordinator_restart, rollback).', 'counter');
   readonly recoverySeconds = new Histogram({
     name: 'dinofleet_job_recovery_seconds',
@@ -114,7 +113,6 @@ export class CoordinatorMetrics {
       this.loss,
       this.samplesSkipped,
       this.workersRegistered,
-      this.liveRanks,
       this.recoveries,
       this.reconfigurations,
       this.stepsLost,

@@ -451,7 +451,6 @@ export class JobRunner implements WorkerListener, LeaseAuthority {
     });
     this.#ctx.metrics.generation.set({ job: this.jobId }, number);
     this.#ctx.metrics.worldSize.set({ job: this.jobId }, worldSize);
-    this.#ctx.metrics.liveRanks.set({ job: this.jobId }, worldSize);
     for (const session of ranks) session.held = { jobId: this.jobId, stateStep: startStep, stateHash: '' };
     const manifestUri = this.#spec.spec.data.manifest;
     ranks.forEach((session, rank) => {
@@ -1077,7 +1076,7 @@ export class JobRunner implements WorkerListener, LeaseAuthority {
     if (outcome.kind !== 'suspended') {
       registry.forgetHeld(this.jobId);
       await this.#ctx.requestWorkers(this.jobId, 0);
-      for (const metric of [this.#ctx.metrics.generation, this.#ctx.metrics.worldSize, this.#ctx.metrics.imagesPerSecond, this.#ctx.metrics.liveRanks]) {
+      for (const metric of [this.#ctx.metrics.generation, this.#ctx.metrics.worldSize, this.#ctx.metrics.imagesPerSecond]) {
         metric.removeMatching({ job: this.jobId });
       }
     }

@@ -223,7 +223,8 @@ describe('S3BatchLoader on shard leases', () => {
       bucket: s3.bucket,
       batchSize: 2,
       channels: 1,
-      readRetryDelaysMs: [5, 10, 20],
+      readRetries: 3,
+      readBackoff: { baseMs: 5 },
       onReadRetry: (key, attempt) => retries.push({ key, attempt }),
     });
   }

@@ -8,7 +8,7 @@ import { setMaxListeners } from 'node:events';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Image } from '@dinofleet/dino';
 import { DEFAULT_FETCH_CONCURRENCY, FetchSkipReason, ManifestRecordError, fetchImages, parseManifestRecord } from '@dinofleet/data';
-import type { FetchedImage } from '@dinofleet/data';
+import type { BackoffOptions, FetchedImage } from '@dinofleet/data';
 import { UnavailableError } from '@dinofleet/proto';
 import type { DataCursor, SkippedSample } from '@dinofleet/proto';
 import type { LeaseReader } from './lease-reader.ts';
@@ -52,40 +52,26 @@ export interface S3BatchLoaderOptions {
   /** Called for every skipped entry (logging, the skipped-samples metric). */
   onSkip?: (skipped: SkippedSample, detail: string) => void;
   /**
-   * Waits before each further try of an object whose read failed (not a missing object
-   * nor an undecodable one), in ms; once they are used up the batch fails with
+   * Retries of an object whose read failed (not a missing object nor an undecodable one),
+   * done by `fetchImages` with `readBackoff`; once they are used up the batch fails with
    * `S3 s3://bucket/key: <error> after N attempts`. Each try is one request with the S3
-   * client's own retries. @default {@link READ_RETRY_DELAYS_MS}
+   * client's own retries. @default {@link READ_RETRIES}
    */
-  readRetryDelaysMs?: readonly number[];
+  readRetries?: number;
+  /** Backoff between those retries. @default {@link READ_BACKOFF}: 0.5, 1, 2 s upper bounds, jittered */
+  readBackoff?: BackoffOptions;
   /** Logs each retry of a failed read. */
   onReadRetry?: (key: string, attempt: number, detail: string) => void;
 }
 
-/** Default of {@link S3BatchLoaderOptions.readRetryDelaysMs}: 0.5, 1 and 2 s (docs/cluster.md, worker item 9). */
-export const READ_RETRY_DELAYS_MS: readonly number[] = [500, 1_000, 2_000];
+/** Default of {@link S3BatchLoaderOptions.readRetries} (docs/cluster.md, worker item 9). */
+export const READ_RETRIES = 3;
+/** Default of {@link S3BatchLoaderOptions.readBackoff}: retry k waits up to 0.5 · 2^k s. */
+export const READ_BACKOFF: BackoffOptions = { baseMs: 500, capMs: 5_000 };
 
 /** A batch could not be read: an object kept failing (not missing, not undecodable). */
 export class ImageReadError extends UnavailableError {}
 
-/** Resolves after `ms`, or rejects with the signal's reason once it aborts. */
-function delay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) {
-      reject(signal.reason as Error);
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(signal.reason as Error);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
 
 /** Reason of a manifest line that is not `key[<TAB>label]`. */
 export const INVALID_RECORD_REASON = 'invalid_record';
@@ -147,41 +133,29 @@ export class S3BatchLoader implements BatchSource {
   }
 
   /**
-   * Fetches `keys`: a missing or undecodable object comes back skipped, one whose read
-   * fails otherwise (5xx, throttling, network, denied) is tried again after each of
-   * `readRetryDelaysMs` and then fails the batch, since skipping it would make the sample
-   * ledger depend on S3's mood rather than on the data.
+   * Fetches `keys`: a missing or undecodable object comes back skipped; one whose read
+   * fails otherwise (5xx, throttling, network, denied) is retried by `fetchImages` and then
+   * fails the batch, since skipping it would make the sample ledger depend on S3's mood
+   * rather than on the data.
    */
   async #fetch(keys: readonly string[]): Promise<FetchedImage[]> {
     const { s3, bucket } = this.#options;
-    const delays = this.#options.readRetryDelaysMs ?? READ_RETRY_DELAYS_MS;
-    const signal = this.#abort.signal;
-    const fetchOnce = (subset: readonly string[]): Promise<FetchedImage[]> =>
-      fetchImages(s3, bucket, subset, {
-        concurrency: this.#options.concurrency ?? DEFAULT_FETCH_CONCURRENCY,
-        channels: this.#options.channels ?? 3,
-        // One request per try (with the client's own retries): the tries and their
-        // waits are the loader's, below.
-        retries: 0,
-        signal,
-      });
-    const results = await fetchOnce(keys);
-    for (let attempt = 1; ; attempt++) {
-      const failed = results.flatMap((r, i) => ('skipped' in r && r.skipped === FetchSkipReason.ReadError ? [i] : []));
-      if (failed.length === 0) return results;
-      const first = results[failed[0] as number] as Extract<FetchedImage, { skipped: string }>;
-      const wait = delays[attempt - 1];
-      if (wait === undefined) {
-        throw new ImageReadError(`S3 s3://${bucket}/${first.key}: ${first.detail.replace(/^after \d+ attempt\(s\): /, '')} after ${attempt} attempts`);
-      }
-      for (const i of failed) this.#options.onReadRetry?.((results[i] as FetchedImage).key, attempt, (results[i] as { detail: string }).detail);
-      await delay(wait, signal);
-      const retried = await fetchOnce(failed.map((i) => (results[i] as FetchedImage).key));
-      failed.forEach((index, j) => {
-        results[index] = retried[j] as FetchedImage;
-      });
+    const retries = this.#options.readRetries ?? READ_RETRIES;
+    const results = await fetchImages(s3, bucket, keys, {
+      concurrency: this.#options.concurrency ?? DEFAULT_FETCH_CONCURRENCY,
+      channels: this.#options.channels ?? 3,
+      retries,
+      backoff: this.#options.readBackoff ?? READ_BACKOFF,
+      ...(this.#options.onReadRetry !== undefined && { onRetry: this.#options.onReadRetry }),
+      signal: this.#abort.signal,
+    });
+    const failed = results.find((r): r is Extract<FetchedImage, { skipped: string }> => 'skipped' in r && r.skipped === FetchSkipReason.ReadError);
+    if (failed !== undefined) {
+      throw new ImageReadError(`S3 s3://${bucket}/${failed.key}: ${failed.detail.replace(/^after \d+ attempt\(s\): /, '')} after ${retries + 1} attempts`);
     }
+    return results;
   }
+
 
   async close(): Promise<void> {
     this.#abort.abort(new Error('batch loader closed'));

@@ -7,6 +7,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { CollectiveEndpoint } from '@dinofleet/collective';
 import { initComputeBackend } from '@dinofleet/compute';
 import type { ComputeBackend } from '@dinofleet/compute';
+import type { BackoffOptions } from '@dinofleet/data';
 import { GrpcServer, StateTransferService, UnavailableError } from '@dinofleet/proto';
 import { LogLevel, createLogger } from '@dinofleet/telemetry';
 import type { Logger, Registry } from '@dinofleet/telemetry';
@@ -25,7 +26,7 @@ export {
   WORKER_VERSION,
 } from './worker.ts';
 export type { BatchSourceRequest, HeldState, WorkerOptions } from './worker.ts';
-export { ImageReadError, MemoryBatchSource, PrefetchingBatchSource, READ_RETRY_DELAYS_MS, S3BatchLoader, INVALID_RECORD_REASON } from './batch-loader.ts';
+export { ImageReadError, MemoryBatchSource, PrefetchingBatchSource, READ_BACKOFF, READ_RETRIES, S3BatchLoader, INVALID_RECORD_REASON } from './batch-loader.ts';
 export type { BatchSource, MemorySample, S3BatchLoaderOptions, TrainingBatch } from './batch-loader.ts';
 export { LeaseReader } from './lease-reader.ts';
 export type { LeaseReaderOptions, LeaseRecord } from './lease-reader.ts';
@@ -78,8 +79,8 @@ export interface StartWorkerOptions {
   getCenterTimeoutMs?: number;
   /** How long teacher-sync calls keep retrying, in ms. @default the teacher-sync client's (30000) */
   teacherSyncWaitMs?: number;
-  /** Waits between the tries of a failing image read, in ms. @default 500, 1000, 2000 */
-  readRetryDelaysMs?: readonly number[];
+  /** Backoff between the retries of a failing image read. @default READ_BACKOFF (0.5, 1, 2 s upper bounds) */
+  readBackoff?: BackoffOptions;
   /** Steps that get a NaN loss slot (test hook). @default from DINOFLEET_FAULT_NONFINITE_STEPS */
   nonfiniteFaults?: NonfiniteFaults;
   /** Deadline of a whole state transfer, in ms. @default 60000 */
@@ -154,7 +155,7 @@ export async function startWorker(options: StartWorkerOptions): Promise<WorkerPr
     ...(options.ring !== undefined && { ring: options.ring }),
     ...(options.getCenterTimeoutMs !== undefined && { getCenterTimeoutMs: options.getCenterTimeoutMs }),
     ...(options.teacherSyncWaitMs !== undefined && { teacherSyncWaitMs: options.teacherSyncWaitMs }),
-    ...(options.readRetryDelaysMs !== undefined && { readRetryDelaysMs: options.readRetryDelaysMs }),
+    ...(options.readBackoff !== undefined && { readBackoff: options.readBackoff }),
     ...(options.nonfiniteFaults !== undefined && { nonfiniteFaults: options.nonfiniteFaults }),
     ...(options.stateTransferTimeoutMs !== undefined && { stateTransferTimeoutMs: options.stateTransferTimeoutMs }),
   });

@@ -20,6 +20,7 @@ import type { ComputeBackend as ComputeBackendName } from '@dinofleet/compute';
 import { parseS3Uri, resolveRecipe } from '@dinofleet/config';
 import type { JobSpec } from '@dinofleet/config';
 import { createS3Client } from '@dinofleet/data';
+import type { BackoffOptions } from '@dinofleet/data';
 import { createDinoState, disposeDinoState, disposeDinoStateCopy, restoreDinoState } from '@dinofleet/dino';
 import type { DinoRecipe, DinoState, DinoStateCopy } from '@dinofleet/dino';
 import {
@@ -113,8 +114,8 @@ export interface WorkerOptions {
   teacherSyncWaitMs?: number;
   /** Deadline of a whole state transfer, in ms. @default 60000 */
   stateTransferTimeoutMs?: number;
-  /** Waits between the tries of a failing image read, in ms. @default 500, 1000, 2000 */
-  readRetryDelaysMs?: readonly number[];
+  /** Backoff between the retries of a failing image read. @default READ_BACKOFF (0.5, 1, 2 s upper bounds) */
+  readBackoff?: BackoffOptions;
   /** Steps that get a NaN loss slot (test hook). @default from DINOFLEET_FAULT_NONFINITE_STEPS */
   nonfiniteFaults?: NonfiniteFaults;
 }
@@ -826,7 +827,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
         metrics?.skipSamples(skipReasonOf(skipped.reason));
       },
       onReadRetry: (key, attempt, detail) => log.warn('image read failed; retrying', { key, attempt, detail }),
-      ...(this.#options.readRetryDelaysMs !== undefined && { readRetryDelaysMs: this.#options.readRetryDelaysMs }),
+      ...(this.#options.readBackoff !== undefined && { readBackoff: this.#options.readBackoff }),
     });
     return new PrefetchingBatchSource(loader, Math.max(0, assignment.totalSteps - assignment.startStep));
   }
