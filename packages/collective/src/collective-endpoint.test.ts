@@ -38,7 +38,7 @@ describe('CollectiveEndpoint', () => {
   it('refuses a chunk of an older generation as stale (ABORTED)', async () => {
     await using e0 = new CollectiveEndpoint();
     const { address } = await e0.start();
-    await using _ring = new RingAllReduce({ job: 'j', generation: 5, rank: 0, peers: [address, '127.0.0.1:1'], endpoint: e0 });
+    await using _ring = new RingAllReduce({ transport: 'grpc', job: 'j', generation: 5, rank: 0, peers: [address, '127.0.0.1:1'], endpoint: e0 });
     const err = await sendRaw(address, [chunk({ generation: 4 })]);
     expect(err?.code).toBe(status.ABORTED);
     expect(err?.details).toContain('stale generation 4');
@@ -47,7 +47,7 @@ describe('CollectiveEndpoint', () => {
   it('drops a stream whose generation changes mid-stream (ABORTED)', async () => {
     await using e0 = new CollectiveEndpoint();
     const { address } = await e0.start();
-    await using ring = new RingAllReduce({ job: 'j', generation: 5, rank: 0, peers: [address, '127.0.0.1:1'], endpoint: e0 });
+    await using ring = new RingAllReduce({ transport: 'grpc', job: 'j', generation: 5, rank: 0, peers: [address, '127.0.0.1:1'], endpoint: e0 });
     const err = await sendRaw(address, [chunk({}), chunk({ sequence: 1, generation: 6 })]);
     expect(err?.code).toBe(status.ABORTED);
     expect(err?.details).toContain('stale generation');
@@ -61,11 +61,11 @@ describe('CollectiveEndpoint', () => {
     await using e1 = new CollectiveEndpoint({ server }); // shared-server mode
     await using e0 = new CollectiveEndpoint();
     const peers = [(await e0.start()).address, (await e1.start()).address];
-    await using ring0 = new RingAllReduce({ job: 'j', generation: 2, rank: 0, peers, endpoint: e0, chunkBytes: 8 });
+    await using ring0 = new RingAllReduce({ transport: 'grpc', job: 'j', generation: 2, rank: 0, peers, endpoint: e0, chunkBytes: 8 });
     const inputs = [testVector(33, 1), testVector(33, 2)];
     const first = ring0.allReduceSum(inputs[0] as Float32Array, { step: 3, op: 0 });
     await delay(150);
-    await using ring1 = new RingAllReduce({ job: 'j', generation: 2, rank: 1, peers, endpoint: e1, chunkBytes: 8 });
+    await using ring1 = new RingAllReduce({ transport: 'grpc', job: 'j', generation: 2, rank: 1, peers, endpoint: e1, chunkBytes: 8 });
     const [r0, r1] = await Promise.all([first, ring1.allReduceSum(inputs[1] as Float32Array, { step: 3, op: 0 })]);
     expect(Buffer.from(r0.buffer).equals(Buffer.from(r1.buffer))).toBe(true);
     expect(r0[5]).toBe(Math.fround((inputs[0]?.[5] as number) + (inputs[1]?.[5] as number)));

@@ -9,7 +9,8 @@
  * stream, by the job and generation of its first chunk, to the RingAllReduce registered
  * for them.
  */
-import type { ServerDuplexStream } from '@grpc/grpc-js';
+import type net from 'node:net';
+import type { ServerDuplexStream, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   AbortedError,
   FailedPreconditionError,
@@ -18,7 +19,17 @@ import {
   UnavailableError,
   toServiceError,
 } from '@dinofleet/proto';
-import type { CollectiveServer, DinofleetError, ExchangeRequest, ExchangeResponse, GrpcServerAddress } from '@dinofleet/proto';
+import type {
+  CollectiveServer,
+  DinofleetError,
+  ExchangeRequest,
+  ExchangeResponse,
+  GrpcServerAddress,
+  OpenDataLinkRequest,
+  OpenDataLinkResponse,
+} from '@dinofleet/proto';
+import type { DataLinkHello } from './data-frame.ts';
+import { DataListener, refuseDataLink } from './data-listener.ts';
 import { COLLECTIVE_EXCHANGE_DEFINITION } from './exchange-codec.ts';
 
 /** Default of {@link CollectiveEndpointOptions.unclaimedStreamTimeoutMs}, in ms. */
@@ -27,13 +38,20 @@ export const DEFAULT_UNCLAIMED_STREAM_TIMEOUT_MS = 10_000;
 /** A server-side Exchange stream. */
 export type InboundExchangeStream = ServerDuplexStream<ExchangeRequest, ExchangeResponse>;
 
-/** What a RingAllReduce registers with an endpoint to receive its inbound stream. */
+/** What a collective registers with an endpoint to receive its inbound streams and links. */
 export interface InboundStreamSink {
   /**
-   * Takes over `stream`, whose first chunks (`received`, at least one, all of the sink's
-   * job and generation) the endpoint has already read. From now on the sink listens.
+   * gRPC transport: takes over `stream`, whose first chunks (`received`, at least one, all
+   * of the sink's job and generation) the endpoint has already read. From now on the sink
+   * listens. A sink without it refuses gRPC streams.
    */
-  attachInbound(stream: InboundExchangeStream, received: readonly ExchangeRequest[]): void;
+  attachInbound?(stream: InboundExchangeStream, received: readonly ExchangeRequest[]): void;
+  /**
+   * TCP transport: takes over an accepted data-link socket whose hello (token checked)
+   * names the sink's job and generation. The sink writes the reply (accept or refusal).
+   * A sink without it refuses data links.
+   */
+  acceptDataLink?(socket: net.Socket, hello: DataLinkHello): void;
   /** The endpoint is closing: fail with `err`. */
   abort(err: DinofleetError): void;
 }
@@ -55,6 +73,20 @@ export interface CollectiveEndpointOptions {
    * generation), in ms. Range 1..600000. @default 10000
    */
   unclaimedStreamTimeoutMs?: number;
+  /**
+   * "host:port" the TCP data listener binds (docs/collective.md); receivers dial the host
+   * they reach this endpoint's gRPC service on, at the port it reports. Port 0 picks a
+   * free one; fix it where a NetworkPolicy must name it. @default the host of `address`
+   * (or 127.0.0.1), port 0
+   */
+  dataListen?: string;
+}
+
+interface UnclaimedDataLink {
+  readonly socket: net.Socket;
+  readonly hello: DataLinkHello;
+  readonly timer: NodeJS.Timeout;
+  readonly onGone: () => void;
 }
 
 interface UnclaimedStream {
@@ -90,6 +122,8 @@ export class CollectiveEndpoint implements AsyncDisposable {
   /** Highest generation ever registered per job: an older one is stale. */
   readonly #latestGeneration = new Map<string, number>();
   readonly #unclaimed = new Set<UnclaimedStream>();
+  readonly #unclaimedLinks = new Set<UnclaimedDataLink>();
+  readonly #data: DataListener;
   #address: string | undefined;
   #closed: Promise<void> | undefined;
 
@@ -101,7 +135,12 @@ export class CollectiveEndpoint implements AsyncDisposable {
     this.#unclaimedStreamTimeoutMs = timeoutMs;
     this.#ownsServer = options.server === undefined;
     this.#server = options.server ?? new GrpcServer(options.address === undefined ? {} : { address: options.address });
-    const implementation: CollectiveServer = { exchange: (stream) => this.#onStream(stream) };
+    const host = options.address === undefined ? '127.0.0.1' : options.address.slice(0, options.address.lastIndexOf(':'));
+    this.#data = new DataListener(options.dataListen ?? `${host}:0`, (socket, hello) => this.#routeDataLink(socket, hello));
+    const implementation: CollectiveServer = {
+      exchange: (stream) => this.#onStream(stream),
+      openDataLink: (call, callback) => this.#openDataLink(call, callback),
+    };
     this.#server.addService(COLLECTIVE_EXCHANGE_DEFINITION, implementation);
   }
 
@@ -111,9 +150,76 @@ export class CollectiveEndpoint implements AsyncDisposable {
    */
   async start(): Promise<GrpcServerAddress> {
     if (this.#closed !== undefined) throw new FailedPreconditionError('CollectiveEndpoint.start() after close()');
+    await this.#data.start();
     const bound = await this.#server.start();
     this.#address = bound.address;
     return bound;
+  }
+
+  /** Port of the TCP data listener, once {@link start} resolved. */
+  get dataPort(): number {
+    const port = this.#data.port;
+    if (port === undefined) throw new FailedPreconditionError('CollectiveEndpoint.dataPort before start()');
+    return port;
+  }
+
+  #openDataLink(call: ServerUnaryCall<OpenDataLinkRequest, OpenDataLinkResponse>, callback: sendUnaryData<OpenDataLinkResponse>): void {
+    const { jobId, generation, senderRank, receiverRank } = call.request;
+    const port = this.#data.port;
+    if (this.#closed !== undefined || port === undefined) {
+      callback(toServiceError(new UnavailableError('collective endpoint is not serving data links (closing or not started)')));
+      return;
+    }
+    if (jobId === '' || senderRank === receiverRank) {
+      callback(toServiceError(new InvalidArgumentError('OpenDataLink needs a job_id and two different ranks')));
+      return;
+    }
+    const latest = this.#latestGeneration.get(jobId);
+    if (latest !== undefined && generation < latest) {
+      callback(toServiceError(this.#staleError(jobId, generation)));
+      return;
+    }
+    callback(null, { port, token: this.#data.issueToken(jobId, generation, senderRank, receiverRank) });
+  }
+
+  #routeDataLink(socket: net.Socket, hello: DataLinkHello): void {
+    if (this.#closed !== undefined) {
+      refuseDataLink(socket, 'collective endpoint is closing');
+      return;
+    }
+    const sink = this.#sinks.get(sinkKey(hello.job, hello.generation));
+    if (sink !== undefined) {
+      this.#handDataLink(sink, socket, hello);
+      return;
+    }
+    const latest = this.#latestGeneration.get(hello.job);
+    if (latest !== undefined && hello.generation <= latest) {
+      refuseDataLink(socket, this.#staleError(hello.job, hello.generation).message);
+      return;
+    }
+    // The receiver entered the generation first: wait for this rank to register it.
+    const waiting: UnclaimedDataLink = {
+      socket,
+      hello,
+      onGone: () => this.#forgetLink(waiting),
+      timer: setTimeout(() => {
+        this.#forgetLink(waiting);
+        refuseDataLink(socket, `no collective for job ${hello.job} generation ${hello.generation} registered here within ${this.#unclaimedStreamTimeoutMs} ms`);
+      }, this.#unclaimedStreamTimeoutMs),
+    };
+    socket.once('close', waiting.onGone);
+    this.#unclaimedLinks.add(waiting);
+  }
+
+  #handDataLink(sink: InboundStreamSink, socket: net.Socket, hello: DataLinkHello): void {
+    if (sink.acceptDataLink === undefined) refuseDataLink(socket, `the collective of job ${hello.job} generation ${hello.generation} here uses the gRPC transport`);
+    else sink.acceptDataLink(socket, hello);
+  }
+
+  #forgetLink(waiting: UnclaimedDataLink): void {
+    clearTimeout(waiting.timer);
+    waiting.socket.off('close', waiting.onGone);
+    this.#unclaimedLinks.delete(waiting);
   }
 
   /** "host:port" of this endpoint, once {@link start} resolved. */
@@ -138,12 +244,23 @@ export class CollectiveEndpoint implements AsyncDisposable {
     for (const waiting of [...this.#unclaimed]) {
       if (waiting.job !== job || waiting.generation > generation) continue;
       this.#forget(waiting);
-      if (waiting.generation === generation) sink.attachInbound(waiting.stream, waiting.received);
-      else rejectStream(waiting.stream, this.#staleError(waiting.job, waiting.generation));
+      if (waiting.generation !== generation) rejectStream(waiting.stream, this.#staleError(waiting.job, waiting.generation));
+      else if (sink.attachInbound === undefined) rejectStream(waiting.stream, this.#tcpOnlyError(job, generation));
+      else sink.attachInbound(waiting.stream, waiting.received);
+    }
+    for (const waiting of [...this.#unclaimedLinks]) {
+      if (waiting.hello.job !== job || waiting.hello.generation > generation) continue;
+      this.#forgetLink(waiting);
+      if (waiting.hello.generation === generation) this.#handDataLink(sink, waiting.socket, waiting.hello);
+      else refuseDataLink(waiting.socket, this.#staleError(job, waiting.hello.generation).message);
     }
     return () => {
       if (this.#sinks.get(key) === sink) this.#sinks.delete(key);
     };
+  }
+
+  #tcpOnlyError(job: string, generation: number): FailedPreconditionError {
+    return new FailedPreconditionError(`the collective of job ${job} generation ${generation} here uses the TCP transport, not gRPC Exchange streams`);
   }
 
   #staleError(job: string, generation: number): AbortedError {
@@ -174,7 +291,8 @@ export class CollectiveEndpoint implements AsyncDisposable {
     const { jobId: job, generation } = first;
     const sink = this.#sinks.get(sinkKey(job, generation));
     if (sink !== undefined) {
-      sink.attachInbound(stream, [first]);
+      if (sink.attachInbound === undefined) rejectStream(stream, this.#tcpOnlyError(job, generation));
+      else sink.attachInbound(stream, [first]);
       return;
     }
     const latest = this.#latestGeneration.get(job);
@@ -234,6 +352,10 @@ export class CollectiveEndpoint implements AsyncDisposable {
       this.#forget(waiting);
       rejectStream(waiting.stream, closing);
     }
+    for (const waiting of [...this.#unclaimedLinks]) {
+      this.#forgetLink(waiting);
+      refuseDataLink(waiting.socket, closing.message);
+    }
     const sinks = [...this.#sinks.values()];
     this.#sinks.clear();
     for (const sink of sinks) {
@@ -243,6 +365,7 @@ export class CollectiveEndpoint implements AsyncDisposable {
         // Keep closing the others; a sink's abort only tears down its own streams.
       }
     }
+    await this.#data.close();
     if (this.#ownsServer) await this.#server.close(1_000);
   }
 

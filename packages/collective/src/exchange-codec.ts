@@ -192,6 +192,7 @@ export const COLLECTIVE_EXCHANGE_DEFINITION = {
     requestSerialize: encodeExchangeRequest,
     requestDeserialize: decodeExchangeRequest,
   },
+  openDataLink: CollectiveService.openDataLink,
 } as const satisfies ServiceDefinition<CollectiveServer>;
 
 /** A Collective client constructor using {@link COLLECTIVE_EXCHANGE_DEFINITION}, for `createClient`. */

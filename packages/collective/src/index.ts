@@ -1,6 +1,8 @@
 /**
- * @dinofleet/collective: the ring all-reduce between the ranks of one generation
- * (DESIGN.md step 3), over the `dinofleet.v1.Collective` Exchange stream.
+ * @dinofleet/collective: the all-reduce between the ranks of one generation (DESIGN.md
+ * step 3; docs/collective.md): ring and recursive doubling over raw TCP data links opened
+ * through the `dinofleet.v1.Collective` gRPC service (or the ring over its Exchange
+ * streams), optional bf16/fp16 wire compression, and tensor fusion into buckets.
  *
  * A worker creates one {@link CollectiveEndpoint} for its life (on its own server or a
  * shared one) and one {@link RingAllReduce} per generation on it.
@@ -11,14 +13,47 @@ export {
 } from './collective-endpoint.ts';
 export type { CollectiveEndpointOptions, InboundExchangeStream, InboundStreamSink } from './collective-endpoint.ts';
 export {
+  AllReduceAlgorithm,
   DEFAULT_ALL_REDUCE_TIMEOUT_MS,
   DEFAULT_CHUNK_BYTES,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_LINK_PROBE_BYTES,
+  DEFAULT_SMALL_MESSAGE_BYTES,
   DEFAULT_STALL_TIMEOUT_MS,
   MAX_CHUNK_BYTES,
-  RingAllReduce,
+  MAX_SMALL_MESSAGE_BYTES,
+  Transport,
   resolveRingAllReduceConfig,
-} from './ring-allreduce.ts';
-export type { AllReduceStats, AllReduceTag, RingAllReduceConfig, RingAllReduceOptions } from './ring-allreduce.ts';
+} from './allreduce-options.ts';
+export type {
+  AllReduceStats,
+  AllReduceTag,
+  LinkBandwidth,
+  RingAllReduceConfig,
+  RingAllReduceOptions,
+} from './allreduce-options.ts';
+export { RingAllReduce } from './ring-allreduce.ts';
+export {
+  COMPRESSIONS,
+  Compression,
+  allReduceErrorBound,
+  isCompression,
+  quantizeInPlace,
+  unitRoundoff,
+  wireBytesPerElement,
+} from './compression.ts';
+export type { AllReduceErrorBound } from './compression.ts';
+export { DEFAULT_FUSION_BUCKET_BYTES, allReduceFused, planFusionBuckets } from './tensor-fusion.ts';
+export type {
+  BucketReduce,
+  FusedAllReduceOptions,
+  FusedAllReduceResult,
+  FusedAllReduceStats,
+  FusedPart,
+  FusionBucket,
+  FusionPiece,
+} from './tensor-fusion.ts';
+export { DATA_LINK_TOKEN_TTL_MS } from './data-listener.ts';
 export {
   COLLECTIVE_EXCHANGE_DEFINITION,
   CollectiveExchangeClient,

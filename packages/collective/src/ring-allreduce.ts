@@ -1,611 +1,64 @@
 /**
- * RingAllReduce: the float32 sum all-reduce between the ranks of one generation, over
- * one long-lived Exchange stream from each rank to its right neighbour (collective.proto).
- *
- * Bit-identity across ranks: each element of segment s is summed exactly once, along the
- * ring path s, s+1, ..., s-1 (reduce-scatter), by the rank that receives it; the
- * all-gather then copies the bytes of that one result to everyone. So every rank ends
- * with the same bits whatever the timing, and the sum order of element i depends only on
- * which segment i falls in, never on message arrival. (Each addition is an IEEE float32
- * addition: a + b is computed in float64 and rounded once to float32 on store, which is
- * the correctly rounded float32 sum since 53 >= 2*24 + 2.)
+ * RingAllReduce: the float32 sum all-reduce between the ranks of one generation
+ * (DESIGN.md step 3; docs/collective.md). One class for the worker, two transports behind
+ * it: `tcp` ({@link TcpAllReduce}, the default) and `grpc` ({@link GrpcRingAllReduce}).
  */
-import { endianness } from 'node:os';
-import { status as grpcStatus } from '@grpc/grpc-js';
-import type { ClientDuplexStream, StatusObject } from '@grpc/grpc-js';
-import {
-  AbortedError,
-  CollectivePhase,
-  DeadlineExceededError,
-  InvalidArgumentError,
-  UnavailableError,
-  createClient,
-  fromServiceError,
-  isDinofleetError,
-  toServiceError,
-} from '@dinofleet/proto';
-import type {
-  CollectiveClient,
-  CreateClientOptions,
-  DinofleetError,
-  ExchangeRequest,
-  ExchangeResponse,
-} from '@dinofleet/proto';
-import type { CollectiveEndpoint, InboundExchangeStream, InboundStreamSink } from './collective-endpoint.ts';
-import { CollectiveExchangeClient } from './exchange-codec.ts';
-import { InboundQueue } from './inbound-queue.ts';
-import { initialSends, receiveSchedule } from './ring-schedule.ts';
-import type { ScheduledChunk } from './ring-schedule.ts';
 
-/** Default of {@link RingAllReduceOptions.chunkBytes}: 1 MiB. */
-export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
-/** Default of {@link RingAllReduceOptions.timeoutMs}, in ms. */
-export const DEFAULT_ALL_REDUCE_TIMEOUT_MS = 30_000;
-/** Default of {@link RingAllReduceOptions.stallTimeoutMs}, in ms. */
-export const DEFAULT_STALL_TIMEOUT_MS = 5_000;
-/** Largest chunk, in bytes (well under the 64 MiB gRPC message limit). */
-export const MAX_CHUNK_BYTES = 16 * 1024 * 1024;
-
-/** Settings for {@link RingAllReduce}. */
-export interface RingAllReduceOptions {
-  /** This worker's Collective endpoint, which delivers the stream from the left neighbour. */
-  endpoint: CollectiveEndpoint;
-  /** Job id; chunks of another job are refused. */
-  job: string;
-  /** Membership generation; chunks of another generation are refused (ABORTED). Safe integer >= 0. */
-  generation: number;
-  /** This rank's index in `peers`. */
-  rank: number;
-  /**
-   * "host:port" of every rank's Collective endpoint, in ring order (index = rank). Rank r
-   * sends to `peers[(r + 1) % n]` and receives from `peers[(r - 1 + n) % n]`.
-   */
-  peers: readonly string[];
-  /**
-   * Bytes per chunk message: a multiple of 4 in 4..16 MiB. Every rank of a generation
-   * must use the same value. Smaller chunks overlap sending and summing more finely,
-   * larger ones pay grpc-js's per-message cost less often. @default 1 MiB
-   */
-  chunkBytes?: number;
-  /**
-   * Deadline of one {@link RingAllReduce.allReduceSum} call, counted from the call, in
-   * ms. Range 1..3600000. @default 30000
-   */
-  timeoutMs?: number;
-  /**
-   * Longest silence from the left neighbour once it has started sending a collective, in
-   * ms. Until its first chunk only `timeoutMs` applies, because ranks reach a collective
-   * at different times (their compute differs). Range 1..timeoutMs. @default 5000
-   */
-  stallTimeoutMs?: number;
-  /** Channel settings of the client to the right neighbour. @default createClient's */
-  client?: CreateClientOptions;
-  /** Called with the figures of every successful call (also kept as `lastStats`). */
-  onStats?: (stats: AllReduceStats) => void;
-}
-
-/** {@link RingAllReduceOptions} with every default applied and checked. */
-export interface RingAllReduceConfig {
-  /** Job id. */
-  readonly job: string;
-  /** Membership generation. */
-  readonly generation: number;
-  /** This rank. */
-  readonly rank: number;
-  /** Every rank's address, in ring order. */
-  readonly peers: readonly string[];
-  /** Ranks in the ring. */
-  readonly worldSize: number;
-  /** Bytes per chunk message. */
-  readonly chunkBytes: number;
-  /** Deadline of one call, in ms. */
-  readonly timeoutMs: number;
-  /** Longest silence from the left neighbour within a collective, in ms. */
-  readonly stallTimeoutMs: number;
-  /** Channel settings of the client to the right neighbour. */
-  readonly client: CreateClientOptions;
-}
-
-function checkRange(field: string, value: number, min: number, max: number): void {
-  if (!Number.isSafeInteger(value) || value < min || value > max) {
-    throw new InvalidArgumentError(`${field} must be an integer in ${min}..${max}, got ${value}`);
-  }
-}
-
-/** Applies the defaults of {@link RingAllReduceOptions} and checks every field's range. */
-export function resolveRingAllReduceConfig(options: Omit<RingAllReduceOptions, 'endpoint' | 'onStats'>): RingAllReduceConfig {
-  if (options.job === '') throw new InvalidArgumentError('job must not be empty');
-  const worldSize = options.peers.length;
-  if (worldSize < 1) throw new InvalidArgumentError('peers must name at least one rank');
-  options.peers.forEach((address, rank) => {
-    if (address === '') throw new InvalidArgumentError(`peers[${rank}] is empty`);
-  });
-  checkRange('rank', options.rank, 0, worldSize - 1);
-  checkRange('generation', options.generation, 0, Number.MAX_SAFE_INTEGER);
-  const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-  checkRange('chunkBytes', chunkBytes, 4, MAX_CHUNK_BYTES);
-  if (chunkBytes % 4 !== 0) throw new InvalidArgumentError(`chunkBytes must be a multiple of 4, got ${chunkBytes}`);
-  const timeoutMs = options.timeoutMs ?? DEFAULT_ALL_REDUCE_TIMEOUT_MS;
-  checkRange('timeoutMs', timeoutMs, 1, 3_600_000);
-  const stallTimeoutMs = options.stallTimeoutMs ?? Math.min(DEFAULT_STALL_TIMEOUT_MS, timeoutMs);
-  checkRange('stallTimeoutMs', stallTimeoutMs, 1, timeoutMs);
-  return {
-    job: options.job,
-    generation: options.generation,
-    rank: options.rank,
-    peers: [...options.peers],
-    worldSize,
-    chunkBytes,
-    timeoutMs,
-    stallTimeoutMs,
-    client: options.client ?? {},
-  };
-}
-
-/** Names one collective of a step; every rank runs the same tags in the same order. */
-export interface AllReduceTag {
-  /** Optimizer step. Safe integer >= 0. */
-  step: number;
-  /** Which collective of the step, in program order (the wire's `round`). 0..2^32-1. */
-  op: number;
-}
-
-/** Figures of one {@link RingAllReduce.allReduceSum} call. */
-export interface AllReduceStats {
-  /** The call's step. */
-  readonly step: number;
-  /** The call's op. */
-  readonly op: number;
-  /** Ranks in the ring. */
-  readonly worldSize: number;
-  /** Size of the reduced buffer, in bytes. */
-  readonly sizeBytes: number;
-  /** Wall time of the collective (not of waiting behind an earlier call), in seconds. */
-  readonly seconds: number;
-  /** Algorithm bandwidth sizeBytes / seconds, in GB/s (10^9 bytes per second). */
-  readonly algbwGBps: number;
-  /**
-   * Bus bandwidth algbw × 2(n−1)/n in GB/s, as nccl-tests defines it: comparable across
-   * world sizes and with the MPI figures in ANCHORS.md. 0 for a single rank.
-   */
-  readonly busbwGBps: number;
-}
-
-type RingPhase = CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER | CollectivePhase.COLLECTIVE_PHASE_ALL_GATHER;
-
-interface FlushWaiter {
-  resolve: () => void;
-  reject: (err: Error) => void;
-}
-
-if (endianness() !== 'LE') {
-  // The wire carries little-endian float32 and Float32Array uses the host's byte order.
-  throw new Error('@dinofleet/collective needs a little-endian host');
-}
+import { resolveRingAllReduceConfig, Transport } from './allreduce-options.ts';
+import type { AllReduceStats, AllReduceTag, LinkBandwidth, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
+import { GrpcRingAllReduce } from './grpc-ring-allreduce.ts';
+import { TcpAllReduce } from './tcp-allreduce.ts';
 
 /**
- * One rank's side of the ring for one generation. Build one per generation with the
- * worker's {@link CollectiveEndpoint}; call {@link allReduceSum} with the same tags and
- * buffer lengths on every rank; {@link close} it when the generation ends. After any
- * failure the instance is abandoned (every later call rejects): DESIGN.md aborts the
- * generation rather than retrying a collective.
- *
- * The worker's step adapter (not here, to keep this package free of tfjs):
- * `reduceSum = async (local) => tf.tensor(await ring.allReduceSum(await local.data() as
- * Float32Array, { step, op: op++ }), local.shape)`.
+ * One rank's side of the all-reduce for one generation. Build one per generation on the
+ * worker's CollectiveEndpoint; call {@link allReduceSum} with the same tags and vector
+ * lengths on every rank; {@link close} it when the generation ends. After any failure the
+ * instance is abandoned (every later call rejects): DESIGN.md aborts the generation rather
+ * than retrying a collective. Errors name the peer (rank and address).
  */
-export class RingAllReduce implements InboundStreamSink, AsyncDisposable {
+export class RingAllReduce implements AsyncDisposable {
   /** The resolved settings. */
   readonly config: RingAllReduceConfig;
-  /** Figures of the last successful call; undefined before the first. */
-  lastStats: AllReduceStats | undefined;
-
-  readonly #onStats: ((stats: AllReduceStats) => void) | undefined;
-  readonly #leftRank: number;
-  readonly #rightRank: number;
-  readonly #inbound = new InboundQueue();
-  readonly #unregister: () => void;
-  #inboundStream: InboundExchangeStream | undefined;
-  #client: CollectiveClient | undefined;
-  #outbound: ClientDuplexStream<ExchangeRequest, ExchangeResponse> | undefined;
-  #pendingWrites = 0;
-  #flushWaiters: FlushWaiter[] = [];
-  #chunksConsumed = 0;
-  #lastCompleted: AllReduceTag = { step: 0, op: 0 };
-  #ackedChunks = 0;
-  #scratch: Float32Array | undefined;
-  #failure: DinofleetError | undefined;
-  #closing = false;
-  #closed: Promise<void> | undefined;
-  /** Calls run one after another, in call order; this is the previous one's settlement. */
-  #tail: Promise<unknown> = Promise.resolve();
+  readonly #impl: TcpAllReduce | GrpcRingAllReduce;
 
   constructor(options: RingAllReduceOptions) {
-    this.config = resolveRingAllReduceConfig(options);
-    this.#onStats = options.onStats;
-    const { rank, worldSize } = this.config;
-    this.#leftRank = (rank - 1 + worldSize) % worldSize;
-    this.#rightRank = (rank + 1) % worldSize;
-    // A single rank never talks to anyone, so it claims no stream either.
-    this.#unregister = worldSize === 1 ? () => undefined : options.endpoint.register(this.config.job, this.config.generation, this);
+    const config = resolveRingAllReduceConfig(options);
+    this.#impl = config.transport === Transport.Grpc ? new GrpcRingAllReduce(options) : new TcpAllReduce(options);
+    this.config = this.#impl.config;
   }
 
-  /** Chunks the right neighbour has acknowledged as consumed on this generation's stream. */
-  get ackedChunks(): number {
-    return this.#ackedChunks;
+  /** Figures of the last successful call; undefined before the first. */
+  get lastStats(): AllReduceStats | undefined {
+    return this.#impl.lastStats;
+  }
+
+  /** The ring link's measured bandwidth (tcp transport, once its probe arrived). */
+  get linkBandwidth(): LinkBandwidth | undefined {
+    return this.#impl instanceof TcpAllReduce ? this.#impl.linkBandwidth : undefined;
   }
 
   /**
    * The element-wise float32 sum of `data` over all ranks, as a new array (`data` is not
    * changed). Every rank gets bit-identical results. Rejects with a DinofleetError naming
-   * the peer (rank and address) on a dead, silent or mismatched neighbour, and with
-   * DeadlineExceededError after `timeoutMs`. Calls made before the previous one settled
-   * wait for it.
+   * the peer on a dead, silent or mismatched peer, and with DeadlineExceededError after
+   * `timeoutMs`. Calls made before the previous one settled wait for it.
    */
   allReduceSum(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
-    return this.#enqueue(data, tag, false);
+    return this.#impl.allReduceSum(data, tag);
   }
 
   /**
    * {@link allReduceSum} into `data` itself, which it resolves with: saves allocating and
-   * first touching a result array as large as the gradients (on these VMs a page fault per
-   * 4 KiB makes that cost as much as the copy). `data` must not be read or written until
-   * the promise settles; after a rejection its contents are unspecified.
+   * first touching a result array as large as the gradients. `data` must not be read or
+   * written until the promise settles; after a rejection its contents are unspecified.
    */
   allReduceSumInPlace(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
-    return this.#enqueue(data, tag, true);
+    return this.#impl.allReduceSumInPlace(data, tag);
   }
 
-  #enqueue(data: Float32Array, tag: AllReduceTag, inPlace: boolean): Promise<Float32Array> {
-    const deadline = Date.now() + this.config.timeoutMs;
-    const run = this.#tail.then(() => this.#run(data, tag, deadline, inPlace));
-    this.#tail = run.catch(() => undefined);
-    return run;
-  }
-
-  async #run(data: Float32Array, tag: AllReduceTag, deadline: number, inPlace: boolean): Promise<Float32Array> {
-    checkRange('tag.step', tag.step, 0, Number.MAX_SAFE_INTEGER);
-    checkRange('tag.op', tag.op, 0, 2 ** 32 - 1);
-    if (this.#failure !== undefined) {
-      throw new AbortedError(
-        `${this.#self()} abandoned generation ${this.config.generation}: ${this.#failure.message}`,
-        { cause: this.#failure },
-      );
-    }
-    const startedAt = performance.now();
-    let out = data;
-    if (!inPlace) {
-      out = new Float32Array(data.length);
-      // Buffer#copy is a memcpy; `new Float32Array(data)` / `slice()` run several times
-      // slower in Node 20's V8 (measured 15 vs 60 ms for 16 MiB here).
-      Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(Buffer.from(out.buffer));
-    }
-    if (this.config.worldSize > 1 && out.length > 0) {
-      try {
-        await this.#ringAllReduce(out, tag, deadline);
-      } catch (err) {
-        const failure = isDinofleetError(err) ? err : fromServiceError(err);
-        this.#fail(failure);
-        throw failure;
-      }
-    }
-    this.#lastCompleted = tag;
-    this.#recordStats(tag, out.byteLength, (performance.now() - startedAt) / 1000);
-    return out;
-  }
-
-  #recordStats(tag: AllReduceTag, sizeBytes: number, seconds: number): void {
-    const n = this.config.worldSize;
-    const algbwGBps = seconds > 0 ? sizeBytes / seconds / 1e9 : 0;
-    const stats: AllReduceStats = {
-      step: tag.step,
-      op: tag.op,
-      worldSize: n,
-      sizeBytes,
-      seconds,
-      algbwGBps,
-      busbwGBps: (algbwGBps * 2 * (n - 1)) / n,
-    };
-    this.lastStats = stats;
-    try {
-      this.#onStats?.(stats);
-    } catch {
-      // A failing metrics hook must not fail a collective that succeeded on every rank.
-    }
-  }
-
-  async #ringAllReduce(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<void> {
-    const { worldSize: n, rank, chunkBytes } = this.config;
-    const chunkElements = chunkBytes / 4;
-    const outBytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-    const sequences = { [CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER]: 0, [CollectivePhase.COLLECTIVE_PHASE_ALL_GATHER]: 0 };
-    const send = (phase: RingPhase, chunk: ScheduledChunk): void => {
-      this.#write({
-        jobId: this.config.job,
-        generation: this.config.generation,
-        step: tag.step,
-        round: tag.op,
-        phase,
-        sequence: sequences[phase]++,
-        fromRank: rank,
-        segment: chunk.segment,
-        offset: chunk.offset,
-        // A view, not a copy: the region is not written again before grpc-js serialises
-        // it (see the causality note below), and #flush() waits for that before returning.
-        payload: Buffer.from(out.buffer, out.byteOffset + chunk.start * 4, chunk.length * 4),
-      });
-    };
-
-    // Reduce-scatter step 0: our own segment depends on nobody, so all of it goes at once.
-    for (const chunk of initialSends(out.length, n, rank, chunkElements)) send(chunk.phase, chunk);
-
-    // Every later send forwards the chunk just received, so sending, receiving and summing
-    // overlap chunk by chunk. Causality keeps the views sent above safe: a region of `out`
-    // is overwritten (all-gather) or summed into (reduce-scatter) only after receiving a
-    // chunk that could not exist before our earlier message about that region reached
-    // the right neighbour, and a region summed into is sent only after the sum.
-    let heardFromLeft = false;
-    for (const expected of receiveSchedule(out.length, n, rank, chunkElements)) {
-      const message = await this.#receive(tag, deadline, heardFromLeft);
-      heardFromLeft = true;
-      this.#check(message, expected, tag);
-      if (expected.phase === CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER) {
-        this.#addInto(out, expected.start, message.payload);
-        // After the last reduce-scatter step the chunk is fully reduced: it starts the all-gather.
-        if (expected.ringStep < n - 2) send(CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER, expected);
-        else send(CollectivePhase.COLLECTIVE_PHASE_ALL_GATHER, expected);
-      } else {
-        outBytes.set(message.payload, expected.start * 4);
-        if (expected.ringStep < n - 2) send(CollectivePhase.COLLECTIVE_PHASE_ALL_GATHER, expected);
-      }
-      this.#acknowledge();
-    }
-    // The caller may reuse `out` as soon as we return, so every view must be serialised.
-    await this.#flush(tag, deadline);
-  }
-
-  /** out[start + i] += payload[i], reading the payload even when it is not 4-byte aligned. */
-  #addInto(out: Float32Array, start: number, payload: Buffer): void {
-    const length = payload.byteLength / 4;
-    let partial: Float32Array;
-    if (payload.byteOffset % 4 === 0) {
-      partial = new Float32Array(payload.buffer, payload.byteOffset, length);
-    } else {
-      // The decoder hands out views into grpc-js's message buffer; after the protobuf
-      // header they are usually unaligned. One memcpy into scratch beats a DataView loop.
-      if (this.#scratch === undefined || this.#scratch.length < length) this.#scratch = new Float32Array(this.config.chunkBytes / 4);
-      new Uint8Array(this.#scratch.buffer, 0, payload.byteLength).set(payload);
-      partial = this.#scratch;
-    }
-    for (let i = 0; i < length; i++) {
-      out[start + i] = (out[start + i] as number) + (partial[i] as number);
-    }
-  }
-
-  #receive(tag: AllReduceTag, deadline: number, heardFromLeft: boolean): Promise<ExchangeRequest> {
-    const remainingMs = deadline - Date.now();
-    const { stallTimeoutMs, timeoutMs } = this.config;
-    const stalls = heardFromLeft && stallTimeoutMs < remainingMs;
-    return this.#inbound.take(stalls ? stallTimeoutMs : remainingMs, () =>
-      stalls
-        ? new UnavailableError(
-            `${this.#peer(this.#leftRank)} sent nothing for ${stallTimeoutMs} ms in the middle of step ${tag.step} op ${tag.op} (${this.#self()} waiting)`,
-          )
-        : new DeadlineExceededError(
-            `all-reduce step ${tag.step} op ${tag.op} on ${this.#self()} timed out after ${timeoutMs} ms waiting for ${this.#peer(this.#leftRank)}`,
-          ),
-    );
-  }
-
-  #check(message: ExchangeRequest, expected: ScheduledChunk, tag: AllReduceTag): void {
-    const from = this.#peer(this.#leftRank);
-    if (message.step !== tag.step || message.round !== tag.op) {
-      throw new AbortedError(
-        `${from} sent a chunk of step ${message.step} op ${message.round} while ${this.#self()} runs step ${tag.step} op ${tag.op}: the ranks disagree on the sequence of collectives`,
-      );
-    }
-    if (
-      message.phase !== expected.phase ||
-      message.sequence !== expected.sequence ||
-      message.segment !== expected.segment ||
-      message.offset !== expected.offset ||
-      message.payload.byteLength !== expected.length * 4
-    ) {
-      throw new AbortedError(
-        `${from} sent phase ${message.phase} chunk ${message.sequence} (segment ${message.segment}, offset ${message.offset}, ${message.payload.byteLength} bytes) where ${this.#self()} expects phase ${expected.phase} chunk ${expected.sequence} (segment ${expected.segment}, offset ${expected.offset}, ${expected.length * 4} bytes): buffer lengths or chunkBytes differ between ranks`,
-      );
-    }
-  }
-
-  #acknowledge(): void {
-    this.#chunksConsumed++;
-    // Flow-control information only (collective.proto); nobody waits on it for correctness.
-    this.#inboundStream?.write({
-      step: this.#lastCompleted.step,
-      round: this.#lastCompleted.op,
-      chunksConsumed: this.#chunksConsumed,
-    });
-  }
-
-  #write(message: ExchangeRequest): void {
-    // A failure may land between an await and this write; never reopen a torn-down stream.
-    if (this.#failure !== undefined) throw this.#failure;
-    const stream = this.#outbound ?? this.#openOutbound();
-    this.#pendingWrites++;
-    // No waiting for 'drain': every queued message is a view of the caller's buffer, so
-    // the queue costs no memory beyond it, and the ring's data dependency bounds it to one
-    // collective. The callback tells when grpc-js has serialised the message.
-    stream.write(message, (err: Error | null | undefined) => {
-      this.#pendingWrites--;
-      if (err !== null && err !== undefined) {
-        this.#fail(this.#peerFailure(this.#rightRank, 'could not be written to', err));
-        return;
-      }
-      if (this.#pendingWrites === 0) {
-        const waiters = this.#flushWaiters;
-        this.#flushWaiters = [];
-        for (const waiter of waiters) waiter.resolve();
-      }
-    });
-  }
-
-  #flush(tag: AllReduceTag, deadline: number): Promise<void> {
-    if (this.#pendingWrites === 0) return Promise.resolve();
-    if (this.#failure !== undefined) return Promise.reject(this.#failure);
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(
-        () =>
-          reject(
-            new DeadlineExceededError(
-              `all-reduce step ${tag.step} op ${tag.op} on ${this.#self()} timed out after ${this.config.timeoutMs} ms sending to ${this.#peer(this.#rightRank)}`,
-            ),
-          ),
-        Math.max(0, deadline - Date.now()),
-      );
-      this.#flushWaiters.push({
-        resolve: () => {
-          clearTimeout(timer);
-          resolve();
-        },
-        reject: (err) => {
-          clearTimeout(timer);
-          reject(err);
-        },
-      });
-    });
-  }
-
-  #openOutbound(): ClientDuplexStream<ExchangeRequest, ExchangeResponse> {
-    const address = this.config.peers[this.#rightRank] as string;
-    this.#client = createClient(CollectiveExchangeClient, address, this.config.client);
-    // No deadline on the stream itself: it lives as long as the generation. Every
-    // collective carried on it has its own deadline and stall timeout, and keepalive
-    // pings (createClient's defaults) find a vanished peer between collectives.
-    const stream = this.#client.exchange();
-    stream.on('data', (ack: ExchangeResponse) => {
-      this.#ackedChunks = ack.chunksConsumed;
-    });
-    stream.on('error', (err: Error) => this.#fail(this.#peerFailure(this.#rightRank, 'failed the ring stream', err)));
-    stream.on('status', (status: StatusObject) => {
-      if (status.code === grpcStatus.OK) {
-        this.#fail(new UnavailableError(`${this.#peer(this.#rightRank)} ended the ring stream (it left generation ${this.config.generation})`));
-      }
-    });
-    this.#outbound = stream;
-    return stream;
-  }
-
-  /** InboundStreamSink: the endpoint hands over the stream from the left neighbour. */
-  attachInbound(stream: InboundExchangeStream, received: readonly ExchangeRequest[]): void {
-    if (this.#failure !== undefined) {
-      stream.emit('error', toServiceError(this.#abandonedError()));
-      return;
-    }
-    if (this.#inboundStream !== undefined) {
-      stream.emit(
-        'error',
-        toServiceError(new AbortedError(`${this.#self()} has an inbound ring stream for generation ${this.config.generation} already`)),
-      );
-      return;
-    }
-    this.#inboundStream = stream;
-    stream.on('data', (message: ExchangeRequest) => this.#onInbound(message));
-    stream.on('end', () => {
-      this.#fail(new UnavailableError(`${this.#peer(this.#leftRank)} closed its ring stream (it left generation ${this.config.generation})`));
-    });
-    stream.on('cancelled', () => {
-      this.#fail(new UnavailableError(`${this.#peer(this.#leftRank)} cancelled its ring stream (it left or failed generation ${this.config.generation})`));
-    });
-    stream.on('error', (err: Error) => this.#fail(this.#peerFailure(this.#leftRank, 'failed the ring stream', err)));
-    for (const message of received) this.#onInbound(message);
-  }
-
-  #onInbound(message: ExchangeRequest): void {
-    if (this.#failure !== undefined) return;
-    const { job, generation } = this.config;
-    if (message.jobId !== job || message.generation !== generation) {
-      // collective.proto: ranks of different generations must never mix sums.
-      this.#fail(
-        new AbortedError(
-          `stale generation: ${this.#peer(this.#leftRank)} sent a chunk of job ${message.jobId} generation ${message.generation} to ${this.#self()} of job ${job} generation ${generation}`,
-        ),
-      );
-      return;
-    }
-    if (message.fromRank !== this.#leftRank) {
-      this.#fail(
-        new AbortedError(
-          `${this.#self()} got a chunk from rank ${message.fromRank} on the stream of its left neighbour ${this.#peer(this.#leftRank)}: the ranks disagree on the ring order`,
-        ),
-      );
-      return;
-    }
-    this.#inbound.push(message);
-  }
-
-  /** InboundStreamSink: the endpoint is closing. */
-  abort(err: DinofleetError): void {
-    this.#fail(err);
-  }
-
-  /**
-   * Abandons the generation on this rank: pending and later calls reject with `err`, the
-   * left neighbour's stream ends with ABORTED and this reason, the right neighbour's
-   * stream is cancelled. Both neighbours then fail too, so a failure anywhere stops the
-   * whole ring within milliseconds instead of each rank waiting out its own timeout.
-   */
-  #fail(err: DinofleetError): void {
-    if (this.#failure !== undefined) return;
-    this.#failure = err;
-    this.#inbound.fail(err);
-    const waiters = this.#flushWaiters;
-    this.#flushWaiters = [];
-    for (const waiter of waiters) waiter.reject(err);
-    const inbound = this.#inboundStream;
-    if (inbound !== undefined && !inbound.cancelled && inbound.writable) {
-      inbound.removeAllListeners('data');
-      if (this.#closing) inbound.end();
-      else inbound.emit('error', toServiceError(this.#abandonedError()));
-    }
-    this.#outbound?.cancel();
-    this.#client?.close();
-  }
-
-  #abandonedError(): AbortedError {
-    const reason = this.#failure?.message ?? 'closed';
-    return new AbortedError(`${this.#self()} abandoned generation ${this.config.generation}: ${reason}`);
-  }
-
-  #self(): string {
-    return `rank ${this.config.rank} (${this.config.peers[this.config.rank]})`;
-  }
-
-  #peer(rank: number): string {
-    return `rank ${rank} (${this.config.peers[rank]})`;
-  }
-
-  #peerFailure(rank: number, what: string, err: unknown): DinofleetError {
-    const cause = fromServiceError(err);
-    const message = `${this.#peer(rank)} ${what}: ${cause.message}`;
-    // ABORTED means the peer refused on purpose (stale generation, it abandoned the
-    // generation); anything else means it is gone or unreachable.
-    return cause.code === 'ABORTED' ? new AbortedError(message, { cause: err }) : new UnavailableError(message, { cause: err });
-  }
-
-  /**
-   * Ends this rank's part in the generation: pending calls reject, both streams close,
-   * the endpoint stops routing to it. Idempotent; every call returns the same promise.
-   */
+  /** Ends this rank's part in the generation: pending calls reject, links close. Idempotent. */
   close(): Promise<void> {
-    this.#closed ??= this.#shutdown();
-    return this.#closed;
-  }
-
-  async #shutdown(): Promise<void> {
-    this.#closing = true;
-    this.#unregister();
-    this.#fail(new AbortedError(`${this.#self()} closed its collective for generation ${this.config.generation}`));
-    await this.#tail;
+    return this.#impl.close();
   }
 
   /** `await using ring = new RingAllReduce(...)` closes it. */
@@ -613,3 +66,5 @@ export class RingAllReduce implements InboundStreamSink, AsyncDisposable {
     return this.close();
   }
 }
+
+

@@ -4,7 +4,7 @@
  */
 import { CollectiveEndpoint } from './collective-endpoint.ts';
 import { RingAllReduce } from './ring-allreduce.ts';
-import type { RingAllReduceOptions } from './ring-allreduce.ts';
+import type { RingAllReduceOptions } from './allreduce-options.ts';
 
 /** Ring settings a test may override. */
 export type TestRingOptions = Partial<Omit<RingAllReduceOptions, 'endpoint' | 'rank' | 'peers'>>;

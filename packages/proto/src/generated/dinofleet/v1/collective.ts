@@ -10,10 +10,13 @@ import {
   type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
+  type ClientUnaryCall,
   type handleBidiStreamingCall,
   type handleServerStreamingCall,
+  type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
+  type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 
@@ -101,6 +104,35 @@ export interface ExchangeResponse {
   round: number;
   /** Total chunks the receiver has consumed on this stream so far. */
   chunksConsumed: number;
+}
+
+/**
+ * Asks a rank (the sender) for a raw TCP data link to receive its chunks on: the
+ * all-reduce's fast path. gRPC's HTTP/2 framing costs more CPU per byte than a ring on a
+ * loopback or data-centre link can afford (docs/collective.md), so the bulk payload moves on
+ * a plain socket that the receiver dials, and this call is how it finds the socket and
+ * proves it belongs to the generation.
+ */
+export interface OpenDataLinkRequest {
+  /** Job of the collective. */
+  jobId: string;
+  /** Membership generation. */
+  generation: number;
+  /** Rank that will send on the link (the callee). */
+  senderRank: number;
+  /** Rank that will receive on the link (the caller). */
+  receiverRank: number;
+}
+
+/** Where to dial, and the one-time token the receiver presents in its hello. */
+export interface OpenDataLinkResponse {
+  /** TCP port of the sender's data listener, on the host the caller used for this call. */
+  port: number;
+  /**
+   * 32 random bytes, valid for one connection within 60 s, bound to (job, generation,
+   * sender_rank, receiver_rank).
+   */
+  token: Buffer;
 }
 
 /** Asks a rank for its training state at a step (a joining rank's state transfer). */
@@ -405,6 +437,164 @@ export const ExchangeResponse: MessageFns<ExchangeResponse> = {
     message.step = object.step ?? 0;
     message.round = object.round ?? 0;
     message.chunksConsumed = object.chunksConsumed ?? 0;
+    return message;
+  },
+};
+
+function createBaseOpenDataLinkRequest(): OpenDataLinkRequest {
+  return { jobId: "", generation: 0, senderRank: 0, receiverRank: 0 };
+}
+
+export const OpenDataLinkRequest: MessageFns<OpenDataLinkRequest> = {
+  encode(message: OpenDataLinkRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(16).uint64(message.generation);
+    }
+    if (message.senderRank !== 0) {
+      writer.uint32(24).uint32(message.senderRank);
+    }
+    if (message.receiverRank !== 0) {
+      writer.uint32(32).uint32(message.receiverRank);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenDataLinkRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenDataLinkRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.senderRank = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.receiverRank = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<OpenDataLinkRequest>, I>>(base?: I): OpenDataLinkRequest {
+    return OpenDataLinkRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenDataLinkRequest>, I>>(object: I): OpenDataLinkRequest {
+    const message = createBaseOpenDataLinkRequest();
+    message.jobId = object.jobId ?? "";
+    message.generation = object.generation ?? 0;
+    message.senderRank = object.senderRank ?? 0;
+    message.receiverRank = object.receiverRank ?? 0;
+    return message;
+  },
+};
+
+function createBaseOpenDataLinkResponse(): OpenDataLinkResponse {
+  return { port: 0, token: Buffer.alloc(0) };
+}
+
+export const OpenDataLinkResponse: MessageFns<OpenDataLinkResponse> = {
+  encode(message: OpenDataLinkResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.port !== 0) {
+      writer.uint32(8).uint32(message.port);
+    }
+    if (message.token.length !== 0) {
+      writer.uint32(18).bytes(message.token);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenDataLinkResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenDataLinkResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<OpenDataLinkResponse>, I>>(base?: I): OpenDataLinkResponse {
+    return OpenDataLinkResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenDataLinkResponse>, I>>(object: I): OpenDataLinkResponse {
+    const message = createBaseOpenDataLinkResponse();
+    message.port = object.port ?? 0;
+    message.token = object.token ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -756,7 +946,8 @@ export type CollectiveService = typeof CollectiveService;
 export const CollectiveService = {
   /**
    * One bidirectional stream from a rank to its right neighbour for a whole generation:
-   * chunks flow forward, acknowledgements flow back.
+   * chunks flow forward, acknowledgements flow back. The fallback transport
+   * (`transport: grpc`); the default moves chunks on the TCP links of OpenDataLink.
    */
   exchange: {
     path: "/dinofleet.v1.Collective/Exchange" as const,
@@ -767,24 +958,55 @@ export const CollectiveService = {
     responseSerialize: (value: ExchangeResponse): Buffer => Buffer.from(ExchangeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExchangeResponse => ExchangeResponse.decode(value),
   },
+  /** A one-time ticket for a raw TCP data link from the callee (sender) to the caller. */
+  openDataLink: {
+    path: "/dinofleet.v1.Collective/OpenDataLink" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenDataLinkRequest): Buffer => Buffer.from(OpenDataLinkRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenDataLinkRequest => OpenDataLinkRequest.decode(value),
+    responseSerialize: (value: OpenDataLinkResponse): Buffer =>
+      Buffer.from(OpenDataLinkResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenDataLinkResponse => OpenDataLinkResponse.decode(value),
+  },
 } as const;
 
 export interface CollectiveServer extends UntypedServiceImplementation {
   /**
    * One bidirectional stream from a rank to its right neighbour for a whole generation:
-   * chunks flow forward, acknowledgements flow back.
+   * chunks flow forward, acknowledgements flow back. The fallback transport
+   * (`transport: grpc`); the default moves chunks on the TCP links of OpenDataLink.
    */
   exchange: handleBidiStreamingCall<ExchangeRequest, ExchangeResponse>;
+  /** A one-time ticket for a raw TCP data link from the callee (sender) to the caller. */
+  openDataLink: handleUnaryCall<OpenDataLinkRequest, OpenDataLinkResponse>;
 }
 
 export interface CollectiveClient extends Client {
   /**
    * One bidirectional stream from a rank to its right neighbour for a whole generation:
-   * chunks flow forward, acknowledgements flow back.
+   * chunks flow forward, acknowledgements flow back. The fallback transport
+   * (`transport: grpc`); the default moves chunks on the TCP links of OpenDataLink.
    */
   exchange(): ClientDuplexStream<ExchangeRequest, ExchangeResponse>;
   exchange(options: Partial<CallOptions>): ClientDuplexStream<ExchangeRequest, ExchangeResponse>;
   exchange(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ExchangeRequest, ExchangeResponse>;
+  /** A one-time ticket for a raw TCP data link from the callee (sender) to the caller. */
+  openDataLink(
+    request: OpenDataLinkRequest,
+    callback: (error: ServiceError | null, response: OpenDataLinkResponse) => void,
+  ): ClientUnaryCall;
+  openDataLink(
+    request: OpenDataLinkRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenDataLinkResponse) => void,
+  ): ClientUnaryCall;
+  openDataLink(
+    request: OpenDataLinkRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenDataLinkResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const CollectiveClient = makeGenericClientConstructor(

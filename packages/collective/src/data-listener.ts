@@ -1,0 +1,159 @@
+/**
+ * A worker's TCP data listener: where receivers dial the data links of the all-reduce
+ * (docs/collective.md). It issues the one-time tokens that `OpenDataLink` hands out over
+ * gRPC, reads each connection's hello, checks its token, and passes the socket on. A
+ * connection without a valid token is closed after a refusal that says why: only a
+ * caller of this worker's gRPC service (mutually authenticated once TLS is on) can open
+ * a data link.
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import net from 'node:net';
+import { InvalidArgumentError, UnavailableError } from '@dinofleet/proto';
+import { DATA_LINK_TOKEN_BYTES, decodeHello, encodeHelloReply, helloSize } from './data-frame.ts';
+import type { DataLinkHello } from './data-frame.ts';
+
+/** How long a token from OpenDataLink stays valid, in ms. */
+export const DATA_LINK_TOKEN_TTL_MS = 60_000;
+/** Time a connection has to send its hello, in ms. */
+const HELLO_TIMEOUT_MS = 10_000;
+/** Most tokens outstanding at once; beyond it the oldest are dropped. */
+const MAX_TOKENS = 4096;
+
+interface IssuedToken {
+  readonly token: Buffer;
+  readonly job: string;
+  readonly generation: number;
+  readonly senderRank: number;
+  readonly receiverRank: number;
+  readonly expiresAt: number;
+}
+
+/** What a link's sender needs to know about the accepted socket. */
+export type DataLinkHandler = (socket: net.Socket, hello: DataLinkHello) => void;
+
+/** Writes a refusal to `socket` and closes it. */
+export function refuseDataLink(socket: net.Socket, reason: string): void {
+  if (socket.destroyed) return;
+  socket.end(encodeHelloReply(reason));
+  setTimeout(() => socket.destroy(), 1_000).unref();
+}
+
+/** The listener. `start()`, then `issueToken()` per OpenDataLink call; `close()`. */
+export class DataListener {
+  readonly #listen: { host: string; port: number };
+  readonly #onLink: DataLinkHandler;
+  readonly #tokens = new Map<string, IssuedToken>();
+  readonly #sockets = new Set<net.Socket>();
+  #server: net.Server | undefined;
+  #port: number | undefined;
+
+  constructor(listen: string, onLink: DataLinkHandler) {
+    const colon = listen.lastIndexOf(':');
+    const port = Number(listen.slice(colon + 1));
+    if (colon < 1 || !Number.isInteger(port) || port < 0 || port > 65535) {
+      throw new InvalidArgumentError(`data listen address must be host:port with a port in 0..65535, got "${listen}"`);
+    }
+    this.#listen = { host: listen.slice(0, colon).replace(/^\[|\]$/g, ''), port };
+    this.#onLink = onLink;
+  }
+
+  /** Binds the listener; resolves with its port. Idempotent. */
+  async start(): Promise<number> {
+    if (this.#port !== undefined) return this.#port;
+    const server = net.createServer({ noDelay: true }, (socket) => this.#onConnection(socket));
+    this.#server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(new UnavailableError(`could not listen for data links on ${this.#listen.host}:${this.#listen.port}: ${err.message}`, { cause: err })),
+      );
+      server.listen(this.#listen.port, this.#listen.host, () => resolve());
+    });
+    this.#port = (server.address() as net.AddressInfo).port;
+    return this.#port;
+  }
+
+  /** The bound port, once started. */
+  get port(): number | undefined {
+    return this.#port;
+  }
+
+  /** A one-time token for a link of (job, generation) from `senderRank` to `receiverRank`. */
+  issueToken(job: string, generation: number, senderRank: number, receiverRank: number): Buffer {
+    const now = Date.now();
+    for (const [key, issued] of this.#tokens) {
+      if (issued.expiresAt > now && this.#tokens.size < MAX_TOKENS) break;
+      this.#tokens.delete(key);
+    }
+    const token = randomBytes(DATA_LINK_TOKEN_BYTES);
+    this.#tokens.set(token.toString('hex'), { token, job, generation, senderRank, receiverRank, expiresAt: now + DATA_LINK_TOKEN_TTL_MS });
+    return token;
+  }
+
+  #onConnection(socket: net.Socket): void {
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+    socket.on('error', () => undefined); // whoever takes the socket listens too
+    let received = Buffer.alloc(0);
+    const timer = setTimeout(() => refuseDataLink(socket, `no hello within ${HELLO_TIMEOUT_MS} ms`), HELLO_TIMEOUT_MS);
+    const onData = (data: Buffer): void => {
+      received = Buffer.concat([received, data]);
+      let size: number | undefined;
+      try {
+        size = helloSize(received);
+      } catch (err) {
+        clearTimeout(timer);
+        socket.off('data', onData);
+        refuseDataLink(socket, (err as Error).message);
+        return;
+      }
+      if (size === undefined || received.byteLength < size) return;
+      clearTimeout(timer);
+      socket.off('data', onData);
+      if (received.byteLength > size) {
+        refuseDataLink(socket, 'data link: bytes after the hello before the reply');
+        return;
+      }
+      let hello: DataLinkHello;
+      try {
+        hello = decodeHello(received);
+      } catch (err) {
+        refuseDataLink(socket, (err as Error).message);
+        return;
+      }
+      const refusal = this.#checkToken(hello);
+      if (refusal !== undefined) {
+        refuseDataLink(socket, refusal);
+        return;
+      }
+      this.#onLink(socket, hello);
+    };
+    socket.on('data', onData);
+  }
+
+  #checkToken(hello: DataLinkHello): string | undefined {
+    const key = Buffer.from(hello.token).toString('hex');
+    const issued = this.#tokens.get(key);
+    if (issued === undefined) return 'data link token unknown or already used: call OpenDataLink first';
+    this.#tokens.delete(key);
+    if (!timingSafeEqual(issued.token, hello.token)) return 'data link token mismatch';
+    if (issued.expiresAt < Date.now()) return `data link token expired (valid ${DATA_LINK_TOKEN_TTL_MS} ms)`;
+    if (
+      issued.job !== hello.job ||
+      issued.generation !== hello.generation ||
+      issued.senderRank !== hello.senderRank ||
+      issued.receiverRank !== hello.receiverRank
+    ) {
+      return `data link token was issued for job ${issued.job} generation ${issued.generation} link ${issued.senderRank}->${issued.receiverRank}, the hello names job ${hello.job} generation ${hello.generation} link ${hello.senderRank}->${hello.receiverRank}`;
+    }
+    return undefined;
+  }
+
+  /** Stops listening and destroys every socket not yet handed on. Idempotent. */
+  async close(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    this.#tokens.clear();
+    for (const socket of this.#sockets) socket.destroy();
+    if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}

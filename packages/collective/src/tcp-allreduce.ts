@@ -1,0 +1,558 @@
+/**
+ * TcpAllReduce: the `tcp` transport of RingAllReduce (docs/collective.md). Chunks move on
+ * raw TCP data links that each receiver opens through the sender's gRPC OpenDataLink; the
+ * bulk bytes never pass through HTTP/2 or protobuf.
+ *
+ * Two algorithms, chosen by size (the same on every rank, so all ranks agree):
+ * - Ring reduce-scatter + all-gather (Patarasuk & Yuan 2009), chunked and pipelined: a rank
+ *   sends its own segment at once and forwards each chunk right after summing it, so
+ *   sending, receiving and summing overlap. Every element is summed once, along the ring,
+ *   by the rank that receives it; the all-gather copies that one result everywhere.
+ * - Recursive doubling for vectors up to `smallMessageBytes`: log2(p) rounds in which
+ *   partners r and r xor 2^k swap whole vectors and both compute a + b (float addition
+ *   is commutative, so both get the same bits); the ranks beyond the largest power of two
+ *   p fold into a partner first and get the result back.
+ * Either way every rank ends with bit-identical results.
+ *
+ * Compression ("bf16"/"fp16"): each hop's payload is the 16-bit rounding of a float32
+ * partial sum; sums are float32. The rank that completes a chunk rounds its own copy the
+ * same way before the all-gather, so every rank still ends with the same bits.
+ */
+import type net from 'node:net';
+import {
+  AbortedError,
+  CollectivePhase,
+  DataLossError,
+  DeadlineExceededError,
+  UnavailableError,
+  callUnary,
+  createClient,
+  fromServiceError,
+  isDinofleetError,
+} from '@dinofleet/proto';
+import type { DinofleetError } from '@dinofleet/proto';
+import type { CollectiveEndpoint, InboundStreamSink } from './collective-endpoint.ts';
+import {
+  AllReduceAlgorithm,
+  allReduceStats,
+  checkTag,
+  copyFloats,
+  resolveRingAllReduceConfig,
+} from './allreduce-options.ts';
+import type { AllReduceStats, AllReduceTag, LinkBandwidth, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
+import { Compression, addInto, decodeInto, encodeInto, quantizeInPlace, wireBytesPerElement } from './compression.ts';
+import { addFloat32 } from './float-sum.ts';
+import { DATA_LINK_TOKEN_BYTES, FrameKind, encodeHelloReply } from './data-frame.ts';
+import type { DataLinkHello, FrameHeader } from './data-frame.ts';
+import { refuseDataLink } from './data-listener.ts';
+import { CollectiveExchangeClient } from './exchange-codec.ts';
+import { initialSends, mod, receiveSchedule, segmentBounds } from './ring-schedule.ts';
+import type { ScheduledChunk } from './ring-schedule.ts';
+import { FramePool, MAX_PROBE_FRAME_BYTES, OutboundLink, dialDataLink } from './tcp-link.ts';
+import type { InboundLink, ReceivedFrame } from './tcp-link.ts';
+
+/** Largest power of two <= n (n >= 1). */
+function powerOfTwoBelow(n: number): number {
+  let p = 1;
+  while (p * 2 <= n) p *= 2;
+  return p;
+}
+
+/** The ranks `rank` receives from in recursive doubling (and its fold partner). */
+function doublingPartners(rank: number, worldSize: number): number[] {
+  const p = powerOfTwoBelow(worldSize);
+  if (rank >= p) return [rank - p];
+  const partners: number[] = [];
+  if (rank < worldSize - p) partners.push(rank + p);
+  for (let bit = 1; bit < p; bit *= 2) partners.push(rank ^ bit);
+  return partners;
+}
+
+/** One rank's side of the all-reduce over TCP data links for one generation. */
+export class TcpAllReduce implements InboundStreamSink {
+  readonly config: RingAllReduceConfig;
+  lastStats: AllReduceStats | undefined;
+  linkBandwidth: LinkBandwidth | undefined;
+
+  readonly #endpoint: CollectiveEndpoint;
+  readonly #onStats: ((stats: AllReduceStats) => void) | undefined;
+  readonly #onLinkBandwidth: ((link: LinkBandwidth) => void) | undefined;
+  readonly #unregister: () => void;
+  readonly #leftRank: number;
+  readonly #rightRank: number;
+  readonly #bytesPerElement: 2 | 4;
+  /** Links this rank receives on, by sending rank. */
+  readonly #inbound = new Map<number, Promise<InboundLink>>();
+  /** Links this rank sends on, by receiving rank. */
+  readonly #outbound = new Map<number, OutboundLink>();
+  readonly #receivePool: FramePool;
+  readonly #sendPool: FramePool;
+  readonly #settings: string;
+  #probePending: boolean;
+  #failure: DinofleetError | undefined;
+  #closed: Promise<void> | undefined;
+  #tail: Promise<unknown> = Promise.resolve();
+
+  constructor(options: RingAllReduceOptions) {
+    this.config = resolveRingAllReduceConfig(options);
+    this.#endpoint = options.endpoint;
+    this.#onStats = options.onStats;
+    this.#onLinkBandwidth = options.onLinkBandwidth;
+    const { rank, worldSize, chunkBytes, smallMessageBytes, compression } = this.config;
+    this.#leftRank = mod(rank - 1, worldSize);
+    this.#rightRank = mod(rank + 1, worldSize);
+    this.#bytesPerElement = wireBytesPerElement(compression);
+    const frameBytes = Math.max((chunkBytes / 4) * this.#bytesPerElement, (smallMessageBytes / 4) * this.#bytesPerElement, 4);
+    this.#receivePool = new FramePool(frameBytes);
+    this.#sendPool = new FramePool(frameBytes);
+    this.#settings = `chunk=${chunkBytes} small=${smallMessageBytes} compression=${compression} probe=${this.config.linkProbeBytes}`;
+    this.#probePending = this.config.linkProbeBytes > 0 && worldSize > 1;
+    if (worldSize === 1) {
+      this.#unregister = () => undefined;
+      return;
+    }
+    this.#unregister = options.endpoint.register(this.config.job, this.config.generation, this);
+    // Open the links now: connecting overlaps the step's compute instead of delaying its
+    // first collective. Failures surface in the first call (and abandon the generation).
+    const senders = new Set([this.#leftRank]);
+    if (smallMessageBytes > 0) for (const peer of doublingPartners(rank, worldSize)) senders.add(peer);
+    for (const peer of senders) this.#inboundFrom(peer).catch(() => undefined);
+  }
+
+  allReduceSum(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
+    return this.#enqueue(data, tag, false);
+  }
+
+  allReduceSumInPlace(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
+    return this.#enqueue(data, tag, true);
+  }
+
+  #enqueue(data: Float32Array, tag: AllReduceTag, inPlace: boolean): Promise<Float32Array> {
+    const deadline = Date.now() + this.config.timeoutMs;
+    const run = this.#tail.then(() => this.#run(data, tag, deadline, inPlace));
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
+
+  async #run(data: Float32Array, tag: AllReduceTag, deadline: number, inPlace: boolean): Promise<Float32Array> {
+    checkTag(tag);
+    if (this.#failure !== undefined) throw this.#abandoned();
+    const startedAt = performance.now();
+    let out = data;
+    if (!inPlace) {
+      out = new Float32Array(data.length);
+      copyFloats(data, out);
+    }
+    const { worldSize, smallMessageBytes } = this.config;
+    let algorithm: AllReduceAlgorithm = AllReduceAlgorithm.Local;
+    if (worldSize > 1 && out.length > 0) {
+      algorithm = out.byteLength <= smallMessageBytes ? AllReduceAlgorithm.RecursiveDoubling : AllReduceAlgorithm.Ring;
+      try {
+        if (algorithm === AllReduceAlgorithm.Ring) await this.#ring(out, tag, deadline);
+        else await this.#recursiveDoubling(out, tag, deadline);
+      } catch (err) {
+        const failure = isDinofleetError(err) ? err : fromServiceError(err);
+        this.#fail(failure);
+        throw failure;
+      }
+    }
+    const stats = allReduceStats(tag, this.config, out.byteLength, (performance.now() - startedAt) / 1000, algorithm);
+    this.lastStats = stats;
+    try {
+      this.#onStats?.(stats);
+    } catch {
+      // A failing metrics hook must not fail a collective that succeeded on every rank.
+    }
+    return out;
+  }
+
+  // ---- ring ----------------------------------------------------------------------------
+
+  async #ring(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<void> {
+    const { worldSize: n, compression } = this.config;
+    const right = this.#outboundTo(this.#rightRank);
+    const left = await this.#inboundFrom(this.#leftRank);
+    const sequences = new Map<FrameKind, number>([
+      [FrameKind.ReduceScatter, 0],
+      [FrameKind.AllGather, 0],
+    ]);
+    const header = (kind: FrameKind, chunk: ScheduledChunk): FrameHeader => {
+      const sequence = sequences.get(kind) as number;
+      sequences.set(kind, sequence + 1);
+      return { kind, step: tag.step, op: tag.op, sequence, segment: chunk.segment, offset: chunk.offset, payloadBytes: chunk.length * this.#bytesPerElement };
+    };
+    // Sends out[chunk] (encoded when compressing). An uncompressed payload is a view of
+    // `out`: causality keeps it safe, since a region is changed only after receiving a chunk
+    // that cannot exist before our message about that region reached the right neighbour,
+    // and a region summed into is sent only after the sum. right.flush() at the end makes
+    // sure nothing still reads `out` when the call returns.
+    const send = (kind: FrameKind, chunk: ScheduledChunk): void => {
+      if (compression === Compression.None) {
+        right.send(header(kind, chunk), new Uint8Array(out.buffer, out.byteOffset + chunk.start * 4, chunk.length * 4));
+        return;
+      }
+      const buffer = this.#sendPool.acquire();
+      encodeInto(compression, out, chunk.start, chunk.length, new Uint16Array(buffer.buffer, buffer.byteOffset, chunk.length), 0);
+      right.send(header(kind, chunk), buffer.subarray(0, chunk.length * 2), () => this.#sendPool.release(buffer));
+    };
+
+    if (compression === Compression.None) {
+      // All-gather payloads of this call land straight in `out` (no copy). Safe: the
+      // all-gather value of a region exists only after this rank summed and forwarded its
+      // reduce-scatter part of that region, and its sends of that region are then done.
+      const outBytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+      left.setPlan((h) => {
+        if (h.kind !== FrameKind.AllGather || h.step !== tag.step || h.op !== tag.op) return undefined;
+        const start = segmentBounds(out.length, n, h.segment).start + h.offset;
+        if (start * 4 + h.payloadBytes > out.byteLength) return undefined;
+        return outBytes.subarray(start * 4, start * 4 + h.payloadBytes);
+      });
+    }
+    try {
+      await this.#ringSteps(out, tag, deadline, left, send, header, right);
+    } finally {
+      left.setPlan(undefined);
+    }
+    await right.flush();
+  }
+
+  async #ringSteps(
+    out: Float32Array,
+    tag: AllReduceTag,
+    deadline: number,
+    left: InboundLink,
+    send: (kind: FrameKind, chunk: ScheduledChunk) => void,
+    header: (kind: FrameKind, chunk: ScheduledChunk) => FrameHeader,
+    right: OutboundLink,
+  ): Promise<void> {
+    const { worldSize: n, rank, chunkBytes, compression } = this.config;
+    const chunkElements = chunkBytes / 4;
+    for (const chunk of initialSends(out.length, n, rank, chunkElements)) send(FrameKind.ReduceScatter, chunk);
+    let heard = false;
+    for (const expected of receiveSchedule(out.length, n, rank, chunkElements)) {
+      const kind = expected.phase === CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER ? FrameKind.ReduceScatter : FrameKind.AllGather;
+      const frame = await this.#take(left, this.#leftRank, tag, deadline, heard);
+      heard = true;
+      const forwardedPayload = this.#checkRingFrame(frame, kind, expected, tag);
+      if (kind === FrameKind.ReduceScatter) {
+        this.#accumulate(out, expected.start, expected.length, frame.payload);
+        frame.release();
+        if (expected.ringStep < n - 2) send(FrameKind.ReduceScatter, expected);
+        else {
+          // The chunk is fully reduced here: it starts the all-gather.
+          quantizeInPlace(compression, out, expected.start, expected.length);
+          send(FrameKind.AllGather, expected);
+        }
+      } else {
+        this.#assign(out, expected.start, expected.length, frame.payload, frame.placed);
+        if (expected.ringStep < n - 2) {
+          if (compression === Compression.None) {
+            frame.release();
+            send(FrameKind.AllGather, expected);
+          } else {
+            // Forward the received encoding itself: same bits, no re-encode.
+            right.send(header(FrameKind.AllGather, expected), forwardedPayload, () => frame.release());
+          }
+        } else frame.release();
+      }
+    }
+  }
+
+  #checkRingFrame(
+    frame: ReceivedFrame,
+    kind: FrameKind,
+    expected: ScheduledChunk,
+    tag: AllReduceTag,
+  ): Uint8Array {
+    const h = frame.header;
+    const from = this.#peer(this.#leftRank);
+    if (h.step !== tag.step || h.op !== tag.op) {
+      throw new AbortedError(
+        `${from} sent a frame of step ${h.step} op ${h.op} while ${this.#self()} runs step ${tag.step} op ${tag.op}: the ranks disagree on the sequence of collectives`,
+      );
+    }
+    const payloadBytes = expected.length * this.#bytesPerElement;
+    if (h.kind !== kind || h.sequence !== expected.sequence || h.segment !== expected.segment || h.offset !== expected.offset || h.payloadBytes !== payloadBytes) {
+      throw new AbortedError(
+        `${from} sent kind ${h.kind} frame ${h.sequence} (segment ${h.segment}, offset ${h.offset}, ${h.payloadBytes} bytes) where ${this.#self()} expects kind ${kind} frame ${expected.sequence} (segment ${expected.segment}, offset ${expected.offset}, ${payloadBytes} bytes): vector lengths differ between ranks`,
+      );
+    }
+    return frame.payload;
+  }
+
+  /** out[start..start+length) += the payload (float32, or decoded 16-bit). */
+  #accumulate(out: Float32Array, start: number, length: number, payload: Uint8Array): void {
+    const { compression } = this.config;
+    if (compression !== Compression.None) {
+      addInto(compression, new Uint16Array(payload.buffer, payload.byteOffset, length), 0, length, out, start);
+      return;
+    }
+    addFloat32(out, start, new Float32Array(payload.buffer, payload.byteOffset, length), length);
+  }
+
+  /** out[start..start+length) = the payload (nothing to do when it was read in place). */
+  #assign(out: Float32Array, start: number, length: number, payload: Uint8Array, placed = false): void {
+    if (placed) return;
+    const { compression } = this.config;
+    if (compression !== Compression.None) {
+      decodeInto(compression, new Uint16Array(payload.buffer, payload.byteOffset, length), 0, length, out, start);
+      return;
+    }
+    new Uint8Array(out.buffer, out.byteOffset + start * 4, length * 4).set(payload);
+  }
+
+  // ---- recursive doubling --------------------------------------------------------------
+
+  async #recursiveDoubling(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<void> {
+    const { worldSize: n, rank, compression } = this.config;
+    const p = powerOfTwoBelow(n);
+    const length = out.length;
+        const headerFor = (kind: FrameKind, sequence: number, segment: number): FrameHeader => ({
+      kind,
+      step: tag.step,
+      op: tag.op,
+      sequence,
+      segment,
+      offset: 0,
+      payloadBytes: length * this.#bytesPerElement,
+    });
+    // Sends the whole vector and resolves once the socket has it (the caller then changes `out`).
+    const sendWhole = async (to: number, header: FrameHeader): Promise<void> => {
+      const link = this.#outboundTo(to);
+      if (compression === Compression.None) {
+        link.send(header, new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
+      } else {
+        const buffer = this.#sendPool.acquire();
+        encodeInto(compression, out, 0, length, new Uint16Array(buffer.buffer, buffer.byteOffset, length), 0);
+        link.send(header, buffer.subarray(0, length * 2), () => this.#sendPool.release(buffer));
+      }
+      await link.flush();
+    };
+    const receiveWhole = async (from: number, kind: FrameKind, sequence: number, segment: number): Promise<ReceivedFrame> => {
+      const frame = await this.#take(await this.#inboundFrom(from), from, tag, deadline, false);
+      const h = frame.header;
+      const want = headerFor(kind, sequence, segment);
+      if (h.step !== tag.step || h.op !== tag.op || h.kind !== kind || h.sequence !== sequence || h.segment !== segment || h.payloadBytes !== want.payloadBytes) {
+        frame.release();
+        throw new AbortedError(
+          `${this.#peer(from)} sent kind ${h.kind} step ${h.step} op ${h.op} (${h.payloadBytes} bytes) where ${this.#self()} expects kind ${kind} step ${tag.step} op ${tag.op} (${want.payloadBytes} bytes): the ranks disagree on the sequence or length of collectives`,
+        );
+      }
+      return frame;
+    };
+
+    if (rank >= p) {
+      // Fold into rank - p, then take the result back from it.
+      const partner = rank - p;
+      await sendWhole(partner, headerFor(FrameKind.Fold, 0, 0));
+      const result = await receiveWhole(partner, FrameKind.Fold, 1, 0);
+      this.#assign(out, 0, length, result.payload);
+      result.release();
+      return;
+    }
+    if (rank < n - p) {
+      const folded = await receiveWhole(rank + p, FrameKind.Fold, 0, 0);
+      this.#accumulate(out, 0, length, folded.payload);
+      folded.release();
+    }
+    for (let bit = 1, round = 0; bit < p; bit *= 2, round++) {
+      const partner = rank ^ bit;
+      const [, frame] = await Promise.all([
+        sendWhole(partner, headerFor(FrameKind.Exchange, 0, round)),
+        receiveWhole(partner, FrameKind.Exchange, 0, round),
+      ]);
+      // Both partners compute q(mine) + q(theirs): the same float32 sum, in either order.
+      quantizeInPlace(compression, out, 0, length);
+      this.#accumulate(out, 0, length, frame.payload);
+      frame.release();
+    }
+    quantizeInPlace(compression, out, 0, length);
+    if (rank < n - p) await sendWhole(rank + p, headerFor(FrameKind.Fold, 1, 0));
+  }
+
+  // ---- links ---------------------------------------------------------------------------
+
+  /** Takes the next frame of `link`, skipping (and measuring) a bandwidth probe. */
+  async #take(link: InboundLink, from: number, tag: AllReduceTag, deadline: number, heard: boolean): Promise<ReceivedFrame> {
+    for (;;) {
+      const remainingMs = deadline - Date.now();
+      const { stallTimeoutMs, timeoutMs } = this.config;
+      const stalls = heard && stallTimeoutMs < remainingMs;
+      const frame = await link.take(stalls ? stallTimeoutMs : remainingMs, () =>
+        stalls
+          ? new UnavailableError(`${this.#peer(from)} sent nothing for ${stallTimeoutMs} ms in the middle of step ${tag.step} op ${tag.op} (${this.#self()} waiting)`)
+          : new DeadlineExceededError(`all-reduce step ${tag.step} op ${tag.op} on ${this.#self()} timed out after ${timeoutMs} ms waiting for ${this.#peer(from)}`),
+      );
+      if (frame.header.kind !== FrameKind.Probe) return frame;
+      this.#onProbeFrame(frame, from);
+      heard = true;
+    }
+  }
+
+  #probeStartedAt: number | undefined;
+  #probeBytes = 0;
+
+  #onProbeFrame(frame: ReceivedFrame, from: number): void {
+    const { header } = frame;
+    if (header.sequence === 0) {
+      this.#probeStartedAt = frame.headerAtMs;
+      this.#probeBytes = 0;
+    }
+    this.#probeBytes += header.payloadBytes;
+    frame.release();
+    if (header.sequence + 1 === header.segment && this.#probeStartedAt !== undefined) {
+      const seconds = Math.max(frame.completedAtMs - this.#probeStartedAt, 1e-3) / 1000;
+      const link: LinkBandwidth = { peerRank: from, peerAddress: this.config.peers[from] as string, bytes: this.#probeBytes, gbps: this.#probeBytes / seconds / 1e9 };
+      this.linkBandwidth = link;
+      try {
+        this.#onLinkBandwidth?.(link);
+      } catch {
+        // metrics hooks never fail the collective
+      }
+    }
+  }
+
+  #inboundFrom(peer: number): Promise<InboundLink> {
+    let link = this.#inbound.get(peer);
+    if (link === undefined) {
+      link = this.#dial(peer);
+      this.#inbound.set(peer, link);
+    }
+    return link;
+  }
+
+  async #dial(peer: number): Promise<InboundLink> {
+    if (this.#failure !== undefined) throw this.#failure;
+    const { job, generation, rank, worldSize, connectTimeoutMs } = this.config;
+    const address = this.config.peers[peer] as string;
+    const client = createClient(CollectiveExchangeClient, address, this.config.client);
+    let port: number;
+    let token: Uint8Array;
+    try {
+      const response = await callUnary(
+        client,
+        'openDataLink',
+        { jobId: job, generation, senderRank: peer, receiverRank: rank },
+        { deadlineMs: connectTimeoutMs },
+      );
+      port = response.port;
+      token = response.token;
+    } catch (err) {
+      throw this.#peerFailure(peer, 'refused OpenDataLink', err);
+    } finally {
+      client.close();
+    }
+    if (token.byteLength !== DATA_LINK_TOKEN_BYTES) throw new DataLossError(`${this.#peer(peer)} returned a ${token.byteLength}-byte data link token`);
+    const hello: DataLinkHello = { token, job, generation, senderRank: peer, receiverRank: rank, worldSize, settings: this.#settings };
+    try {
+      return await dialDataLink({
+        host: address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, ''),
+        port,
+        hello,
+        pool: this.#receivePool,
+        connectTimeoutMs,
+        label: this.#peer(peer),
+      });
+    } catch (err) {
+      throw this.#peerFailure(peer, 'sends on a data link that could not be opened', err);
+    }
+  }
+
+  #outboundTo(peer: number): OutboundLink {
+    let link = this.#outbound.get(peer);
+    if (link === undefined) {
+      if (this.#failure !== undefined) throw this.#failure;
+      link = new OutboundLink(this.#peer(peer));
+      this.#outbound.set(peer, link);
+    }
+    return link;
+  }
+
+  /** InboundStreamSink: a receiver dialed in (token already checked by the endpoint). */
+  acceptDataLink(socket: net.Socket, hello: DataLinkHello): void {
+    const { worldSize, rank } = this.config;
+    let refusal: string | undefined;
+    if (this.#failure !== undefined) refusal = this.#abandoned().message;
+    else if (hello.senderRank !== rank) refusal = `this is rank ${rank}, not ${hello.senderRank}`;
+    else if (hello.worldSize !== worldSize) refusal = `world size differs: ${hello.worldSize} at the receiver, ${worldSize} here`;
+    else if (hello.receiverRank >= worldSize || hello.receiverRank === rank) refusal = `receiver rank ${hello.receiverRank} is not a peer in a world of ${worldSize}`;
+    else if (hello.settings !== this.#settings) refusal = `collective settings differ: "${hello.settings}" at rank ${hello.receiverRank}, "${this.#settings}" at rank ${rank}; every rank must use the same`;
+    else if (this.#outbound.get(hello.receiverRank)?.attached === true) refusal = `rank ${hello.receiverRank} has a data link from rank ${rank} already`;
+    if (refusal !== undefined) {
+      refuseDataLink(socket, refusal);
+      return;
+    }
+    socket.write(encodeHelloReply());
+    const link = this.#outboundTo(hello.receiverRank);
+    if (hello.receiverRank === this.#rightRank && this.#probePending) {
+      this.#probePending = false;
+      this.#sendProbe(link);
+    }
+    link.attach(socket);
+  }
+
+  /** Queues the probe ahead of everything else on the ring link (it is sent first on attach). */
+  #sendProbe(link: OutboundLink): void {
+    const frameBytes = MAX_PROBE_FRAME_BYTES;
+    const frames = Math.max(1, Math.ceil(this.config.linkProbeBytes / frameBytes));
+    const payload = Buffer.alloc(Math.min(frameBytes, this.config.linkProbeBytes));
+    // sendFirst puts each frame at the front: queue them last to first.
+    for (let sequence = frames - 1; sequence >= 0; sequence--) {
+      link.sendFirst({ kind: FrameKind.Probe, step: 0, op: 0, sequence, segment: frames, offset: 0, payloadBytes: payload.byteLength }, payload);
+    }
+  }
+
+  // ---- failure and close ---------------------------------------------------------------
+
+  /**
+   * Abandons the generation on this rank: pending and later calls reject, and every link
+   * closes, so the peers on them fail at once rather than each waiting out a timeout.
+   */
+  #fail(err: DinofleetError): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = err;
+    // Each peer learns the reason (an Abort frame downstream, a message upstream), so the
+    // failure goes round with its cause instead of as a bare closed socket.
+    for (const link of this.#outbound.values()) link.abort(err);
+    for (const pending of this.#inbound.values()) pending.then((link) => link.abort(err)).catch(() => undefined);
+  }
+
+  /** InboundStreamSink: the endpoint is closing. */
+  abort(err: DinofleetError): void {
+    this.#fail(err);
+  }
+
+  #abandoned(): AbortedError {
+    const reason = this.#failure?.message ?? 'closed';
+    return new AbortedError(`${this.#self()} abandoned generation ${this.config.generation}: ${reason}`, { cause: this.#failure });
+  }
+
+  #self(): string {
+    return `rank ${this.config.rank} (${this.config.peers[this.config.rank]})`;
+  }
+
+  #peer(rank: number): string {
+    return `rank ${rank} (${this.config.peers[rank]})`;
+  }
+
+  #peerFailure(rank: number, what: string, err: unknown): DinofleetError {
+    const cause = isDinofleetError(err) ? err : fromServiceError(err);
+    const message = `${this.#peer(rank)} ${what}: ${cause.message}`;
+    return cause.code === 'ABORTED' ? new AbortedError(message, { cause: err }) : new UnavailableError(message, { cause: err });
+  }
+
+  /** Ends this rank's part in the generation. Idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#unregister();
+      this.#fail(new AbortedError(`${this.#self()} closed its collective for generation ${this.config.generation}`));
+      await this.#tail;
+    })();
+    return this.#closed;
+  }
+
+  /** For tests: the endpoint this collective is registered with. */
+  get endpoint(): CollectiveEndpoint {
+    return this.#endpoint;
+  }
+}
