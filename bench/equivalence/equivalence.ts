@@ -37,6 +37,8 @@ export interface EquivalenceOptions {
    * trained on the batches the ledger says were committed, whatever the fleet did.
    */
   readonly during?: (run: { readonly fleet: LocalFleet; readonly client: JobServiceClient; readonly jobId: string }) => Promise<void>;
+  /** `spec.collective` of the job (e.g. `{ compression: 'bf16' }`). @default the spec's defaults */
+  readonly collective?: Readonly<Record<string, unknown>>;
   /** Worker logs go here (one file per process). */
   readonly logDir?: string;
   /** Progress lines. */
@@ -70,7 +72,11 @@ const SEED = 7;
 const TERMINAL = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
 
 /** The job the fleet runs: `dino` (centering through teacher-sync) without rank-dependent randomness. */
-function equivalenceSpec(manifestUri: string, o: Required<Omit<EquivalenceOptions, 'logDir' | 'log' | 'during' | 'fleetWorkers'>>): Record<string, unknown> {
+function equivalenceSpec(
+  manifestUri: string,
+  o: Required<Omit<EquivalenceOptions, 'logDir' | 'log' | 'during' | 'fleetWorkers' | 'collective'>>,
+  collective: EquivalenceOptions['collective'],
+): Record<string, unknown> {
   return {
     apiVersion: 'dinofleet/v1',
     kind: 'TrainingJob',
@@ -88,6 +94,7 @@ function equivalenceSpec(manifestUri: string, o: Required<Omit<EquivalenceOption
       training: { steps: o.steps, globalBatchSize: o.globalBatchSize, seed: SEED },
       fleet: { workers: o.workers, minWorkers: 1, maxWorkers: o.maxWorkers },
       checkpoint: { uri: `s3://${BUCKET}/checkpoints/`, everySteps: 1_000_000 },
+      ...(collective !== undefined && { collective }),
     },
   };
 }
@@ -206,7 +213,7 @@ export async function runEquivalence(options: EquivalenceOptions = {}): Promise<
     log(`fleet up: coordinator ${fleet.coordinatorAddress}, teacher-sync ${fleet.teacherSyncAddress}`);
     const upload = await uploadFashionMnist(s3, { bucket: BUCKET, split: 'train', limit: o.images });
     log(`uploaded ${upload.count} images, manifest ${upload.manifestUri}`);
-    const specObject = equivalenceSpec(upload.manifestUri, o);
+    const specObject = equivalenceSpec(upload.manifestUri, o, options.collective);
     const spec = resolveJobSpec(specObject);
     const client = createClient(JobServiceClient, fleet.coordinatorAddress);
     const started = performance.now();

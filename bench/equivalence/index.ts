@@ -1,9 +1,12 @@
-// `npm run bench -- equivalence [--workers 2] [--steps 6, 10 with --elastic] [--batch-size 16] [--elastic]`
+// `npm run bench -- equivalence [--workers 2] [--steps 6, 10 with --elastic] [--batch-size 16] [--elastic]
+//   [--compression bf16|fp16] [--transport tcp|grpc]`
 // A job on a local fleet (Redis, s3rver, coordinator, teacher-sync, N worker processes)
 // against the one-process trainer on the same batches: the largest |Δ| over every student
 // and teacher weight and the center. Target: max_abs_diff <= 1e-5. `--elastic`: the job is
 // scaled up by one worker after step 2 and loses a worker (SIGKILL) after step 4; the
-// reference trains on the batches that were committed.
+// reference trains on the batches that were committed. `--compression` / `--transport` set
+// the job's `spec.collective` (the target applies to uncompressed runs; a compressed run
+// reports how far 16-bit gradients on the wire move the weights).
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +20,8 @@ const { values } = parseArgs({
     steps: { type: 'string' },
     'batch-size': { type: 'string', default: '16' },
     elastic: { type: 'boolean', default: false },
+    compression: { type: 'string' },
+    transport: { type: 'string' },
   },
 });
 const logDir = await mkdtemp(join(tmpdir(), 'dinofleet-equivalence-'));
@@ -29,6 +34,12 @@ const result = await runEquivalence({
     fleetWorkers: Number(values.workers) + 1,
     during: scaleThenKill({ scaleAfter: 2, scaleTo: Number(values.workers) + 1, killAfter: 4 }),
   }),
+  ...((values.compression !== undefined || values.transport !== undefined) && {
+    collective: {
+      ...(values.compression !== undefined && { compression: values.compression }),
+      ...(values.transport !== undefined && { transport: values.transport, ...(values.transport === 'grpc' && { smallMessageBytes: 0 }) }),
+    },
+  }),
   logDir,
   log,
 });
@@ -36,6 +47,8 @@ log(`process logs: ${logDir}`);
 log(`max |Δ|: student ${result.maxAbsDiffStudent.toExponential(2)}, teacher ${result.maxAbsDiffTeacher.toExponential(2)}, center ${result.maxAbsDiffCenter.toExponential(2)} over ${result.tensorsCompared} tensors`);
 report({
   workers: result.workers,
+  compression: values.compression ?? 'none',
+  transport: values.transport ?? 'tcp',
   steps: result.steps,
   generations: result.generations,
   final_world_size: result.finalWorldSize,

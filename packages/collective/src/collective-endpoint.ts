@@ -28,6 +28,7 @@ import type {
   OpenDataLinkRequest,
   OpenDataLinkResponse,
 } from '@dinofleet/proto';
+import { HelloStatus } from './data-frame.ts';
 import type { DataLinkHello } from './data-frame.ts';
 import { DataListener, refuseDataLink } from './data-listener.ts';
 import { COLLECTIVE_EXCHANGE_DEFINITION } from './exchange-codec.ts';
@@ -184,7 +185,7 @@ export class CollectiveEndpoint implements AsyncDisposable {
 
   #routeDataLink(socket: net.Socket, hello: DataLinkHello): void {
     if (this.#closed !== undefined) {
-      refuseDataLink(socket, 'collective endpoint is closing');
+      refuseDataLink(socket, 'collective endpoint is closing', HelloStatus.Unavailable);
       return;
     }
     const sink = this.#sinks.get(sinkKey(hello.job, hello.generation));
@@ -194,7 +195,7 @@ export class CollectiveEndpoint implements AsyncDisposable {
     }
     const latest = this.#latestGeneration.get(hello.job);
     if (latest !== undefined && hello.generation <= latest) {
-      refuseDataLink(socket, this.#staleError(hello.job, hello.generation).message);
+      refuseDataLink(socket, this.#staleError(hello.job, hello.generation).message, HelloStatus.Aborted);
       return;
     }
     // The receiver entered the generation first: wait for this rank to register it.
@@ -204,7 +205,7 @@ export class CollectiveEndpoint implements AsyncDisposable {
       onGone: () => this.#forgetLink(waiting),
       timer: setTimeout(() => {
         this.#forgetLink(waiting);
-        refuseDataLink(socket, `no collective for job ${hello.job} generation ${hello.generation} registered here within ${this.#unclaimedStreamTimeoutMs} ms`);
+        refuseDataLink(socket, `no collective for job ${hello.job} generation ${hello.generation} registered here within ${this.#unclaimedStreamTimeoutMs} ms`, HelloStatus.Aborted);
       }, this.#unclaimedStreamTimeoutMs),
     };
     socket.once('close', waiting.onGone);
@@ -252,7 +253,7 @@ export class CollectiveEndpoint implements AsyncDisposable {
       if (waiting.hello.job !== job || waiting.hello.generation > generation) continue;
       this.#forgetLink(waiting);
       if (waiting.hello.generation === generation) this.#handDataLink(sink, waiting.socket, waiting.hello);
-      else refuseDataLink(waiting.socket, this.#staleError(job, waiting.hello.generation).message);
+      else refuseDataLink(waiting.socket, this.#staleError(job, waiting.hello.generation).message, HelloStatus.Aborted);
     }
     return () => {
       if (this.#sinks.get(key) === sink) this.#sinks.delete(key);
@@ -354,7 +355,7 @@ export class CollectiveEndpoint implements AsyncDisposable {
     }
     for (const waiting of [...this.#unclaimedLinks]) {
       this.#forgetLink(waiting);
-      refuseDataLink(waiting.socket, closing.message);
+      refuseDataLink(waiting.socket, closing.message, HelloStatus.Unavailable);
     }
     const sinks = [...this.#sinks.values()];
     this.#sinks.clear();

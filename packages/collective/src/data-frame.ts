@@ -180,11 +180,28 @@ export function decodeHello(source: Buffer): DataLinkHello {
   return { token, job, generation, senderRank, receiverRank, worldSize, settings };
 }
 
+/**
+ * Status of a hello reply: why a link was refused decides how the receiver reports it
+ * (FAILED_PRECONDITION for what no retry fixes, ABORTED for a generation that is over,
+ * UNAVAILABLE for a sender that is shutting down).
+ */
+export const HelloStatus = {
+  Accepted: 0,
+  /** Bad hello or token, or settings that differ between the ranks. */
+  FailedPrecondition: 1,
+  /** The generation is stale or abandoned on the sender. */
+  Aborted: 2,
+  /** The sender is closing. */
+  Unavailable: 3,
+} as const;
+/** {@link HelloStatus} values. */
+export type HelloStatus = (typeof HelloStatus)[keyof typeof HelloStatus];
+
 /** The sender's reply to a hello: status 0 and an empty message, or a refusal. */
-export function encodeHelloReply(refusal?: string): Buffer {
+export function encodeHelloReply(refusal?: string, status: HelloStatus = HelloStatus.FailedPrecondition): Buffer {
   const message = Buffer.from(refusal ?? '', 'utf8').subarray(0, 2048);
   const buffer = Buffer.alloc(8 + message.byteLength);
-  buffer.writeUInt32LE(refusal === undefined ? 0 : 1, 0);
+  buffer.writeUInt32LE(refusal === undefined ? HelloStatus.Accepted : status, 0);
   buffer.writeUInt32LE(message.byteLength, 4);
   message.copy(buffer, 8);
   return buffer;

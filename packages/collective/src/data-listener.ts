@@ -9,7 +9,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import { InvalidArgumentError, UnavailableError } from '@dinofleet/proto';
-import { DATA_LINK_TOKEN_BYTES, decodeHello, encodeHelloReply, helloSize } from './data-frame.ts';
+import { DATA_LINK_TOKEN_BYTES, HelloStatus, decodeHello, encodeHelloReply, helloSize } from './data-frame.ts';
 import type { DataLinkHello } from './data-frame.ts';
 
 /** How long a token from OpenDataLink stays valid, in ms. */
@@ -31,10 +31,10 @@ interface IssuedToken {
 /** What a link's sender needs to know about the accepted socket. */
 export type DataLinkHandler = (socket: net.Socket, hello: DataLinkHello) => void;
 
-/** Writes a refusal to `socket` and closes it. */
-export function refuseDataLink(socket: net.Socket, reason: string): void {
+/** Writes a refusal (`status` says what kind) to `socket` and closes it. */
+export function refuseDataLink(socket: net.Socket, reason: string, status: HelloStatus = HelloStatus.FailedPrecondition): void {
   if (socket.destroyed) return;
-  socket.end(encodeHelloReply(reason));
+  socket.end(encodeHelloReply(reason, status));
   setTimeout(() => socket.destroy(), 1_000).unref();
 }
 
@@ -91,10 +91,16 @@ export class DataListener {
 
   #onConnection(socket: net.Socket): void {
     this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
     socket.on('error', () => undefined); // whoever takes the socket listens too
     let received = Buffer.alloc(0);
     const timer = setTimeout(() => refuseDataLink(socket, `no hello within ${HELLO_TIMEOUT_MS} ms`), HELLO_TIMEOUT_MS);
+    // A connection that closes before its hello (a health probe, a port scan) must not
+    // keep the timer, or the process, alive.
+    timer.unref();
+    socket.once('close', () => {
+      this.#sockets.delete(socket);
+      clearTimeout(timer);
+    });
     const onData = (data: Buffer): void => {
       received = Buffer.concat([received, data]);
       let size: number | undefined;

@@ -24,6 +24,7 @@ import {
   CollectivePhase,
   DataLossError,
   DeadlineExceededError,
+  FailedPreconditionError,
   UnavailableError,
   callUnary,
   createClient,
@@ -42,7 +43,7 @@ import {
 import type { AllReduceStats, AllReduceTag, LinkBandwidth, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
 import { Compression, addInto, decodeInto, encodeInto, quantizeInPlace, wireBytesPerElement } from './compression.ts';
 import { addFloat32 } from './float-sum.ts';
-import { DATA_LINK_TOKEN_BYTES, FrameKind, encodeHelloReply } from './data-frame.ts';
+import { DATA_LINK_TOKEN_BYTES, FrameKind, HelloStatus, encodeHelloReply } from './data-frame.ts';
 import type { DataLinkHello, FrameHeader } from './data-frame.ts';
 import { refuseDataLink } from './data-listener.ts';
 import { CollectiveExchangeClient } from './exchange-codec.ts';
@@ -384,8 +385,9 @@ export class TcpAllReduce implements InboundStreamSink {
           : new DeadlineExceededError(`all-reduce step ${tag.step} op ${tag.op} on ${this.#self()} timed out after ${timeoutMs} ms waiting for ${this.#peer(from)}`),
       );
       if (frame.header.kind !== FrameKind.Probe) return frame;
+      // The probe is sent at link set-up, not as part of this collective: it does not
+      // count as the neighbour having started it (the stall timeout still waits).
       this.#onProbeFrame(frame, from);
-      heard = true;
     }
   }
 
@@ -472,14 +474,18 @@ export class TcpAllReduce implements InboundStreamSink {
   acceptDataLink(socket: net.Socket, hello: DataLinkHello): void {
     const { worldSize, rank } = this.config;
     let refusal: string | undefined;
-    if (this.#failure !== undefined) refusal = this.#abandoned().message;
+    let status: HelloStatus = HelloStatus.FailedPrecondition;
+    if (this.#failure !== undefined) {
+      refusal = this.#abandoned().message;
+      status = HelloStatus.Aborted;
+    }
     else if (hello.senderRank !== rank) refusal = `this is rank ${rank}, not ${hello.senderRank}`;
     else if (hello.worldSize !== worldSize) refusal = `world size differs: ${hello.worldSize} at the receiver, ${worldSize} here`;
     else if (hello.receiverRank >= worldSize || hello.receiverRank === rank) refusal = `receiver rank ${hello.receiverRank} is not a peer in a world of ${worldSize}`;
     else if (hello.settings !== this.#settings) refusal = `collective settings differ: "${hello.settings}" at rank ${hello.receiverRank}, "${this.#settings}" at rank ${rank}; every rank must use the same`;
     else if (this.#outbound.get(hello.receiverRank)?.attached === true) refusal = `rank ${hello.receiverRank} has a data link from rank ${rank} already`;
     if (refusal !== undefined) {
-      refuseDataLink(socket, refusal);
+      refuseDataLink(socket, refusal, status);
       return;
     }
     socket.write(encodeHelloReply());
@@ -538,7 +544,12 @@ export class TcpAllReduce implements InboundStreamSink {
   #peerFailure(rank: number, what: string, err: unknown): DinofleetError {
     const cause = isDinofleetError(err) ? err : fromServiceError(err);
     const message = `${this.#peer(rank)} ${what}: ${cause.message}`;
-    return cause.code === 'ABORTED' ? new AbortedError(message, { cause: err }) : new UnavailableError(message, { cause: err });
+    // ABORTED: the peer refused on purpose (stale generation, it abandoned the generation).
+    // FAILED_PRECONDITION: the ranks' settings differ, which no retry fixes. Anything else
+    // means the peer is gone or unreachable.
+    if (cause.code === 'ABORTED') return new AbortedError(message, { cause: err });
+    if (cause.code === 'FAILED_PRECONDITION') return new FailedPreconditionError(message, { cause: err });
+    return new UnavailableError(message, { cause: err });
   }
 
   /** Ends this rank's part in the generation. Idempotent. */

@@ -16,6 +16,7 @@ import type { DinofleetError } from '@dinofleet/proto';
 import {
   FRAME_HEADER_BYTES,
   FrameKind,
+  HelloStatus,
   MAX_ABORT_BYTES,
   decodeAbortReason,
   encodeAbortReason,
@@ -137,6 +138,7 @@ export class InboundLink {
   readonly #label: string;
   readonly #headerBuffer = Buffer.alloc(Math.max(FRAME_HEADER_BYTES, 8));
   #replyMessage = Buffer.alloc(0);
+  #replyStatus = 0;
   #target: ReadTarget = { kind: 'reply-head' };
   #filled = 0;
   readonly #frames: ReceivedFrame[] = [];
@@ -208,7 +210,12 @@ export class InboundLink {
       this.#advance();
     } catch (err) {
       const message = `${this.#label}: ${(err as Error).message}`;
-      this.#fail(err instanceof FailedPreconditionError ? new FailedPreconditionError(message, { cause: err }) : new DataLossError(message, { cause: err }));
+      let failure: DinofleetError;
+      if (err instanceof FailedPreconditionError) failure = new FailedPreconditionError(message, { cause: err });
+      else if (err instanceof AbortedError) failure = new AbortedError(message, { cause: err });
+      else if (err instanceof UnavailableError) failure = new UnavailableError(message, { cause: err });
+      else failure = new DataLossError(message, { cause: err });
+      this.#fail(failure);
       return false;
     }
     if (this.queued >= this.#maxQueued) {
@@ -227,6 +234,7 @@ export class InboundLink {
         const status = this.#headerBuffer.readUInt32LE(0);
         const bytes = this.#headerBuffer.readUInt32LE(4);
         if (bytes > 4096) throw new DataLossError(`data link: reply of ${bytes} bytes`);
+        this.#replyStatus = status;
         if (status === 0 && bytes === 0) {
           this.#startHeader();
           const connected = this.#connected;
@@ -242,7 +250,10 @@ export class InboundLink {
       }
       case 'reply-message': {
         if (this.#filled < target.bytes) return;
-        throw new FailedPreconditionError(`the sender refused the data link: ${this.#replyMessage.toString('utf8')}`);
+        const text = `the sender refused the data link: ${this.#replyMessage.toString('utf8')}`;
+        if (this.#replyStatus === HelloStatus.Aborted) throw new AbortedError(text);
+        if (this.#replyStatus === HelloStatus.Unavailable) throw new UnavailableError(text);
+        throw new FailedPreconditionError(text);
       }
       case 'header': {
         if (this.#filled < FRAME_HEADER_BYTES) return;
