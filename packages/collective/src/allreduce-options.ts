@@ -60,7 +60,7 @@ export interface LinkBandwidth {
   /** Its address. */
   readonly peerAddress: string;
   /** Probe bytes over the time from its first header to its last byte, in GB/s (10^9 B/s). */
-  readonly gbps: number;
+  readonly bandwidthGBps: number;
   /** Probe size in bytes. */
   readonly bytes: number;
 }

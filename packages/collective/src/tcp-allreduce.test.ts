@@ -174,8 +174,8 @@ describe('TcpAllReduce: link bandwidth probe', () => {
       expect(link?.peerRank).toBe(left);
       expect(link?.peerAddress).toBe(ring.peers[left]);
       expect(link?.bytes).toBe(PROBE_BYTES);
-      expect(link?.gbps).toBeGreaterThan(0);
-      expect(Number.isFinite(link?.gbps)).toBe(true);
+      expect(link?.bandwidthGBps).toBeGreaterThan(0);
+      expect(Number.isFinite(link?.bandwidthGBps)).toBe(true);
       expect(measured).toContainEqual(link);
     });
   });

@@ -404,7 +404,7 @@ export class TcpAllReduce implements InboundStreamSink {
     frame.release();
     if (header.sequence + 1 === header.segment && this.#probeStartedAt !== undefined) {
       const seconds = Math.max(frame.completedAtMs - this.#probeStartedAt, 1e-3) / 1000;
-      const link: LinkBandwidth = { peerRank: from, peerAddress: this.config.peers[from] as string, bytes: this.#probeBytes, gbps: this.#probeBytes / seconds / 1e9 };
+      const link: LinkBandwidth = { peerRank: from, peerAddress: this.config.peers[from] as string, bytes: this.#probeBytes, bandwidthGBps: this.#probeBytes / seconds / 1e9 };
       this.linkBandwidth = link;
       try {
         this.#onLinkBandwidth?.(link);

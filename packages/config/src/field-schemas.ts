@@ -17,6 +17,15 @@ export function boundedInt(min: number, max: number): z.ZodInt {
   return z.int({ error }).min(min, { error }).max(max, { error });
 }
 
+/** An integer in `[min, max]` that is a multiple of 4 (a whole number of float32 values, as byte sizes are). */
+export function boundedMultipleOf4(min: number, max: number): z.ZodInt {
+  const error = `must be a multiple of 4 in [${showBound(min)}, ${showBound(max)}]`;
+  // A value both out of range and not a multiple (3) fails two checks with this one
+  // message; issuesFromZod reports it once. (No `abort`: it would also stop the checks that
+  // span the fields of the enclosing object.)
+  return z.int({ error }).min(min, { error }).max(max, { error }).multipleOf(4, { error });
+}
+
 /** Which ends of a {@link boundedNumber} range are open. */
 export interface NumberRangeOptions {
   /** Exclude `min` itself. @default false */

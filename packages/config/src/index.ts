@@ -3,7 +3,10 @@
  * through the Helm chart, with the same defaults everywhere.
  */
 export {
+  COLLECTIVE_COMPRESSIONS,
+  COLLECTIVE_TRANSPORTS,
   COMPUTE_BACKEND_NAMES,
+  DEFAULT_COLLECTIVE,
   DEFAULT_PRESET,
   JOB_SPEC_API_VERSION,
   JOB_SPEC_KIND,
@@ -11,6 +14,9 @@ export {
   JOB_SPEC_SCHEMA,
   MANIFEST_FORMATS,
   type CheckpointSpec,
+  type CollectiveCompression,
+  type CollectiveSpec,
+  type CollectiveTransport,
   type ComputeBackendName,
   type DataSpec,
   type EpochsTrainingSpec,

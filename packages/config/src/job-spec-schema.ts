@@ -5,7 +5,7 @@
  */
 import { PRESET_NAMES, PRESETS, type PresetName } from '@dinofleet/dino';
 import { z } from 'zod';
-import { boundedInt, oneOf, strictMapping } from './field-schemas.ts';
+import { boundedInt, boundedMultipleOf4, oneOf, strictMapping } from './field-schemas.ts';
 import type { PathSegment } from './job-spec-error.ts';
 import { showValue } from './show-value.ts';
 import { RECIPE_OVERRIDES_SCHEMA, type RecipeOverrides } from './recipe-overrides.ts';
@@ -33,6 +33,35 @@ export const COMPUTE_BACKEND_NAMES = ['wasm', 'cpu', 'tensorflow'] as const;
 /** A compute backend name. */
 export type ComputeBackendName = (typeof COMPUTE_BACKEND_NAMES)[number];
 
+/**
+ * How the ranks' all-reduce moves chunks (`spec.collective.transport`). The same values as
+ * `Transport` in `@dinofleet/collective`, which this package does not depend on (it brings
+ * gRPC and sockets); change both together.
+ */
+export const COLLECTIVE_TRANSPORTS = ['tcp', 'grpc'] as const;
+/** A collective transport. */
+export type CollectiveTransport = (typeof COLLECTIVE_TRANSPORTS)[number];
+
+/**
+ * Wire encodings of the all-reduce (`spec.collective.compression`): the same list as
+ * `COMPRESSIONS` in `@dinofleet/collective`; change both together.
+ */
+export const COLLECTIVE_COMPRESSIONS = ['none', 'bf16', 'fp16'] as const;
+/** A collective wire encoding. */
+export type CollectiveCompression = (typeof COLLECTIVE_COMPRESSIONS)[number];
+
+/** The defaults of `spec.collective` with transport `tcp` (`@dinofleet/collective`'s own defaults). */
+export const DEFAULT_COLLECTIVE = {
+  transport: 'tcp',
+  compression: 'none',
+  /** 1 MiB, the collective's `DEFAULT_CHUNK_BYTES`. */
+  chunkBytes: 1024 * 1024,
+  /** 256 KiB, the collective's `DEFAULT_SMALL_MESSAGE_BYTES` (0 with transport `grpc`). */
+  smallMessageBytes: 256 * 1024,
+  /** 64 MiB, the collective's `DEFAULT_FUSION_BUCKET_BYTES` (Horovod's fusion threshold). */
+  fusionBucketBytes: 64 * 1024 * 1024,
+} as const satisfies CollectiveSpec;
+
 /** Limits that keep a hostile or mistaken spec from costing anything before it is refused. */
 export const JOB_SPEC_LIMITS = {
   /** Largest spec text `parseJobSpec` reads, in bytes (UTF-8). */
@@ -57,6 +86,14 @@ export const JOB_SPEC_LIMITS = {
   maxNonFiniteSteps: 1000,
   /** Most generations in a row without a commit (`spec.fault.maxFailedGenerations`). */
   maxFailedGenerations: 10_000,
+  /** Largest ring chunk, in bytes (`spec.collective.chunkBytes`; the collective's `MAX_CHUNK_BYTES`). */
+  maxChunkBytes: 16 * 1024 * 1024,
+  /** Largest recursive-doubling vector, in bytes (`spec.collective.smallMessageBytes`; the collective's `MAX_SMALL_MESSAGE_BYTES`). */
+  maxSmallMessageBytes: 16 * 1024 * 1024,
+  /** Smallest fusion bucket, in bytes (`spec.collective.fusionBucketBytes`): below it the ring is latency-bound. */
+  minFusionBucketBytes: 1024 * 1024,
+  /** Largest fusion bucket, in bytes (`spec.collective.fusionBucketBytes`). */
+  maxFusionBucketBytes: 1024 * 1024 * 1024,
 } as const;
 
 // ---------------------------------------------------------------------------------------
@@ -143,6 +180,46 @@ export interface FaultSpec {
   readonly maxFailedGenerations: number;
 }
 
+/**
+ * `spec.collective`: how the ranks all-reduce (`@dinofleet/collective`'s `RingAllReduce`
+ * and `allReduceFused`; docs/collective.md). Every rank of a job must use the same
+ * settings, which is why they are part of the spec. Transport `grpc` carries neither
+ * compression nor recursive doubling: with it `compression` must be `'none'` and
+ * `smallMessageBytes` 0 (its default there); any other value is refused, not ignored.
+ */
+export interface CollectiveSpec {
+  /**
+   * How chunks travel: `'tcp'` (raw TCP data links opened through gRPC's OpenDataLink,
+   * ≈ socket speed; peers must reach the worker's `--data-listen` port) or `'grpc'` (the
+   * ring over gRPC Exchange streams: slower, needs only the gRPC port). @default 'tcp'
+   */
+  readonly transport: CollectiveTransport;
+  /**
+   * Wire encoding: `'bf16'` or `'fp16'` send 16-bit values and sum in float32, halving the
+   * bytes moved at the cost of rounding; transport `tcp` only. @default 'none'
+   */
+  readonly compression: CollectiveCompression;
+  /**
+   * Bytes per ring chunk (float32 bytes before compression): a multiple of 4 in
+   * [4, 16777216] (16 MiB). Smaller chunks pipeline sending and summing more finely,
+   * larger ones pay the per-message cost less often. @default 1048576 (1 MiB)
+   */
+  readonly chunkBytes: number;
+  /**
+   * Vectors of at most this many bytes use recursive doubling (log2 n whole-vector
+   * exchanges) instead of the ring's 2(n − 1) steps; 0 turns it off. A multiple of 4 in
+   * [0, 16777216] (16 MiB); with transport `grpc` it must be 0.
+   * @default 262144 (256 KiB) with transport `tcp`, 0 with `grpc`
+   */
+  readonly smallMessageBytes: number;
+  /**
+   * Bytes per gradient fusion bucket: the gradients are all-reduced as buckets of this size
+   * (the last one smaller), filling bucket k+1 while bucket k is reduced. A multiple of 4 in
+   * [1048576, 1073741824] (1 MiB to 1 GiB). @default 67108864 (64 MiB)
+   */
+  readonly fusionBucketBytes: number;
+}
+
 /** `spec`: the job itself. */
 export interface JobSpecBody {
   readonly recipe: RecipeSpec;
@@ -153,6 +230,11 @@ export interface JobSpecBody {
   readonly checkpoint: CheckpointSpec | null;
   /** Failure limits. @default { maxNonFiniteSteps: 3, maxFailedGenerations: 10 } */
   readonly fault: FaultSpec;
+  /**
+   * All-reduce settings.
+   * @default { transport: 'tcp', compression: 'none', chunkBytes: 1048576, smallMessageBytes: 262144, fusionBucketBytes: 67108864 }
+   */
+  readonly collective: CollectiveSpec;
 }
 
 /** A validated job with every default filled in (what `resolveJobSpec` returns). */
@@ -283,6 +365,53 @@ const FAULT_SCHEMA = strictMapping({
     .describe('Generations in a row that end without a commit before the job fails.'),
 });
 
+const SMALL_MESSAGE_BYTES_SCHEMA = boundedMultipleOf4(0, JOB_SPEC_LIMITS.maxSmallMessageBytes);
+
+const COLLECTIVE_SCHEMA = strictMapping({
+  transport: oneOf(COLLECTIVE_TRANSPORTS)
+    .default(DEFAULT_COLLECTIVE.transport)
+    .describe("How chunks travel: 'tcp' (raw TCP data links, the fast one) or 'grpc' (gRPC streams only)."),
+  compression: oneOf(COLLECTIVE_COMPRESSIONS)
+    .default(DEFAULT_COLLECTIVE.compression)
+    .describe("16-bit wire encoding with float32 sums ('bf16', 'fp16'); transport tcp only."),
+  chunkBytes: boundedMultipleOf4(4, JOB_SPEC_LIMITS.maxChunkBytes)
+    .default(DEFAULT_COLLECTIVE.chunkBytes)
+    .describe('Bytes per ring chunk (float32, before compression).'),
+  smallMessageBytes: SMALL_MESSAGE_BYTES_SCHEMA.optional()
+    .describe('Vectors of at most this many bytes use recursive doubling; 0 turns it off. Default: 262144 with transport tcp, 0 (the only value allowed) with grpc.'),
+  fusionBucketBytes: boundedMultipleOf4(JOB_SPEC_LIMITS.minFusionBucketBytes, JOB_SPEC_LIMITS.maxFusionBucketBytes)
+    .default(DEFAULT_COLLECTIVE.fusionBucketBytes)
+    .describe('Bytes per gradient fusion bucket (one all-reduce each).'),
+}).check(
+  z.superRefine(
+    (collective, ctx) => {
+      // RingAllReduce refuses these combinations (InvalidArgumentError): the spec must never
+      // let one reach a worker. Runs even when another field is bad (so every problem is named
+      // in one pass), so the value is read defensively and only valid values are compared.
+      if (field(collective, 'transport') !== 'grpc') return;
+      const compression = field(collective, 'compression');
+      if (compression !== 'none' && COLLECTIVE_COMPRESSIONS.some((name) => name === compression)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['compression'],
+          message: `must be 'none' with transport 'grpc' (compression needs transport 'tcp'), got ${showValue(compression)}`,
+          input: compression,
+        });
+      }
+      const smallMessageBytes = field(collective, 'smallMessageBytes');
+      if (smallMessageBytes !== undefined && smallMessageBytes !== 0 && SMALL_MESSAGE_BYTES_SCHEMA.safeParse(smallMessageBytes).success) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['smallMessageBytes'],
+          message: `must be 0 with transport 'grpc' (recursive doubling needs transport 'tcp'), got ${showValue(smallMessageBytes)}`,
+          input: smallMessageBytes,
+        });
+      }
+    },
+    { when: () => true },
+  ),
+);
+
 const SPEC_SCHEMA = strictMapping({
   recipe: RECIPE_SCHEMA.prefault({}).describe('What is trained: a preset and overrides of its knobs.'),
   data: DATA_SCHEMA.describe('Where the images are.'),
@@ -290,6 +419,7 @@ const SPEC_SCHEMA = strictMapping({
   fleet: FLEET_SCHEMA.prefault({}).describe('Elastic worker counts: minWorkers <= workers <= maxWorkers.'),
   checkpoint: CHECKPOINT_SCHEMA.nullish().describe('Checkpointing; absent or null for none.'),
   fault: FAULT_SCHEMA.prefault({}).describe('How many failures in a row the job absorbs.'),
+  collective: COLLECTIVE_SCHEMA.prefault({}).describe('All-reduce settings; every rank of the job uses them.'),
 });
 
 /** `value[key]` if `value` is an object, else `undefined`: for reading a spec that may be malformed. */
@@ -340,7 +470,7 @@ function checkAcrossSections(spec: unknown, addIssue: (path: PathSegment[], mess
 }
 
 function resolveSpecBody(spec: z.output<typeof SPEC_SCHEMA>): JobSpecBody {
-  const { recipe, data, training, fleet, checkpoint, fault } = spec;
+  const { recipe, data, training, fleet, checkpoint, fault, collective } = spec;
   const common = {
     globalBatchSize: training.globalBatchSize ?? PRESETS[recipe.preset].globalBatchSize,
     seed: training.seed,
@@ -359,6 +489,13 @@ function resolveSpecBody(spec: z.output<typeof SPEC_SCHEMA>): JobSpecBody {
     checkpoint:
       checkpoint === undefined || checkpoint === null ? null : { uri: normalizeS3Prefix(checkpoint.uri), everySteps: checkpoint.everySteps },
     fault: { maxNonFiniteSteps: fault.maxNonFiniteSteps, maxFailedGenerations: fault.maxFailedGenerations },
+    collective: {
+      transport: collective.transport,
+      compression: collective.compression,
+      chunkBytes: collective.chunkBytes,
+      smallMessageBytes: collective.smallMessageBytes ?? (collective.transport === 'tcp' ? DEFAULT_COLLECTIVE.smallMessageBytes : 0),
+      fusionBucketBytes: collective.fusionBucketBytes,
+    },
   };
 }
 

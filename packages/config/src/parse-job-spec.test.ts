@@ -49,6 +49,7 @@ describe('parseJobSpec: YAML', () => {
     const job = parseJobSpec(MINIMAL_YAML);
     expect(job.spec.fleet).toEqual({ workers: 1, minWorkers: 1, maxWorkers: 1 });
     expect(job.spec.training.backend).toBe('wasm');
+    expect(job.spec.collective).toEqual({ transport: 'tcp', compression: 'none', chunkBytes: 1048576, smallMessageBytes: 262144, fusionBucketBytes: 67108864 });
   });
 
   it('reports a syntax error with its line and column', () => {

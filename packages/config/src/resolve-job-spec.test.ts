@@ -1,7 +1,7 @@
 import { PRESETS } from '@dinofleet/dino';
 import { describe, expect, it } from 'vitest';
 import { JobSpecError, type JobSpecIssue } from './job-spec-error.ts';
-import { COMPUTE_BACKEND_NAMES, JOB_SPEC_LIMITS, type JobSpec } from './job-spec-schema.ts';
+import { COLLECTIVE_COMPRESSIONS, COLLECTIVE_TRANSPORTS, COMPUTE_BACKEND_NAMES, JOB_SPEC_LIMITS, type JobSpec } from './job-spec-schema.ts';
 import { jobSpecJsonSchema, resolveJobSpec, resolveRecipe } from './resolve-job-spec.ts';
 
 /** The smallest valid spec; tests spread changes into its sections. */
@@ -43,6 +43,7 @@ describe('resolveJobSpec: defaults', () => {
         fleet: { workers: 1, minWorkers: 1, maxWorkers: 1 },
         checkpoint: null,
         fault: { maxNonFiniteSteps: 3, maxFailedGenerations: 10 },
+        collective: { transport: 'tcp', compression: 'none', chunkBytes: 1048576, smallMessageBytes: 262144, fusionBucketBytes: 67108864 },
       },
     });
   });
@@ -248,6 +249,80 @@ describe('resolveJobSpec: fault', () => {
   });
 });
 
+describe('resolveJobSpec: collective', () => {
+  it('takes the settings given, keeps the defaults of the others, and round-trips', () => {
+    const job = resolveJobSpec(minimal({ collective: { compression: 'bf16', chunkBytes: 4 * 1024 * 1024, fusionBucketBytes: 1048576 } }));
+    expect(job.spec.collective).toEqual({
+      transport: 'tcp',
+      compression: 'bf16',
+      chunkBytes: 4 * 1024 * 1024,
+      smallMessageBytes: 262144,
+      fusionBucketBytes: 1048576,
+    });
+    expect(resolveJobSpec(JSON.parse(JSON.stringify(job)))).toEqual(job);
+  });
+
+  it('takes the ends of every range', () => {
+    const low = resolveJobSpec(minimal({ collective: { chunkBytes: 4, smallMessageBytes: 0, fusionBucketBytes: 1048576 } }));
+    expect(low.spec.collective).toMatchObject({ chunkBytes: 4, smallMessageBytes: 0, fusionBucketBytes: 1048576 });
+    const high = resolveJobSpec(minimal({ collective: { chunkBytes: 16777216, smallMessageBytes: 16777216, fusionBucketBytes: 1073741824 } }));
+    expect(high.spec.collective).toMatchObject({ chunkBytes: 16777216, smallMessageBytes: 16777216, fusionBucketBytes: 1073741824 });
+  });
+
+  it('defaults smallMessageBytes to 0 with transport grpc, which takes 0 only, and round-trips', () => {
+    const job = resolveJobSpec(minimal({ collective: { transport: 'grpc' } }));
+    expect(job.spec.collective).toEqual({ transport: 'grpc', compression: 'none', chunkBytes: 1048576, smallMessageBytes: 0, fusionBucketBytes: 67108864 });
+    expect(resolveJobSpec(JSON.parse(JSON.stringify(job)))).toEqual(job);
+    expect(resolveJobSpec(minimal({ collective: { transport: 'grpc', smallMessageBytes: 0 } })).spec.collective).toEqual(job.spec.collective);
+  });
+
+  it('refuses compression and recursive doubling with transport grpc, naming tcp', () => {
+    expect(byPath(issuesOf(minimal({ collective: { transport: 'grpc', compression: 'fp16', smallMessageBytes: 262144 } })))).toEqual({
+      'spec.collective.compression': "must be 'none' with transport 'grpc' (compression needs transport 'tcp'), got \"fp16\"",
+      'spec.collective.smallMessageBytes': "must be 0 with transport 'grpc' (recursive doubling needs transport 'tcp'), got 262144",
+    });
+    // Checked even when another field of the section is bad; a bad value is named once, for its range.
+    expect(byPath(issuesOf(minimal({ collective: { transport: 'grpc', compression: 'bf16', smallMessageBytes: 6, chunkBytes: 0 } })))).toEqual({
+      'spec.collective.chunkBytes': 'must be a multiple of 4 in [4, 16777216], got 0',
+      'spec.collective.smallMessageBytes': 'must be a multiple of 4 in [0, 16777216], got 6',
+      'spec.collective.compression': "must be 'none' with transport 'grpc' (compression needs transport 'tcp'), got \"bf16\"",
+    });
+  });
+
+  it('names each bad setting with what is allowed, once, and unknown keys', () => {
+    expect(
+      byPath(
+        issuesOf(
+          minimal({ collective: { transport: 'udp', compression: 'int8', chunkBytes: 3, smallMessageBytes: 16777220, fusionBucketBytes: 1048578 } }),
+        ),
+      ),
+    ).toEqual({
+      'spec.collective.transport': 'must be one of tcp, grpc, got "udp"',
+      'spec.collective.compression': 'must be one of none, bf16, fp16, got "int8"',
+      'spec.collective.chunkBytes': 'must be a multiple of 4 in [4, 16777216], got 3',
+      'spec.collective.smallMessageBytes': 'must be a multiple of 4 in [0, 16777216], got 16777220',
+      'spec.collective.fusionBucketBytes': 'must be a multiple of 4 in [1048576, 1073741824], got 1048578',
+    });
+    expect(issuesOf(minimal({ collective: { chunkBytes: 3 } }))).toHaveLength(1);
+    expect(byPath(issuesOf(minimal({ collective: { fusionBucketBytes: 1024, chunkBytes: '4', smallMessageBytes: 1.5 } })))).toEqual({
+      'spec.collective.chunkBytes': 'must be a multiple of 4 in [4, 16777216], got "4"',
+      'spec.collective.smallMessageBytes': 'must be a multiple of 4 in [0, 16777216], got 1.5',
+      'spec.collective.fusionBucketBytes': 'must be a multiple of 4 in [1048576, 1073741824], got 1024',
+    });
+    expect(byPath(issuesOf(minimal({ collective: { bucketBytes: 4 } })))).toEqual({
+      'spec.collective.bucketBytes':
+        'unknown field; allowed: transport, compression, chunkBytes, smallMessageBytes, fusionBucketBytes',
+    });
+    expect(byPath(issuesOf(minimal({ collective: null })))).toEqual({ 'spec.collective': 'must be a mapping (an object), got null' });
+  });
+
+  it('offers the transports and compressions of @dinofleet/collective', () => {
+    // Mirrors Transport and COMPRESSIONS there; config does not depend on collective (see job-spec-schema.ts).
+    expect(COLLECTIVE_TRANSPORTS).toEqual(['tcp', 'grpc']);
+    expect(COLLECTIVE_COMPRESSIONS).toEqual(['none', 'bf16', 'fp16']);
+  });
+});
+
 describe('resolveJobSpec: fleet', () => {
   it('accepts min <= workers <= max', () => {
     expect(resolveJobSpec(minimal({ fleet: { workers: 2, minWorkers: 2, maxWorkers: 2 } })).spec.fleet).toEqual({
@@ -299,7 +374,7 @@ describe('resolveJobSpec: unknown keys', () => {
     expect(byPath(issuesOf(input))).toEqual({
       'spec.fleet.wrokers': "unknown field (did you mean 'workers'?); allowed: workers, minWorkers, maxWorkers",
       'spec.fleet.gpus': 'unknown field; allowed: workers, minWorkers, maxWorkers',
-      'spec.extra': 'unknown field; allowed: recipe, data, training, fleet, checkpoint, fault',
+      'spec.extra': 'unknown field; allowed: recipe, data, training, fleet, checkpoint, fault, collective',
       status: 'unknown field; allowed: apiVersion, kind, metadata, spec',
     });
   });
@@ -429,9 +504,17 @@ describe('jobSpecJsonSchema', () => {
     expect(schema.required).toEqual(['apiVersion', 'kind', 'metadata', 'spec']);
     expect(schema.additionalProperties).toBe(false);
     const spec = schema.properties['spec']?.properties;
-    expect(Object.keys(spec ?? {})).toEqual(['recipe', 'data', 'training', 'fleet', 'checkpoint', 'fault']);
+    expect(Object.keys(spec ?? {})).toEqual(['recipe', 'data', 'training', 'fleet', 'checkpoint', 'fault', 'collective']);
     expect(spec?.['training']?.properties?.['backend']).toMatchObject({ default: 'wasm', enum: ['wasm', 'cpu', 'tensorflow'] });
     expect(spec?.['fleet']?.properties?.['workers']).toMatchObject({ default: 1, minimum: 1, maximum: 1024 });
+    const collective = spec?.['collective']?.properties;
+    expect(collective?.['transport']).toMatchObject({ default: 'tcp', enum: ['tcp', 'grpc'] });
+    expect(collective?.['compression']).toMatchObject({ default: 'none', enum: ['none', 'bf16', 'fp16'] });
+    expect(collective?.['chunkBytes']).toMatchObject({ default: 1048576, minimum: 4, maximum: 16777216, multipleOf: 4 });
+    // Its default depends on the transport, so the JSON Schema shows none.
+    expect(collective?.['smallMessageBytes']).toMatchObject({ minimum: 0, maximum: 16777216, multipleOf: 4 });
+    expect(collective?.['smallMessageBytes']).not.toHaveProperty('default');
+    expect(collective?.['fusionBucketBytes']).toMatchObject({ default: 67108864, minimum: 1048576, maximum: 1073741824, multipleOf: 4 });
     expect(JSON.parse(JSON.stringify(schema))).toEqual(schema);
   });
 });

@@ -51,8 +51,9 @@ export function resolveRecipe(job: JobSpec): DinoRecipe {
 /**
  * The JSON Schema (draft-07, which Helm's `values.schema.json` reads) of the spec as users
  * write it: defaults shown, optional fields not required, unknown keys refused. Checks that
- * span fields (exactly one of steps / epochs, worker ordering, S3 bucket rules) are only in
- * the zod schema.
+ * span fields (exactly one of steps / epochs, worker ordering, S3 bucket rules, the
+ * collective's transport `grpc` with compression or recursive doubling) are only in the
+ * zod schema.
  */
 export function jobSpecJsonSchema(): Record<string, unknown> {
   return z.toJSONSchema(JOB_SPEC_SCHEMA, { io: 'input', target: 'draft-07' });

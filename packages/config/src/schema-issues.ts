@@ -85,9 +85,21 @@ function toSegments(path: readonly PropertyKey[]): PathSegment[] {
 
 /**
  * Converts the issues zod reported for `root` (parsed with `reportInput: true`) into one
- * issue per bad field.
+ * issue per bad field; a field that failed several checks with the same message (a range
+ * and a multiple) is reported once.
  */
 export function issuesFromZod(root: z.ZodType, issues: readonly z.core.$ZodIssue[]): RawJobSpecIssue[] {
+  const converted = convertIssues(root, issues);
+  const seen = new Set<string>();
+  return converted.filter((issue) => {
+    const key = JSON.stringify([issue.segments, issue.message]);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+function convertIssues(root: z.ZodType, issues: readonly z.core.$ZodIssue[]): RawJobSpecIssue[] {
   const converted: RawJobSpecIssue[] = [];
   for (const issue of issues) {
     const segments = toSegments(issue.path);

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { allReduceFused } from '@dinofleet/collective';
 import { initComputeBackend } from '@dinofleet/compute';
 import { Rng, createDinoState, disposeDinoState, isTrainable } from '@dinofleet/dino';
 import { GradientLayout } from './gradient-buffer.ts';
@@ -51,6 +52,43 @@ describe('GradientLayout', () => {
     disposeDinoState(state);
   });
 
+  it('fused in buckets that split tensors, sums two ranks element by element into the reused output', async () => {
+    const state = createDinoState(tinyDinoRecipe(), 1, { totalSteps: 4 });
+    const layout = new GradientLayout(state.student);
+    const rng = new Rng(5);
+    const randomGrads = (): Record<string, tf.Tensor> =>
+      Object.fromEntries(layout.slots.map((slot) => [slot.name, tf.tensor(Float32Array.from({ length: slot.size }, () => rng.normal()), [...slot.shape])]));
+    const mine = randomGrads();
+    const theirs = randomGrads();
+    const theirFlat = await layout.flatten(theirs, 0.25);
+    // 37 elements per bucket: most tensors start in one bucket and end in another.
+    const capacity = 37;
+    const output = new Float32Array(layout.size);
+    const seen: number[] = [];
+    const result = await allReduceFused(
+      layout.parts(mine, 1.5),
+      (bucket, index) => {
+        // The other rank's contribution at this bucket's place in the flat buffer.
+        seen.push(index);
+        for (let i = 0; i < bucket.length; i++) bucket[i] = (bucket[i] as number) + (theirFlat[index * capacity + i] as number);
+        return Promise.resolve(bucket);
+      },
+      { bucketBytes: 4 * capacity, output },
+    );
+    expect(result.values).toBe(output);
+    expect(seen).toEqual(Array.from({ length: Math.ceil(layout.size / capacity) }, (_, k) => k));
+    const summed = layout.unflatten(output);
+    expect(summed.loss).toBe(1.75);
+    for (const slot of layout.slots) {
+      const a = (await (mine[slot.name] as tf.Tensor).data()) as Float32Array;
+      const b = (await (theirs[slot.name] as tf.Tensor).data()) as Float32Array;
+      const got = (await (summed.grads[slot.name] as tf.Tensor).data()) as Float32Array;
+      expect(Array.from(got)).toEqual(Array.from(a, (x, i) => Math.fround(x + (b[i] as number))));
+    }
+    tf.dispose([...Object.values(mine), ...Object.values(theirs), ...Object.values(summed.grads)]);
+    disposeDinoState(state);
+  });
+
   it('refuses a missing or mis-sized gradient and a buffer of the wrong length', async () => {
     const state = createDinoState(tinyDinoRecipe(), 1, { totalSteps: 4 });
     const layout = new GradientLayout(state.student);
@@ -60,6 +98,9 @@ describe('GradientLayout', () => {
     const grads = Object.fromEntries(layout.slots.map((s) => [s.name, tf.zeros([...s.shape])]));
     const wrong = tf.zeros([first.size + 1]);
     await expect(layout.flatten({ ...grads, [first.name]: wrong }, 0)).rejects.toThrow(/elements/);
+    expect(() => layout.parts({}, 0)).toThrow(/parts: no gradient for/);
+    expect(() => layout.parts({ ...grads, [first.name]: wrong }, 0)).toThrow(/elements/);
+    expect(layout.parts(grads, 0).map((part) => part.length)).toEqual([...layout.slots.map((slot) => slot.size), 1]);
     expect(() => layout.unflatten(new Float32Array(layout.size - 1))).toThrow(/expected/);
     tf.dispose([...Object.values(grads), wrong]);
     disposeDinoState(state);

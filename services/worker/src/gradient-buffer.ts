@@ -2,9 +2,11 @@
  * The one flat float32 buffer a step all-reduces (docs/cluster.md, step loop item 8): every
  * trainable parameter's gradient in sorted name order, then one slot for the rank's share
  * of the loss. Summed over ranks, the gradients are the global-batch gradient and the last
- * slot is the global loss, so every rank makes the same finite check.
+ * slot is the global loss, so every rank makes the same finite check. The step all-reduces
+ * it in fusion buckets ({@link GradientLayout.parts} with `allReduceFused`).
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { FusedPart } from '@dinofleet/collective';
 import { isTrainable } from '@dinofleet/dino';
 
 /** Where one parameter's gradient lies in the buffer. */
@@ -52,16 +54,35 @@ export class GradientLayout {
    */
   async flatten(grads: Readonly<Record<string, tf.Tensor>>, loss: number): Promise<Float32Array> {
     const out = new Float32Array(this.size);
-    for (const slot of this.slots) {
-      const grad = grads[slot.name];
-      if (grad === undefined) throw new Error(`GradientLayout.flatten: no gradient for ${slot.name}`);
-      if (grad.size !== slot.size) {
-        throw new Error(`GradientLayout.flatten: gradient of ${slot.name} has ${grad.size} elements, the parameter ${slot.size}`);
-      }
-      out.set(await grad.data(), slot.offset);
-    }
+    for (const slot of this.slots) out.set(await this.#gradient(grads, slot, 'flatten').data(), slot.offset);
     out[this.gradientSize] = loss;
     return out;
+  }
+
+  /**
+   * The buffer as `allReduceFused` parts, in buffer order: one per gradient (its
+   * `read` downloads the tensor with `data()`), then the loss slot. The fused result is
+   * laid out as {@link flatten}'s buffer, for {@link unflatten}. The tensors stay the
+   * caller's and must live until the fused call has settled.
+   * @throws Error for a missing gradient or one of the wrong size (checked here, before any read).
+   */
+  parts(grads: Readonly<Record<string, tf.Tensor>>, loss: number): FusedPart[] {
+    const parts: FusedPart[] = this.slots.map((slot) => {
+      const grad = this.#gradient(grads, slot, 'parts');
+      // Gradients are float32 (the layout's dtype); allReduceFused checks the length.
+      return { length: slot.size, read: async () => (await grad.data()) as Float32Array };
+    });
+    parts.push({ length: 1, read: () => Float32Array.of(loss) });
+    return parts;
+  }
+
+  #gradient(grads: Readonly<Record<string, tf.Tensor>>, slot: GradientSlot, method: string): tf.Tensor {
+    const grad = grads[slot.name];
+    if (grad === undefined) throw new Error(`GradientLayout.${method}: no gradient for ${slot.name}`);
+    if (grad.size !== slot.size) {
+      throw new Error(`GradientLayout.${method}: gradient of ${slot.name} has ${grad.size} elements, the parameter ${slot.size}`);
+    }
+    return grad;
   }
 
   /**

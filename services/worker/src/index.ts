@@ -42,7 +42,8 @@ export type { EncodedStateInfo } from './state-codec.ts';
 export { FETCH_STATE_DEADLINE_MS, STATE_CHUNK_BYTES, fetchState, stateTransferServer } from './state-transfer.ts';
 export type { FetchStateOptions, FetchedState, ServableState, StateTransferSource } from './state-transfer.ts';
 export { FAULT_NONFINITE_STEPS_ENV, NonfiniteFaults } from './fault-injection.ts';
-export { STATE_TRANSFER_SECONDS_BUCKETS, StateTransferRole, WorkerMetrics } from './worker-metrics.ts';
+export { ALLREDUCE_SECONDS_BUCKETS, BUSBW_MIN_BYTES, CollectiveRunMetrics, STATE_TRANSFER_SECONDS_BUCKETS, StateTransferRole, WorkerMetrics } from './worker-metrics.ts';
+export type { CollectiveRunLabels } from './worker-metrics.ts';
 export { TEACHER_SNAPSHOT_EVERY_STEPS, computeStep, rankBatch, runStepLoop } from './step-loop.ts';
 export { parseAssignedJobSpec } from './assigned-spec.ts';
 export { WORKER_S3_MAX_ATTEMPTS, WORKER_USAGE, WorkerConfigError, resolveWorkerConfig, resolveWorkerS3Config } from './worker-config.ts';
@@ -57,6 +58,11 @@ export interface StartWorkerOptions {
   workerId?: string;
   /** Address of the Collective gRPC server. @default "127.0.0.1:0" */
   listen?: string;
+  /**
+   * "host:port" of the Collective endpoint's TCP data listener, which peers dial after an
+   * OpenDataLink call (transport 'tcp'). @default the host part of `listen`, port 0
+   */
+  dataListen?: string;
   /** Host peers dial (the pod IP in Kubernetes). @default the host part of `listen` */
   advertiseHost?: string;
   /** Compute backend to select (idempotent when already selected). @default 'wasm' */
@@ -116,7 +122,10 @@ export async function startWorker(options: StartWorkerOptions): Promise<WorkerPr
   const workerId = options.workerId ?? defaultWorkerId();
   const logger = options.logger ?? createLogger({ name: 'worker', level: LogLevel.Info });
   const server = new GrpcServer({ address: listen });
-  const endpoint = new CollectiveEndpoint({ server });
+  // On a shared server the endpoint cannot see `listen`: without dataListen its data
+  // listener would bind 127.0.0.1, out of other hosts' reach.
+  const dataListen = options.dataListen ?? `${listen.slice(0, listen.lastIndexOf(':'))}:0`;
+  const endpoint = new CollectiveEndpoint({ server, dataListen });
   // Services go on before the server starts; the worker that answers exists only after
   // it (it needs the bound address), so the handler looks it up per call.
   const serving: { worker?: Worker } = {};

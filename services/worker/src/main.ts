@@ -40,6 +40,7 @@ async function main(): Promise<void> {
       coordinatorAddress: config.coordinator,
       workerId: config.workerId,
       listen: config.listen,
+      dataListen: config.dataListen,
       advertiseHost: config.advertiseHost,
       backend: config.backend,
       fetchConcurrency: config.fetchConcurrency,

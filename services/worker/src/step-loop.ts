@@ -5,7 +5,8 @@
  * for the CommitAck before computing the next step.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { RingAllReduce } from '@dinofleet/collective';
+import { DEFAULT_FUSION_BUCKET_BYTES, allReduceFused } from '@dinofleet/collective';
+import type { AllReduceStats, AllReduceTag, RingAllReduce } from '@dinofleet/collective';
 import { Rng, applyUpdate, buildCropBatch, captureDinoState, computeLocalStep } from '@dinofleet/dino';
 import type { DinoState, DinoStateCopy, LossParts, StepCollective, UpdateResult } from '@dinofleet/dino';
 import { AbortedError, DataLossError } from '@dinofleet/proto';
@@ -28,7 +29,7 @@ import type { TeacherSumsPush, TeacherSyncConnection } from './teacher-sync-clie
 export const TEACHER_SNAPSHOT_EVERY_STEPS = 50;
 
 /** The part of a RingAllReduce the step uses. */
-export type StepRing = Pick<RingAllReduce, 'allReduceSum' | 'allReduceSumInPlace'>;
+export type StepRing = Pick<RingAllReduce, 'allReduceSum' | 'allReduceSumInPlace' | 'lastStats'>;
 
 /** Where each rank's images sit in the global batch (docs/cluster.md, "Shards and steps"). */
 export function rankBatch(globalBatch: number, worldSize: number, rank: number): { offset: number; size: number } {
@@ -56,6 +57,13 @@ export interface StepLoopContext {
   /** The training state (student, teacher, optimiser, centers), advanced in place. */
   readonly state: DinoState;
   readonly ring: StepRing;
+  /**
+   * Bytes per fusion bucket of the gradient all-reduce (`spec.collective.fusionBucketBytes`):
+   * a multiple of 4; every rank must use the same value. @default 64 MiB (DEFAULT_FUSION_BUCKET_BYTES)
+   */
+  readonly fusionBucketBytes?: number;
+  /** Called with the figures of each gradient bucket's all-reduce (e.g. for the busbw gauge). */
+  readonly onGradientBucket?: (stats: AllReduceStats) => void;
   readonly batches: BatchSource;
   /** Needed by centering recipes (the center) and for snapshots (rank 0's upload, every rank's attestation). */
   readonly teacherSync: TeacherSyncConnection | null;
@@ -203,8 +211,18 @@ async function snapshotTeacher(ctx: StepLoopContext, teacherSync: TeacherSyncCon
   }
 }
 
-/** Runs step `ctx.state.step` (items 3-10) and returns its CommitStep; does not commit. */
-export async function computeStep(ctx: StepLoopContext, layout: GradientLayout): Promise<StepOutcome> {
+/**
+ * Runs step `ctx.state.step` (items 3-10) and returns its CommitStep; does not commit.
+ * @param layout the gradient buffer's layout for `ctx.state.student`.
+ * @param reduced where the gradient all-reduce puts its result, `layout.size` elements,
+ * overwritten every step: the loop keeps one per run rather than allocating (and
+ * page-faulting in) a gradient-sized array per step. @default a new array
+ */
+export async function computeStep(
+  ctx: StepLoopContext,
+  layout: GradientLayout,
+  reduced: Float32Array = new Float32Array(layout.size),
+): Promise<StepOutcome> {
   const { state, ring, jobId, generation, rank } = ctx;
   const { recipe } = state;
   const s = state.step;
@@ -267,13 +285,28 @@ export async function computeStep(ctx: StepLoopContext, layout: GradientLayout):
     ctx.logger.warn('fault injection: NaN in the loss slot of this step (DINOFLEET_FAULT_NONFINITE_STEPS)', { step: s });
     lossSlot = Number.NaN;
   }
-  let flat: Float32Array;
+  let summed: Float32Array;
   try {
-    flat = await layout.flatten(local.grads, lossSlot);
+    // Tensor fusion: the gradients (and the loss slot) in buffer order, one all-reduce per
+    // bucket, the next bucket's gradients downloaded while this one is summed. Each element
+    // is still the plain sum over ranks, so the buckets change no number.
+    const fused = await allReduceFused(
+      layout.parts(local.grads, lossSlot),
+      async (bucket) => {
+        // The tag is taken before any await, as above; buckets are reduced in order.
+        const tag: AllReduceTag = { step: s, op: op++ };
+        const result = await ring.allReduceSumInPlace(bucket, tag);
+        const stats = ring.lastStats;
+        if (stats !== undefined && stats.step === tag.step && stats.op === tag.op) ctx.onGradientBucket?.(stats);
+        return result;
+      },
+      { bucketBytes: ctx.fusionBucketBytes ?? DEFAULT_FUSION_BUCKET_BYTES, output: reduced },
+    );
+    summed = fused.values;
   } finally {
+    // Only after the fused call has settled: it reads the tensors until its last bucket.
     tf.dispose(Object.values(local.grads));
   }
-  const summed = await ring.allReduceSumInPlace(flat, { step: s, op: op++ });
   await pushed;
   endAllreduce();
   checkAborted(ctx.signal);
@@ -360,9 +393,11 @@ export async function computeStep(ctx: StepLoopContext, layout: GradientLayout):
  */
 export async function runStepLoop(ctx: StepLoopContext): Promise<void> {
   const layout = new GradientLayout(ctx.state.student);
+  // One result buffer for the run's gradient all-reduces (unflatten copies out of it).
+  const reduced = new Float32Array(layout.size);
   while (ctx.state.step < ctx.totalSteps) {
     checkAborted(ctx.signal);
-    const { commit } = await computeStep(ctx, layout);
+    const { commit } = await computeStep(ctx, layout, reduced);
     ctx.onComputed?.(commit.step);
     checkAborted(ctx.signal);
     const { hold } = await untilAborted(ctx.commit(commit), ctx.signal);

@@ -7,6 +7,7 @@ describe('resolveWorkerConfig', () => {
       coordinator: '127.0.0.1:7000',
       workerId: 'host-42',
       listen: '127.0.0.1:0',
+      dataListen: '127.0.0.1:0',
       advertiseHost: '127.0.0.1',
       backend: 'wasm',
       fetchConcurrency: 16,
@@ -21,6 +22,7 @@ describe('resolveWorkerConfig', () => {
       DINOFLEET_COORDINATOR: 'coord:7000',
       DINOFLEET_WORKER_ID: 'pod-3',
       DINOFLEET_LISTEN: '0.0.0.0:7100',
+      DINOFLEET_DATA_LISTEN: '0.0.0.0:7101',
       DINOFLEET_ADVERTISE_HOST: '10.0.0.7',
       DINOFLEET_BACKEND: 'cpu',
       DINOFLEET_FETCH_CONCURRENCY: '4',
@@ -32,6 +34,7 @@ describe('resolveWorkerConfig', () => {
       coordinator: 'coord:7000',
       workerId: 'pod-3',
       listen: '0.0.0.0:7100',
+      dataListen: '0.0.0.0:7101',
       advertiseHost: '10.0.0.7',
       backend: 'cpu',
       fetchConcurrency: 4,
@@ -40,6 +43,17 @@ describe('resolveWorkerConfig', () => {
       logLevel: 'debug',
     });
     expect(resolveWorkerConfig(['--backend', 'wasm', '--worker-id', 'flag'], env)).toMatchObject({ backend: 'wasm', workerId: 'flag' });
+    expect(resolveWorkerConfig(['--data-listen', '10.0.0.7:7200'], env).dataListen).toBe('10.0.0.7:7200');
+  });
+
+  it('binds the data listener on the host of --listen, any port, unless --data-listen says otherwise', () => {
+    const of = (argv: string[], env: NodeJS.ProcessEnv = {}): string => resolveWorkerConfig(['--coordinator', 'a:1', ...argv], env).dataListen;
+    expect(of(['--listen', '0.0.0.0:7100'])).toBe('0.0.0.0:0');
+    expect(of(['--listen', '[::]:7100'])).toBe('[::]:0');
+    expect(of(['--listen', 'worker-3.dinofleet:7100'])).toBe('worker-3.dinofleet:0');
+    expect(of(['--listen', '0.0.0.0:7100', '--data-listen', '0.0.0.0:7101'])).toBe('0.0.0.0:7101');
+    // An empty variable is unset, like every other flag's.
+    expect(of(['--listen', '0.0.0.0:7100'], { DINOFLEET_DATA_LISTEN: '' })).toBe('0.0.0.0:0');
   });
 
   it('names the bad flag', () => {
@@ -48,6 +62,8 @@ describe('resolveWorkerConfig', () => {
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--backend', 'gpu'], {})).toThrow(/--backend: unknown compute backend 'gpu'/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--fetch-concurrency', '0'], {})).toThrow(/--fetch-concurrency must be an integer in 1..1024/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--log-level', 'loud'], {})).toThrow(/--log-level must be one of/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--data-listen', '7101'], {})).toThrow(/--data-listen must be host:port with a port in 0..65535, got "7101"/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1'], { DINOFLEET_DATA_LISTEN: 'host:70000' })).toThrow(/--data-listen must be host:port/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--bogus'], {})).toThrow(WorkerConfigError);
   });
 });

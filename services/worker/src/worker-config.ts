@@ -14,7 +14,7 @@ import { LogLevel } from '@dinofleet/telemetry';
 
 /** One line on how to run the worker. */
 export const WORKER_USAGE =
-  'usage: worker --coordinator host:port [--worker-id id] [--listen host:port] [--advertise-host host] ' +
+  'usage: worker --coordinator host:port [--worker-id id] [--listen host:port] [--data-listen host:port] [--advertise-host host] ' +
   `[--backend ${COMPUTE_BACKENDS.join('|')}] [--fetch-concurrency n] [--metrics-listen host:port] [--ready-file path] [--log-level level]`;
 
 /** The resolved settings of a worker process. */
@@ -25,6 +25,13 @@ export interface WorkerConfig {
   readonly workerId: string;
   /** Collective gRPC server address. @default "127.0.0.1:0" */
   readonly listen: string;
+  /**
+   * "host:port" of the Collective endpoint's TCP data listener: peers dial it (at the
+   * advertised host) after an OpenDataLink call on `listen`, for the all-reduce's data
+   * links. Port 0 picks a free one; fix it where a NetworkPolicy must allow it.
+   * @default the host part of `listen`, port 0
+   */
+  readonly dataListen: string;
   /** Host peers dial. @default the host part of `listen` */
   readonly advertiseHost: string;
   /** @default 'wasm' */
@@ -49,6 +56,7 @@ const FLAGS = {
   coordinator: { type: 'string', env: 'DINOFLEET_COORDINATOR' },
   'worker-id': { type: 'string', env: 'DINOFLEET_WORKER_ID' },
   listen: { type: 'string', env: 'DINOFLEET_LISTEN' },
+  'data-listen': { type: 'string', env: 'DINOFLEET_DATA_LISTEN' },
   'advertise-host': { type: 'string', env: 'DINOFLEET_ADVERTISE_HOST' },
   backend: { type: 'string', env: 'DINOFLEET_BACKEND' },
   'fetch-concurrency': { type: 'string', env: 'DINOFLEET_FETCH_CONCURRENCY' },
@@ -86,6 +94,9 @@ export function resolveWorkerConfig(argv: readonly string[], env: NodeJS.Process
   parseHostPort(coordinator, 'coordinator');
   const listen = read('listen') ?? '127.0.0.1:0';
   const listenHost = parseHostPort(listen, 'listen').host;
+  // The host as written (an IPv6 one keeps its brackets), with any free port.
+  const dataListen = read('data-listen') ?? `${listen.slice(0, listen.lastIndexOf(':'))}:0`;
+  parseHostPort(dataListen, 'data-listen');
   const metricsListen = read('metrics-listen') ?? '127.0.0.1:0';
   parseHostPort(metricsListen, 'metrics-listen');
   let backend: ComputeBackend;
@@ -109,6 +120,7 @@ export function resolveWorkerConfig(argv: readonly string[], env: NodeJS.Process
     coordinator,
     workerId: read('worker-id') ?? defaultWorkerId,
     listen,
+    dataListen,
     advertiseHost,
     backend,
     fetchConcurrency,

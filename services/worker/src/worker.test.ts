@@ -8,6 +8,7 @@ import type { DinoState, Image } from '@dinofleet/dino';
 import { decodeSafetensors } from '@dinofleet/data';
 import { LogLevel, Registry, createLogger } from '@dinofleet/telemetry';
 import { MemoryBatchSource } from './batch-loader.ts';
+import { GradientLayout } from './gradient-buffer.ts';
 import { startWorker } from './index.ts';
 import type { WorkerProcess } from './index.ts';
 import { stateHash } from './state-hash.ts';
@@ -40,6 +41,9 @@ const SPEC = resolveJobSpec({
     data: { manifest: 's3://dinofleet-test/manifest.txt' },
     training: { steps: STEPS, globalBatchSize: GLOBAL_BATCH, seed: SEED, backend: 'cpu' },
     fleet: { workers: 2 },
+    // The smallest fusion buckets: the ~5 MiB gradient goes as 6 all-reduces, most tensors
+    // whole in one bucket, some split over two, so the fused path is what is compared.
+    collective: { fusionBucketBytes: 1024 * 1024 },
   },
 });
 
@@ -59,6 +63,8 @@ describe('two in-process workers', () => {
   let coordinator: FakeCoordinator;
   let teacherSync: FakeTeacherSync;
   let workers: WorkerProcess[] = [];
+  /** Each worker's metrics, by worker id. */
+  const registries = new Map<string, Registry>();
   let reference: DinoState;
   let initialStudent: Record<string, Float32Array>;
 
@@ -81,7 +87,7 @@ describe('two in-process workers', () => {
           workerId,
           backend: 'cpu',
           heartbeatIntervalMs: 200,
-          registry: new Registry(),
+          registry: registries.set(workerId, new Registry()).get(workerId) as Registry,
           logger,
           batchSource: ({ perRankBatch, batchOffset }) =>
             new MemoryBatchSource(
@@ -186,6 +192,24 @@ describe('two in-process workers', () => {
     );
   });
 
+  it('export the all-reduce metrics of the run: calls, bytes, bucket busbw, the ring link and their ratio', async () => {
+    const gradientBytes = 4 * new GradientLayout(reference.student).size;
+    for (const [rank, workerId] of ['worker-a', 'worker-b'].entries()) {
+      const registry = registries.get(workerId) as Registry;
+      const series = (name: string, extra = ''): RegExp => new RegExp(`^${name}\\{[^}]*job="equivalence-abcdefgh"[^}]*rank="${rank}"[^}]*${extra}[^}]*\\} (\\S+)$`, 'm');
+      const value = async (name: string, extra = ''): Promise<number> => Number(series(name, extra).exec(await registry.metrics())?.[1] ?? NaN);
+      // Every step all-reduces at least the whole gradient.
+      expect(await value('dinofleet_collective_bytes_total')).toBeGreaterThanOrEqual(STEPS * gradientBytes);
+      // Its full 1 MiB buckets go by the ring, the short last one (under smallMessageBytes) by recursive doubling.
+      expect(await value('dinofleet_collective_allreduce_seconds_count', 'algorithm="ring"')).toBeGreaterThanOrEqual(STEPS * Math.floor(gradientBytes / (1024 * 1024)));
+      expect(await value('dinofleet_collective_allreduce_seconds_count', 'algorithm="recursive-doubling"')).toBeGreaterThanOrEqual(STEPS);
+      expect(await value('dinofleet_collective_busbw_bytes_per_second')).toBeGreaterThan(0);
+      // The left neighbour of a two-rank ring is the other rank.
+      await expect.poll(() => value('dinofleet_collective_link_bandwidth_bytes_per_second', `peer_rank="${1 - rank}"`), { timeout: 5_000 }).toBeGreaterThan(0);
+      expect(await value('dinofleet_collective_busbw_link_ratio')).toBeGreaterThan(0);
+    }
+  });
+
   it('register with their collective address and backend, send heartbeats, and drop the state on Stop', async () => {
     expect(coordinator.registers.map((r) => r.workerId).sort()).toEqual(['worker-a', 'worker-b']);
     for (const r of coordinator.registers) {
@@ -197,6 +221,8 @@ describe('two in-process workers', () => {
     expect(coordinator.acquireLeaseCalls).toEqual([]);
     coordinator.stopAll('job succeeded');
     await expect.poll(() => workers.map((w) => w.worker.heldState), { timeout: 10_000 }).toEqual([null, null]);
+    // The run's series went with it.
+    for (const registry of registries.values()) expect(await registry.metrics()).not.toMatch(/^dinofleet_collective_\w+\{/m);
     // Heartbeats go on while idle, with generation 0 once the run is over.
     await expect.poll(() => coordinator.heartbeats.at(-1)?.generation, { timeout: 5_000 }).toBe(0);
   });

@@ -53,6 +53,7 @@ import { rankBatch, runStepLoop } from './step-loop.ts';
 import { TeacherSyncConnection } from './teacher-sync-client.ts';
 import { resolveWorkerS3Config } from './worker-config.ts';
 import { StateTransferRole, WorkerMetrics } from './worker-metrics.ts';
+import type { CollectiveRunMetrics } from './worker-metrics.ts';
 
 /** Version reported in Register. */
 export const WORKER_VERSION = '0.1.0';
@@ -104,7 +105,12 @@ export interface WorkerOptions {
   logger: Logger;
   /** Replaces the S3 loader, e.g. with in-memory batches in tests. */
   batchSource?: (request: BatchSourceRequest) => BatchSource;
-  /** Ring settings other than what the Assignment fixes. */
+  /**
+   * Ring settings other than what the Assignment fixes (tests). Each field given replaces
+   * the job spec's (`spec.collective`), so keep the result consistent (transport 'grpc'
+   * needs compression 'none' and smallMessageBytes 0); `onStats` and `onLinkBandwidth` are
+   * called besides the worker's metrics. @default the spec's settings
+   */
   ring?: Omit<RingAllReduceOptions, 'endpoint' | 'job' | 'generation' | 'rank' | 'peers'>;
   /** Deadline of an AcquireLease call, in ms. @default 30000 */
   acquireLeaseTimeoutMs?: number;
@@ -155,6 +161,8 @@ interface JobRun {
   readonly close: () => Promise<void>;
   /** The job's series on this rank: kept after the last step, removed when the run ends. */
   readonly metrics: TrainingMetrics | undefined;
+  /** The run's all-reduce series: kept after the last step, removed when the run ends. */
+  readonly collectiveMetrics: CollectiveRunMetrics;
 }
 
 /** What happens to the held state when a run ends. */
@@ -487,6 +495,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
       // The loop touches the state only until it sees the abort; after this, it is ours.
       await run.done.catch(() => undefined);
       run.metrics?.remove();
+      run.collectiveMetrics.remove();
       if (run.inStep && policy !== 'drop') this.#metrics.abortedSteps.inc();
     }
     const held = this.#held;
@@ -661,14 +670,37 @@ export class Worker implements AsyncDisposable, StateTransferSource {
     const held = await this.#acquireState(a, spec, recipe, log);
 
     const abort = new AbortController();
-    const ring = new RingAllReduce({
-      ...this.#options.ring,
-      endpoint: this.#options.endpoint,
-      job: a.jobId,
-      generation: a.generation,
-      rank: a.rank,
-      peers: a.ranks.map((peer) => peer.collectiveAddress),
-    });
+    const collective = spec.spec.collective;
+    const overrides = this.#options.ring;
+    const collectiveMetrics = this.#metrics.collective({ job: a.jobId, rank: String(a.rank) });
+    let ring: RingAllReduce;
+    try {
+      // Every rank reads the same spec, so every rank of the generation runs the same settings.
+      ring = new RingAllReduce({
+        transport: collective.transport,
+        compression: collective.compression,
+        chunkBytes: collective.chunkBytes,
+        smallMessageBytes: collective.smallMessageBytes,
+        ...overrides,
+        endpoint: this.#options.endpoint,
+        job: a.jobId,
+        generation: a.generation,
+        rank: a.rank,
+        peers: a.ranks.map((peer) => peer.collectiveAddress),
+        onStats: (stats) => {
+          collectiveMetrics.recordCall(stats);
+          overrides?.onStats?.(stats);
+        },
+        onLinkBandwidth: (link) => {
+          collectiveMetrics.recordLink(link);
+          log.info('ring link measured', { peerRank: link.peerRank, peerAddress: link.peerAddress, bandwidthGBps: link.bandwidthGBps, bytes: link.bytes });
+          overrides?.onLinkBandwidth?.(link);
+        },
+      });
+    } catch (err) {
+      collectiveMetrics.remove();
+      throw err;
+    }
     const acquireLease = (): Promise<ShardLease> => this.#acquireLease(a, abort.signal);
     const request: BatchSourceRequest = { assignment: a, spec, perRankBatch: size, batchOffset: offset, acquireLease };
     const metrics: TrainingMetrics | undefined =
@@ -686,6 +718,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
       }
     } catch (err) {
       metrics?.remove();
+      collectiveMetrics.remove();
       await ring.close();
       throw err;
     }
@@ -705,9 +738,11 @@ export class Worker implements AsyncDisposable, StateTransferSource {
       inStep: false,
       close,
       metrics,
+      collectiveMetrics,
       done: Promise.resolve(),
     };
-    log.info('generation started', { worldSize, startStep: a.startStep, totalSteps: a.totalSteps, perRankBatch: size, offset });
+    const { transport, compression } = ring.config;
+    log.info('generation started', { worldSize, startStep: a.startStep, totalSteps: a.totalSteps, perRankBatch: size, offset, transport, compression });
     const done = runStepLoop({
       jobId: a.jobId,
       generation: a.generation,
@@ -719,6 +754,8 @@ export class Worker implements AsyncDisposable, StateTransferSource {
       totalSteps: a.totalSteps,
       state: held.state,
       ring,
+      fusionBucketBytes: collective.fusionBucketBytes,
+      onGradientBucket: (stats) => collectiveMetrics.recordGradientBucket(stats),
       batches,
       teacherSync,
       checkpoint:
