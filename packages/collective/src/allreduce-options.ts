@@ -26,6 +26,8 @@ export const MAX_CHUNK_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_SMALL_MESSAGE_BYTES = 256 * 1024;
 /** Largest {@link RingAllReduceOptions.smallMessageBytes}: 16 MiB. */
 export const MAX_SMALL_MESSAGE_BYTES = 16 * 1024 * 1024;
+/** Default of {@link RingAllReduceOptions.directMaxRanks}. */
+export const DEFAULT_DIRECT_MAX_RANKS = 8;
 /** Default of {@link RingAllReduceOptions.linkProbeBytes}: 8 MiB. */
 export const DEFAULT_LINK_PROBE_BYTES = 8 * 1024 * 1024;
 /** Default of {@link RingAllReduceOptions.connectTimeoutMs}, in ms. */
@@ -47,6 +49,11 @@ export const AllReduceAlgorithm = {
   Ring: 'ring',
   /** Latency-optimal recursive doubling (log2 n rounds), for small vectors. */
   RecursiveDoubling: 'recursive-doubling',
+  /**
+   * Direct reduce-scatter + all-gather over a full mesh, for small worlds: the ring's bytes
+   * in two hops instead of 2(n−1).
+   */
+  Direct: 'direct',
   /** One rank or an empty vector: nothing moved. */
   Local: 'local',
 } as const;
@@ -95,6 +102,13 @@ export interface RingAllReduceOptions {
    */
   smallMessageBytes?: number;
   /**
+   * Worlds of at most this many ranks use the direct algorithm (every rank sends each peer
+   * its segment, owners sum and send the result back: a full mesh of links, two hops)
+   * instead of the ring for vectors above `smallMessageBytes`; tcp transport only. 0 turns
+   * it off. Range 0..64. @default 8
+   */
+  directMaxRanks?: number;
+  /**
    * 16-bit payloads on the wire with float32 accumulation ("bf16" or "fp16"); halves the bytes
    * moved, adds rounding (allReduceErrorBound); tcp transport only. @default "none"
    */
@@ -135,6 +149,7 @@ export interface RingAllReduceConfig {
   readonly transport: Transport;
   readonly chunkBytes: number;
   readonly smallMessageBytes: number;
+  readonly directMaxRanks: number;
   readonly compression: Compression;
   readonly linkProbeBytes: number;
   readonly timeoutMs: number;
@@ -176,6 +191,8 @@ export function resolveRingAllReduceConfig(
   const smallMessageBytes = options.smallMessageBytes ?? (transport === Transport.Tcp ? DEFAULT_SMALL_MESSAGE_BYTES : 0);
   checkRange('smallMessageBytes', smallMessageBytes, 0, MAX_SMALL_MESSAGE_BYTES);
   checkMultipleOf4('smallMessageBytes', smallMessageBytes);
+  const directMaxRanks = options.directMaxRanks ?? (transport === Transport.Tcp ? DEFAULT_DIRECT_MAX_RANKS : 0);
+  checkRange('directMaxRanks', directMaxRanks, 0, 64);
   const compression = options.compression ?? Compression.None;
   if (!isCompression(compression)) {
     throw new InvalidArgumentError(`compression must be one of ${COMPRESSIONS.join(', ')}, got "${String(compression)}"`);
@@ -187,6 +204,7 @@ export function resolveRingAllReduceConfig(
     if (compression !== Compression.None) throw new InvalidArgumentError(`compression "${compression}" needs transport "tcp"`);
     if (smallMessageBytes !== 0) throw new InvalidArgumentError('smallMessageBytes (recursive doubling) needs transport "tcp"; use 0 with "grpc"');
     if (linkProbeBytes !== 0) throw new InvalidArgumentError('linkProbeBytes needs transport "tcp"; use 0 with "grpc"');
+    if (directMaxRanks !== 0) throw new InvalidArgumentError('directMaxRanks (the direct algorithm) needs transport "tcp"; use 0 with "grpc"');
   }
   const timeoutMs = options.timeoutMs ?? DEFAULT_ALL_REDUCE_TIMEOUT_MS;
   checkRange('timeoutMs', timeoutMs, 1, 3_600_000);
@@ -203,6 +221,7 @@ export function resolveRingAllReduceConfig(
     transport,
     chunkBytes,
     smallMessageBytes,
+    directMaxRanks,
     compression,
     linkProbeBytes,
     timeoutMs,

@@ -48,17 +48,18 @@ const FOUR_MIB_PLUS = 1024 * 1024 + 3; // float32 elements: just over 4 MiB, not
 
 /**
  * The conformance suite runs on every transport and algorithm choice: the gRPC ring, the
- * TCP default (recursive doubling up to 256 KiB, ring above), TCP ring only, and TCP
- * recursive doubling for everything up to 16 MiB.
+ * TCP default (recursive doubling up to 256 KiB, direct above for these small worlds), TCP
+ * ring only, TCP direct only, and TCP recursive doubling for everything up to 16 MiB.
  */
-const VARIANTS: ReadonlyArray<{ name: string; options: TestRingOptions }> = [
-  { name: 'grpc ring', options: { transport: 'grpc' } },
-  { name: 'tcp default', options: { transport: 'tcp', linkProbeBytes: 64 * 1024 } },
-  { name: 'tcp ring only', options: { transport: 'tcp', smallMessageBytes: 0 } },
-  { name: 'tcp recursive doubling', options: { transport: 'tcp', smallMessageBytes: 16 * 1024 * 1024, linkProbeBytes: 0 } },
+const VARIANTS: ReadonlyArray<{ name: string; options: TestRingOptions; large: string }> = [
+  { name: 'grpc ring', options: { transport: 'grpc' }, large: 'ring' },
+  { name: 'tcp default', options: { transport: 'tcp', linkProbeBytes: 64 * 1024 }, large: 'direct' },
+  { name: 'tcp ring only', options: { transport: 'tcp', smallMessageBytes: 0, directMaxRanks: 0 }, large: 'ring' },
+  { name: 'tcp direct only', options: { transport: 'tcp', smallMessageBytes: 0, linkProbeBytes: 0 }, large: 'direct' },
+  { name: 'tcp recursive doubling', options: { transport: 'tcp', smallMessageBytes: 16 * 1024 * 1024, linkProbeBytes: 0 }, large: 'recursive-doubling' },
 ];
 
-describe.each(VARIANTS)('RingAllReduce conformance: $name', ({ name, options }) => {
+describe.each(VARIANTS)('RingAllReduce conformance: $name', ({ name, options, large }) => {
 
 describe('sums', () => {
   for (const worldSize of [2, 3, 4]) {
@@ -79,7 +80,7 @@ describe('sums', () => {
       expect(stats?.step).toBe(7);
       expect(stats?.busbwGBps).toBeCloseTo((((stats?.algbwGBps ?? 0) * 2 * (worldSize - 1)) / worldSize), 12);
       expect(stats?.algbwGBps).toBeCloseTo(FOUR_MIB_PLUS * 4 / (stats?.seconds ?? 1) / 1e9, 9);
-      expect(stats?.algorithm).toBe(name === 'tcp recursive doubling' ? 'recursive-doubling' : 'ring');
+      expect(stats?.algorithm).toBe(large);
     });
   }
 

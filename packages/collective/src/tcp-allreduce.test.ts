@@ -76,15 +76,16 @@ describe('TcpAllReduce: compression', () => {
   // it; 64 KiB chunks cut each ring segment of the large vector into several chunks.
   const cases = [Compression.Bf16, Compression.Fp16].flatMap((compression) =>
     [3, 4].flatMap((worldSize) => [
-      { compression, worldSize, length: 1000, algorithm: AllReduceAlgorithm.RecursiveDoubling },
-      { compression, worldSize, length: 300_000, algorithm: AllReduceAlgorithm.Ring },
+      { compression, worldSize, length: 1000, algorithm: AllReduceAlgorithm.RecursiveDoubling, directMaxRanks: 8 },
+      { compression, worldSize, length: 300_000, algorithm: AllReduceAlgorithm.Direct, directMaxRanks: 8 },
+      { compression, worldSize, length: 300_000, algorithm: AllReduceAlgorithm.Ring, directMaxRanks: 0 },
     ]),
   );
 
   it.each(cases)(
     '$compression on $worldSize ranks, $length elements ($algorithm): same bits everywhere, within the error bound, really 16-bit',
-    async ({ compression, worldSize, length, algorithm }) => {
-      await using ring = await startTestRing(worldSize, { compression, chunkBytes: 65536, linkProbeBytes: 0 });
+    async ({ compression, worldSize, length, algorithm, directMaxRanks }) => {
+      await using ring = await startTestRing(worldSize, { compression, chunkBytes: 65536, linkProbeBytes: 0, directMaxRanks });
       const inputs = ring.rings.map((_, rank) => testVector(length, 1000 * worldSize + rank));
       const results = await reduceOnAll(ring.rings, inputs, 3);
       const beyondFloat32 = expectWithinBound(inputs, results, compression);
@@ -105,12 +106,18 @@ describe('TcpAllReduce: compression', () => {
 
 describe('TcpAllReduce: algorithm choice', () => {
   const smallMessageBytes = 4096;
-  it.each([3, 4])('on %i ranks, smallMessageBytes bytes use recursive doubling and 4 more the ring', async (worldSize) => {
-    await using ring = await startTestRing(worldSize, { smallMessageBytes, chunkBytes: 1024, linkProbeBytes: 0 });
+  it.each([
+    { worldSize: 3, directMaxRanks: 8, large: AllReduceAlgorithm.Direct },
+    { worldSize: 4, directMaxRanks: 8, large: AllReduceAlgorithm.Direct },
+    { worldSize: 4, directMaxRanks: 4, large: AllReduceAlgorithm.Direct },
+    { worldSize: 4, directMaxRanks: 3, large: AllReduceAlgorithm.Ring },
+    { worldSize: 3, directMaxRanks: 0, large: AllReduceAlgorithm.Ring },
+  ])('on $worldSize ranks with directMaxRanks $directMaxRanks, smallMessageBytes bytes use recursive doubling and 4 more $large', async ({ worldSize, directMaxRanks, large }) => {
+    await using ring = await startTestRing(worldSize, { smallMessageBytes, chunkBytes: 1024, linkProbeBytes: 0, directMaxRanks });
     let step = 0;
     for (const [length, algorithm] of [
       [smallMessageBytes / 4, AllReduceAlgorithm.RecursiveDoubling],
-      [smallMessageBytes / 4 + 1, AllReduceAlgorithm.Ring],
+      [smallMessageBytes / 4 + 1, large],
       [smallMessageBytes / 4 - 1, AllReduceAlgorithm.RecursiveDoubling],
     ] as const) {
       const inputs = ring.rings.map((_, rank) => testVector(length, 10 * length + rank));
@@ -244,7 +251,7 @@ describe('TcpAllReduce: failures travel with their reason', () => {
     });
     await using ring0 = new RingAllReduce({
       job: 'stall', generation: 1, rank: 0, peers, endpoint: e0,
-      chunkBytes: 64, smallMessageBytes: 0, linkProbeBytes: 0, stallTimeoutMs: 300, timeoutMs: 20_000,
+      chunkBytes: 64, smallMessageBytes: 0, directMaxRanks: 0, linkProbeBytes: 0, stallTimeoutMs: 300, timeoutMs: 20_000,
     });
     const startedAt = performance.now();
     const { error, atMs } = await settle(ring0.allReduceSum(testVector(1000, 1), tag));
