@@ -1,7 +1,7 @@
 import { status } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { callUnary, createClient } from './client.ts';
-import { InvalidArgumentError, UnavailableError } from './errors.ts';
+import { DeadlineExceededError, InvalidArgumentError, UnavailableError } from './errors.ts';
 import { JobServiceService, JobServiceClient } from './generated/dinofleet/v1/jobs.ts';
 import type { GetJobRequest, GetJobResponse } from './generated/dinofleet/v1/jobs.ts';
 import { unaryHandler } from './handlers.ts';
@@ -106,6 +106,27 @@ describe('retry policy', () => {
     // Waits of 50 + 100 fit in 200 ms, the next (200) does not.
     expect(attempts).toBe(3);
     expect(Date.now() - started).toBeLessThan(350); // it did not sit out the 200 ms wait
+  });
+
+  it('reports the error it retried for, not the DEADLINE_EXCEEDED of a retry the overall deadline cut short', async () => {
+    const deadline = deadlineFromNow(150);
+    let attempts = 0;
+    const err = await withRetry(
+      async ({ deadlineMs }) => {
+        attempts++;
+        if (attempts === 1) throw new UnavailableError('source holds step 1, not 2');
+        // The second attempt runs into the overall deadline, as a gRPC call with it would.
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, deadlineMs - Date.now()) + 5));
+        throw new DeadlineExceededError('Deadline exceeded after 0.000s');
+      },
+      { maxAttempts: 10, initialBackoffMs: 20, jitter: 0, deadline },
+    ).catch((e: unknown) => e as Error);
+    expect(attempts).toBe(2);
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect(err.message).toBe('source holds step 1, not 2');
+    // A deadline error that is the first failure is still reported as it is.
+    const first = await withRetry(() => Promise.reject(new DeadlineExceededError('slow')), { deadline: deadlineFromNow(1) }).catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(DeadlineExceededError);
   });
 
   it('computes capped, jittered exponential backoff', () => {

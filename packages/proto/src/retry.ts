@@ -169,11 +169,16 @@ export function sleepUnlessAborted(ms: number, signal: AbortSignal | undefined):
  */
 export async function withRetry<T>(attempt: (info: RetryAttempt) => Promise<T>, options: RetryOptions = {}): Promise<T> {
   const config = resolveRetryConfig(options);
+  let retriedFor: unknown;
   for (let n = 1; ; n++) {
     try {
       return await attempt({ attempt: n, deadlineMs: config.deadlineMs });
-    } catch (err) {
+    } catch (caught) {
+      // A retry started just before the overall deadline fails with DEADLINE_EXCEEDED and
+      // says nothing; the failure that made us retry says what was wrong.
+      const err = retriedFor !== undefined && grpcStatusOf(caught) === status.DEADLINE_EXCEEDED && Date.now() >= config.deadlineMs ? retriedFor : caught;
       if (n >= config.maxAttempts || !isRetryable(err, config.retryableStatuses)) throw err;
+      retriedFor = err;
       const waitMs = backoffMs(n, config);
       // Waiting past the deadline only to start an attempt that cannot finish is pointless.
       if (Date.now() + waitMs >= config.deadlineMs || isAborted(config.signal)) throw err;
