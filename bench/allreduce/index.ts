@@ -8,7 +8,9 @@
 // refill of the input, a barrier, and the timed all-reduce. An iteration's time is the
 // slowest rank's; a size's time is the median iteration. Per rank count the two sides
 // alternate --rounds times (MPI first in odd rounds, ours first in even ones, each a
-// fresh launch) and each keeps its best median per size. busbw = bytes / s × 2(n−1)/n
+// fresh launch) and each keeps its best median per size. MPI runs twice a round, stock and
+// with glibc's malloc kept off mmap (mpi.ts: stock MPI page-faults a fresh 64 MiB temporary
+// into every large call on this VM), and the baseline is the faster: MPI at its best. busbw = bytes / s × 2(n−1)/n
 // (nccl-tests), algbw = bytes / s, in GB/s (10^9). One short MPI launch before
 // everything absorbs the slow first launch after boot.
 // Checks of ours, after each size's last timed call: every rank's result has the same
@@ -178,6 +180,8 @@ async function main(): Promise<void> {
   log(`raw socket (one loopback TCP stream, Node to Node): ${sig3(rawSocketGBps)} GB/s`);
 
   const rows: TableRow[] = [];
+  /** Stock MPI's best median per "ranks/sizeMiB", reported beside the baseline. */
+  const stockMpi = new Map<string, number>();
   for (const ranks of config.ranks) {
     const bestRing = new Map<number, RingSizeResult>();
     const bestMpi = new Map<number, SizeTime>();
@@ -188,11 +192,15 @@ async function main(): Promise<void> {
         const label = `ranks ${ranks}, round ${round + 1}/${config.rounds}`;
         if (side === 'mpi') {
           if (mpiBinary === undefined) continue;
-          const times = await benchMpi(mpiBinary, ranks, config.sizes);
-          log(`${label}, MPI: ${describeTimes(times, ranks)}`);
-          for (const t of times) {
-            const best = bestMpi.get(t.sizeMiB);
-            if (best === undefined || t.ms < best.ms) bestMpi.set(t.sizeMiB, t);
+          // Stock, and with glibc's malloc kept off mmap (mpi.ts): the baseline is MPI's best.
+          for (const tunedMalloc of [false, true]) {
+            const times = await benchMpi(mpiBinary, ranks, config.sizes, tunedMalloc);
+            log(`${label}, MPI (${tunedMalloc ? 'malloc tuned' : 'stock'}): ${describeTimes(times, ranks)}`);
+            for (const t of times) {
+              const best = bestMpi.get(t.sizeMiB);
+              if (best === undefined || t.ms < best.ms) bestMpi.set(t.sizeMiB, t);
+              if (!tunedMalloc) stockMpi.set(`${ranks}/${t.sizeMiB}`, Math.min(t.ms, stockMpi.get(`${ranks}/${t.sizeMiB}`) ?? Infinity));
+            }
           }
         } else {
           const results = await benchRing(ranks, config.sizes, config.options);
@@ -234,6 +242,7 @@ async function main(): Promise<void> {
     busbw_gbps: sig3(busbw),
     mpi_tcp_busbw_gbps: sig3(mpiBusbw),
     ratio_vs_mpi_tcp: sig3(ratio),
+    mpi_stock_busbw_gbps: stockMpi.has(`${headRanks}/${headSize}`) ? sig3(busBandwidthGBps(headSize * MIB, stockMpi.get(`${headRanks}/${headSize}`) as number, headRanks)) : null,
     latency_1mib_ms: sig3(latencyMs),
     mpi_latency_1mib_ms: sig3(mpiLatencyMs),
     latency_ratio_vs_mpi: sig3(latencyRatio),
@@ -254,6 +263,7 @@ async function main(): Promise<void> {
         busbw_gbps: sig3(rowBusbw),
         algbw_gbps: sig3(algBandwidthGBps(bytes, row.ring.ms)),
         mpi_ms: sig3(row.mpi?.ms),
+        mpi_stock_ms: sig3(stockMpi.get(`${row.ranks}/${row.sizeMiB}`)),
         mpi_busbw_gbps: sig3(rowMpiBusbw),
         ratio: rowMpiBusbw === null ? null : sig3(rowBusbw / rowMpiBusbw),
         bit_identical: row.ring.bitIdentical,

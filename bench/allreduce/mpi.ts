@@ -117,8 +117,17 @@ function parseMpiLine(line: string): MpiSizeLine {
 }
 
 /** One mpirun launch over `sizes`; the per-iteration max times of each size, in ms. */
-async function launch(binary: string, ranks: number, sizes: readonly SizePlan[]): Promise<number[][]> {
-  const args = [...MPIRUN_FLAGS, '-np', String(ranks), binary];
+/**
+ * glibc settings that keep MPI's large temporary buffers off fresh mmap()s: by default a
+ * free() of a block above 32 MiB unmaps it, so every MPI_Allreduce of 64 MiB or more
+ * page-faults a new temporary in, which on this VM costs MPI up to 8x (44 ms tuned vs
+ * ~350 ms stock at 2 ranks, 64 MiB). The bench runs MPI both ways and keeps the faster,
+ * so the baseline is the best MPI does here, not an artefact of the allocator.
+ */
+export const MPI_MALLOC_TUNED_ENV = ['-x', 'MALLOC_MMAP_THRESHOLD_=4294967296', '-x', 'MALLOC_TRIM_THRESHOLD_=4294967296'] as const;
+
+async function launch(binary: string, ranks: number, sizes: readonly SizePlan[], tunedMalloc = false): Promise<number[][]> {
+  const args = [...MPIRUN_FLAGS, ...(tunedMalloc ? MPI_MALLOC_TUNED_ENV : []), '-np', String(ranks), binary];
   for (const size of sizes) args.push(String(size.elements), String(size.warmups), String(size.iterations));
   const times: number[][] = [];
   const run = startChild(`mpirun -np ${ranks}`, 'mpirun', args, {
@@ -154,8 +163,11 @@ export async function warmUpMpi(binary: string, ranks: number): Promise<void> {
   await launch(binary, ranks, [{ sizeMiB: 0.25, elements: 65_536, warmups: 1, iterations: 2 }]);
 }
 
-/** The MPI baseline's time of every size with `ranks` ranks (one launch for all sizes). */
-export async function benchMpi(binary: string, ranks: number, sizes: readonly SizePlan[]): Promise<SizeTime[]> {
-  const times = await launch(binary, ranks, sizes);
+/**
+ * The MPI baseline's time of every size with `ranks` ranks (one launch for all sizes),
+ * stock or with {@link MPI_MALLOC_TUNED_ENV}.
+ */
+export async function benchMpi(binary: string, ranks: number, sizes: readonly SizePlan[], tunedMalloc = false): Promise<SizeTime[]> {
+  const times = await launch(binary, ranks, sizes, tunedMalloc);
   return sizes.map((size, k) => ({ sizeMiB: size.sizeMiB, ms: median(times[k] as number[]) }));
 }
