@@ -21,7 +21,6 @@ import {
   UnavailableError,
   createClient,
   fromServiceError,
-  isDinofleetError,
   toServiceError,
 } from '@dinofleet/proto';
 import type {
@@ -31,8 +30,8 @@ import type {
   ExchangeResponse,
 } from '@dinofleet/proto';
 import type { InboundExchangeStream, InboundStreamSink } from './collective-endpoint.ts';
-import { allReduceStats, AllReduceAlgorithm, checkTag, copyFloats, resolveRingAllReduceConfig } from './allreduce-options.ts';
-import type { AllReduceStats, AllReduceTag, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
+import { AllReduceAlgorithm, resolveRingAllReduceConfig } from './allreduce-options.ts';
+import type { AllReduceTag, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
 import { CollectiveExchangeClient } from './exchange-codec.ts';
 import { InboundQueue } from './inbound-queue.ts';
 import { initialSends, receiveSchedule } from './ring-schedule.ts';
@@ -60,10 +59,6 @@ interface FlushWaiter {
 export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
   /** The resolved settings. */
   readonly config: RingAllReduceConfig;
-  /** Figures of the last successful call; undefined before the first. */
-  lastStats: AllReduceStats | undefined;
-
-  readonly #onStats: ((stats: AllReduceStats) => void) | undefined;
   readonly #leftRank: number;
   readonly #rightRank: number;
   readonly #inbound = new InboundQueue();
@@ -80,12 +75,9 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
   #failure: DinofleetError | undefined;
   #closing = false;
   #closed: Promise<void> | undefined;
-  /** Calls run one after another, in call order; this is the previous one's settlement. */
-  #tail: Promise<unknown> = Promise.resolve();
 
   constructor(options: RingAllReduceOptions) {
     this.config = resolveRingAllReduceConfig(options);
-    this.#onStats = options.onStats;
     const { rank, worldSize } = this.config;
     this.#leftRank = (rank - 1 + worldSize) % worldSize;
     this.#rightRank = (rank + 1) % worldSize;
@@ -99,69 +91,27 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
   }
 
   /**
-   * The element-wise float32 sum of `data` over all ranks, as a new array (`data` is not
-   * changed). Every rank gets bit-identical results. Rejects with a DinofleetError naming
-   * the peer (rank and address) on a dead, silent or mismatched neighbour, and with
-   * DeadlineExceededError after `timeoutMs`. Calls made before the previous one settled
-   * wait for it.
+   * TransportCollective: sums `out` in place over the ranks by the ring, or rejects (the
+   * caller then calls {@link fail}). Calls come one at a time, in tag order.
    */
-  allReduceSum(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
-    return this.#enqueue(data, tag, false);
-  }
-
-  /**
-   * {@link allReduceSum} into `data` itself, which it resolves with: saves allocating and
-   * first touching a result array as large as the gradients (on these VMs a page fault per
-   * 4 KiB makes that cost as much as the copy). `data` must not be read or written until
-   * the promise settles; after a rejection its contents are unspecified.
-   */
-  allReduceSumInPlace(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
-    return this.#enqueue(data, tag, true);
-  }
-
-  #enqueue(data: Float32Array, tag: AllReduceTag, inPlace: boolean): Promise<Float32Array> {
-    const deadline = Date.now() + this.config.timeoutMs;
-    const run = this.#tail.then(() => this.#run(data, tag, deadline, inPlace));
-    this.#tail = run.catch(() => undefined);
-    return run;
-  }
-
-  async #run(data: Float32Array, tag: AllReduceTag, deadline: number, inPlace: boolean): Promise<Float32Array> {
-    checkTag(tag);
-    if (this.#failure !== undefined) {
-      throw new AbortedError(
-        `${this.#self()} abandoned generation ${this.config.generation}: ${this.#failure.message}`,
-        { cause: this.#failure },
-      );
-    }
-    const startedAt = performance.now();
-    let out = data;
-    if (!inPlace) {
-      out = new Float32Array(data.length);
-      copyFloats(data, out);
-    }
-    if (this.config.worldSize > 1 && out.length > 0) {
-      try {
-        await this.#ringAllReduce(out, tag, deadline);
-      } catch (err) {
-        const failure = isDinofleetError(err) ? err : fromServiceError(err);
-        this.#fail(failure);
-        throw failure;
-      }
-    }
+  async reduce(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<AllReduceAlgorithm> {
+    const abandoned = this.abandonedError();
+    if (abandoned !== undefined) throw abandoned;
+    if (this.config.worldSize === 1 || out.length === 0) return AllReduceAlgorithm.Local;
+    await this.#ringAllReduce(out, tag, deadline);
     this.#lastCompleted = tag;
-    this.#recordStats(tag, out.byteLength, (performance.now() - startedAt) / 1000);
-    return out;
+    return AllReduceAlgorithm.Ring;
   }
 
-  #recordStats(tag: AllReduceTag, sizeBytes: number, seconds: number): void {
-    const stats = allReduceStats(tag, this.config, sizeBytes, seconds, this.config.worldSize > 1 && sizeBytes > 0 ? AllReduceAlgorithm.Ring : AllReduceAlgorithm.Local);
-    this.lastStats = stats;
-    try {
-      this.#onStats?.(stats);
-    } catch {
-      // A failing metrics hook must not fail a collective that succeeded on every rank.
-    }
+  /** TransportCollective: the error every call gets once the generation is abandoned here, else undefined. */
+  abandonedError(): AbortedError | undefined {
+    if (this.#failure === undefined) return undefined;
+    return new AbortedError(`${this.#self()} abandoned generation ${this.config.generation}: ${this.#failure.message}`, { cause: this.#failure });
+  }
+
+  /** TransportCollective: abandons the generation with `err` (idempotent). */
+  fail(err: DinofleetError): void {
+    this.#fail(err);
   }
 
   async #ringAllReduce(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<void> {
@@ -447,15 +397,14 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
    * the endpoint stops routing to it. Idempotent; every call returns the same promise.
    */
   close(): Promise<void> {
-    this.#closed ??= this.#shutdown();
+    this.#closed ??= Promise.resolve().then(() => this.#shutdown());
     return this.#closed;
   }
 
-  async #shutdown(): Promise<void> {
+  #shutdown(): void {
     this.#closing = true;
     this.#unregister();
     this.#fail(new AbortedError(`${this.#self()} closed its collective for generation ${this.config.generation}`));
-    await this.#tail;
   }
 
   /** `await using ring = new RingAllReduce(...)` closes it. */

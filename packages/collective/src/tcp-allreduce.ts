@@ -37,14 +37,8 @@ import {
 } from '@dinofleet/proto';
 import type { DinofleetError } from '@dinofleet/proto';
 import type { CollectiveEndpoint, InboundStreamSink } from './collective-endpoint.ts';
-import {
-  AllReduceAlgorithm,
-  allReduceStats,
-  checkTag,
-  copyFloats,
-  resolveRingAllReduceConfig,
-} from './allreduce-options.ts';
-import type { AllReduceStats, AllReduceTag, LinkBandwidth, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
+import { AllReduceAlgorithm, resolveRingAllReduceConfig } from './allreduce-options.ts';
+import type { AllReduceTag, LinkBandwidth, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
 import { Compression, addInto, decodeInto, encodeInto, quantizeInPlace, wireBytesPerElement } from './compression.ts';
 import { addFloat32 } from './float-sum.ts';
 import { DATA_LINK_TOKEN_BYTES, FrameKind, HelloStatus, encodeHelloReply } from './data-frame.ts';
@@ -76,11 +70,9 @@ function doublingPartners(rank: number, worldSize: number): number[] {
 /** One rank's side of the all-reduce over TCP data links for one generation. */
 export class TcpAllReduce implements InboundStreamSink {
   readonly config: RingAllReduceConfig;
-  lastStats: AllReduceStats | undefined;
   linkBandwidth: LinkBandwidth | undefined;
 
   readonly #endpoint: CollectiveEndpoint;
-  readonly #onStats: ((stats: AllReduceStats) => void) | undefined;
   readonly #onLinkBandwidth: ((link: LinkBandwidth) => void) | undefined;
   readonly #unregister: () => void;
   readonly #leftRank: number;
@@ -96,12 +88,10 @@ export class TcpAllReduce implements InboundStreamSink {
   #probePending: boolean;
   #failure: DinofleetError | undefined;
   #closed: Promise<void> | undefined;
-  #tail: Promise<unknown> = Promise.resolve();
 
   constructor(options: RingAllReduceOptions) {
     this.config = resolveRingAllReduceConfig(options);
     this.#endpoint = options.endpoint;
-    this.#onStats = options.onStats;
     this.#onLinkBandwidth = options.onLinkBandwidth;
     const { rank, worldSize, chunkBytes, smallMessageBytes, compression } = this.config;
     this.#leftRank = mod(rank - 1, worldSize);
@@ -125,54 +115,35 @@ export class TcpAllReduce implements InboundStreamSink {
     for (const peer of senders) this.#inboundFrom(peer).catch(() => undefined);
   }
 
-  allReduceSum(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
-    return this.#enqueue(data, tag, false);
-  }
-
-  allReduceSumInPlace(data: Float32Array, tag: AllReduceTag): Promise<Float32Array> {
-    return this.#enqueue(data, tag, true);
-  }
-
-  #enqueue(data: Float32Array, tag: AllReduceTag, inPlace: boolean): Promise<Float32Array> {
-    const deadline = Date.now() + this.config.timeoutMs;
-    const run = this.#tail.then(() => this.#run(data, tag, deadline, inPlace));
-    this.#tail = run.catch(() => undefined);
-    return run;
-  }
-
-  async #run(data: Float32Array, tag: AllReduceTag, deadline: number, inPlace: boolean): Promise<Float32Array> {
-    checkTag(tag);
+  /**
+   * TransportCollective: sums `out` in place over the ranks with the algorithm its size and
+   * the world size pick, or rejects (the caller then calls {@link fail}). Calls come one at
+   * a time, in tag order.
+   */
+  async reduce(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<AllReduceAlgorithm> {
     if (this.#failure !== undefined) throw this.#abandoned();
-    const startedAt = performance.now();
-    let out = data;
-    if (!inPlace) {
-      out = new Float32Array(data.length);
-      copyFloats(data, out);
+    const { worldSize, smallMessageBytes, directMaxRanks } = this.config;
+    if (worldSize === 1 || out.length === 0) return AllReduceAlgorithm.Local;
+    if (out.byteLength <= smallMessageBytes) {
+      await this.#recursiveDoubling(out, tag, deadline);
+      return AllReduceAlgorithm.RecursiveDoubling;
     }
-    const { worldSize, smallMessageBytes } = this.config;
-    let algorithm: AllReduceAlgorithm = AllReduceAlgorithm.Local;
-    if (worldSize > 1 && out.length > 0) {
-      if (out.byteLength <= smallMessageBytes) algorithm = AllReduceAlgorithm.RecursiveDoubling;
-      else if (worldSize <= this.config.directMaxRanks) algorithm = AllReduceAlgorithm.Direct;
-      else algorithm = AllReduceAlgorithm.Ring;
-      try {
-        if (algorithm === AllReduceAlgorithm.Ring) await this.#ring(out, tag, deadline);
-        else if (algorithm === AllReduceAlgorithm.Direct) await this.#direct(out, tag, deadline);
-        else await this.#recursiveDoubling(out, tag, deadline);
-      } catch (err) {
-        const failure = isDinofleetError(err) ? err : fromServiceError(err);
-        this.#fail(failure);
-        throw failure;
-      }
+    if (worldSize <= directMaxRanks) {
+      await this.#direct(out, tag, deadline);
+      return AllReduceAlgorithm.Direct;
     }
-    const stats = allReduceStats(tag, this.config, out.byteLength, (performance.now() - startedAt) / 1000, algorithm);
-    this.lastStats = stats;
-    try {
-      this.#onStats?.(stats);
-    } catch {
-      // A failing metrics hook must not fail a collective that succeeded on every rank.
-    }
-    return out;
+    await this.#ring(out, tag, deadline);
+    return AllReduceAlgorithm.Ring;
+  }
+
+  /** TransportCollective: the error every call gets once the generation is abandoned here, else undefined. */
+  abandonedError(): AbortedError | undefined {
+    return this.#failure === undefined ? undefined : this.#abandoned();
+  }
+
+  /** TransportCollective: abandons the generation with `err` (idempotent). */
+  fail(err: DinofleetError): void {
+    this.#fail(err);
   }
 
   // ---- ring ----------------------------------------------------------------------------
@@ -657,11 +628,10 @@ export class TcpAllReduce implements InboundStreamSink {
 
   /** Ends this rank's part in the generation. Idempotent. */
   close(): Promise<void> {
-    this.#closed ??= (async () => {
+    this.#closed ??= Promise.resolve().then(() => {
       this.#unregister();
       this.#fail(new AbortedError(`${this.#self()} closed its collective for generation ${this.config.generation}`));
-      await this.#tail;
-    })();
+    });
     return this.#closed;
   }
 
