@@ -61,7 +61,7 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
   readonly config: RingAllReduceConfig;
   readonly #leftRank: number;
   readonly #rightRank: number;
-  readonly #inbound = new InboundQueue();
+  readonly #inbound = new InboundQueue<ExchangeRequest>();
   readonly #unregister: () => void;
   #inboundStream: InboundExchangeStream | undefined;
   #client: CollectiveClient | undefined;
@@ -357,7 +357,7 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
   #fail(err: DinofleetError): void {
     if (this.#failure !== undefined) return;
     this.#failure = err;
-    this.#inbound.fail(err);
+    this.#inbound.end(err, true);
     const waiters = this.#flushWaiters;
     this.#flushWaiters = [];
     for (const waiter of waiters) waiter.reject(err);

@@ -58,8 +58,13 @@ export interface ScheduledChunk {
   readonly sequence: number;
 }
 
-/** The chunks of one segment, in order. */
-function* segmentChunks(length: number, worldSize: number, segment: number, chunkElements: number) {
+/** The chunks of one segment, in order (`chunkIndex` is the chunk's place in it). */
+export function* segmentChunks(
+  length: number,
+  worldSize: number,
+  segment: number,
+  chunkElements: number,
+): Generator<{ chunkIndex: number; offset: number; start: number; length: number }> {
   const bounds = segmentBounds(length, worldSize, segment);
   for (let offset = 0, chunkIndex = 0; offset < bounds.length; offset += chunkElements, chunkIndex++) {
     yield { chunkIndex, offset, start: bounds.start + offset, length: Math.min(chunkElements, bounds.length - offset) };

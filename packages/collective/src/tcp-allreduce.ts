@@ -36,7 +36,7 @@ import {
   isDinofleetError,
 } from '@dinofleet/proto';
 import type { DinofleetError } from '@dinofleet/proto';
-import type { CollectiveEndpoint, InboundStreamSink } from './collective-endpoint.ts';
+import type { InboundStreamSink } from './collective-endpoint.ts';
 import { AllReduceAlgorithm, resolveRingAllReduceConfig } from './allreduce-options.ts';
 import type { AllReduceTag, LinkBandwidth, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
 import { Compression, addInto, decodeInto, encodeInto, quantizeInPlace, wireBytesPerElement } from './compression.ts';
@@ -45,10 +45,13 @@ import { DATA_LINK_TOKEN_BYTES, FrameKind, HelloStatus, encodeHelloReply } from 
 import type { DataLinkHello, FrameHeader } from './data-frame.ts';
 import { refuseDataLink } from './data-listener.ts';
 import { CollectiveExchangeClient } from './exchange-codec.ts';
-import { initialSends, mod, receiveSchedule, segmentBounds } from './ring-schedule.ts';
+import { initialSends, mod, receiveSchedule, segmentBounds, segmentChunks } from './ring-schedule.ts';
 import type { ScheduledChunk } from './ring-schedule.ts';
 import { FramePool, MAX_PROBE_FRAME_BYTES, OutboundLink, dialDataLink } from './tcp-link.ts';
 import type { InboundLink, ReceivedFrame } from './tcp-link.ts';
+
+/** The frame kinds of the ring's two passes. */
+type RingKind = typeof FrameKind.ReduceScatter | typeof FrameKind.AllGather;
 
 /** Largest power of two <= n (n >= 1). */
 function powerOfTwoBelow(n: number): number {
@@ -72,7 +75,6 @@ export class TcpAllReduce implements InboundStreamSink {
   readonly config: RingAllReduceConfig;
   linkBandwidth: LinkBandwidth | undefined;
 
-  readonly #endpoint: CollectiveEndpoint;
   readonly #onLinkBandwidth: ((link: LinkBandwidth) => void) | undefined;
   readonly #unregister: () => void;
   readonly #leftRank: number;
@@ -91,7 +93,6 @@ export class TcpAllReduce implements InboundStreamSink {
 
   constructor(options: RingAllReduceOptions) {
     this.config = resolveRingAllReduceConfig(options);
-    this.#endpoint = options.endpoint;
     this.#onLinkBandwidth = options.onLinkBandwidth;
     const { rank, worldSize, chunkBytes, smallMessageBytes, compression } = this.config;
     this.#leftRank = mod(rank - 1, worldSize);
@@ -146,118 +147,70 @@ export class TcpAllReduce implements InboundStreamSink {
     this.#fail(err);
   }
 
-  // ---- ring ----------------------------------------------------------------------------
+  // ---- shared by the algorithms ------------------------------------------------------
 
-  async #ring(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<void> {
-    const { worldSize: n, compression } = this.config;
-    const right = this.#outboundTo(this.#rightRank);
-    const left = await this.#inboundFrom(this.#leftRank);
-    const sequences = new Map<FrameKind, number>([
-      [FrameKind.ReduceScatter, 0],
-      [FrameKind.AllGather, 0],
-    ]);
-    const header = (kind: FrameKind, chunk: ScheduledChunk): FrameHeader => {
-      const sequence = sequences.get(kind) as number;
-      sequences.set(kind, sequence + 1);
-      return { kind, step: tag.step, op: tag.op, sequence, segment: chunk.segment, offset: chunk.offset, payloadBytes: chunk.length * this.#bytesPerElement };
-    };
-    // Sends out[chunk] (encoded when compressing). An uncompressed payload is a view of
-    // `out`: causality keeps it safe, since a region is changed only after receiving a chunk
-    // that cannot exist before our message about that region reached the right neighbour,
-    // and a region summed into is sent only after the sum. right.flush() at the end makes
-    // sure nothing still reads `out` when the call returns.
-    const send = (kind: FrameKind, chunk: ScheduledChunk): void => {
-      if (compression === Compression.None) {
-        right.send(header(kind, chunk), new Uint8Array(out.buffer, out.byteOffset + chunk.start * 4, chunk.length * 4));
-        return;
-      }
-      const buffer = this.#sendPool.acquire();
-      encodeInto(compression, out, chunk.start, chunk.length, new Uint16Array(buffer.buffer, buffer.byteOffset, chunk.length), 0);
-      right.send(header(kind, chunk), buffer.subarray(0, chunk.length * 2), () => this.#sendPool.release(buffer));
-    };
+  /** The header of a frame of the call `tag` carrying `elements` values. */
+  #header(tag: AllReduceTag, kind: FrameKind, sequence: number, segment: number, offset: number, elements: number): FrameHeader {
+    return { kind, step: tag.step, op: tag.op, sequence, segment, offset, payloadBytes: elements * this.#bytesPerElement };
+  }
 
+  /**
+   * Sends out[start, start + length) on `link` as `header`: uncompressed, a view of `out`
+   * (no copy; the caller keeps the region unchanged until the link is flushed or causality
+   * guarantees the receiver has it); compressed, a pooled 16-bit encoding.
+   */
+  #sendRegion(link: OutboundLink, header: FrameHeader, out: Float32Array, start: number, length: number): void {
+    const { compression } = this.config;
     if (compression === Compression.None) {
-      // All-gather payloads of this call land straight in `out` (no copy). Safe: the
-      // all-gather value of a region exists only after this rank summed and forwarded its
-      // reduce-scatter part of that region, and its sends of that region are then done.
-      const outBytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-      left.setPlan((h) => {
-        if (h.kind !== FrameKind.AllGather || h.step !== tag.step || h.op !== tag.op) return undefined;
-        const start = segmentBounds(out.length, n, h.segment).start + h.offset;
-        if (start * 4 + h.payloadBytes > out.byteLength) return undefined;
-        return outBytes.subarray(start * 4, start * 4 + h.payloadBytes);
-      });
+      link.send(header, new Uint8Array(out.buffer, out.byteOffset + start * 4, length * 4));
+      return;
     }
-    try {
-      await this.#ringSteps(out, tag, deadline, left, send, header, right);
-    } finally {
-      left.setPlan(undefined);
-    }
-    await right.flush();
+    const buffer = this.#sendPool.acquire();
+    encodeInto(compression, out, start, length, new Uint16Array(buffer.buffer, buffer.byteOffset, length), 0);
+    link.send(header, buffer.subarray(0, length * 2), () => this.#sendPool.release(buffer));
   }
 
-  async #ringSteps(
-    out: Float32Array,
-    tag: AllReduceTag,
-    deadline: number,
-    left: InboundLink,
-    send: (kind: FrameKind, chunk: ScheduledChunk) => void,
-    header: (kind: FrameKind, chunk: ScheduledChunk) => FrameHeader,
-    right: OutboundLink,
-  ): Promise<void> {
-    const { worldSize: n, rank, chunkBytes, compression } = this.config;
-    const chunkElements = chunkBytes / 4;
-    for (const chunk of initialSends(out.length, n, rank, chunkElements)) send(FrameKind.ReduceScatter, chunk);
-    let heard = false;
-    for (const expected of receiveSchedule(out.length, n, rank, chunkElements)) {
-      const kind = expected.phase === CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER ? FrameKind.ReduceScatter : FrameKind.AllGather;
-      const frame = await this.#take(left, this.#leftRank, tag, deadline, heard);
-      heard = true;
-      const forwardedPayload = this.#checkRingFrame(frame, kind, expected, tag);
-      if (kind === FrameKind.ReduceScatter) {
-        this.#accumulate(out, expected.start, expected.length, frame.payload);
-        frame.release();
-        if (expected.ringStep < n - 2) send(FrameKind.ReduceScatter, expected);
-        else {
-          // The chunk is fully reduced here: it starts the all-gather.
-          quantizeInPlace(compression, out, expected.start, expected.length);
-          send(FrameKind.AllGather, expected);
-        }
-      } else {
-        this.#assign(out, expected.start, expected.length, frame.payload, frame.placed);
-        if (expected.ringStep < n - 2) {
-          if (compression === Compression.None) {
-            frame.release();
-            send(FrameKind.AllGather, expected);
-          } else {
-            // Forward the received encoding itself: same bits, no re-encode.
-            right.send(header(FrameKind.AllGather, expected), forwardedPayload, () => frame.release());
-          }
-        } else frame.release();
-      }
-    }
-  }
-
-  #checkRingFrame(
-    frame: ReceivedFrame,
-    kind: FrameKind,
-    expected: ScheduledChunk,
-    tag: AllReduceTag,
-  ): Uint8Array {
+  /**
+   * The next frame from `from`, which must be `want` (same call, kind, place and size); a
+   * mismatch means the ranks disagree on the sequence or length of their collectives.
+   */
+  async #receive(from: number, want: FrameHeader, deadline: number, heard: boolean): Promise<ReceivedFrame> {
+    const frame = await this.#take(await this.#inboundFrom(from), from, want, deadline, heard);
     const h = frame.header;
-    const from = this.#peer(this.#leftRank);
-    if (h.step !== tag.step || h.op !== tag.op) {
+    if (
+      h.step !== want.step ||
+      h.op !== want.op ||
+      h.kind !== want.kind ||
+      h.sequence !== want.sequence ||
+      h.segment !== want.segment ||
+      h.offset !== want.offset ||
+      h.payloadBytes !== want.payloadBytes
+    ) {
+      frame.release();
+      const show = (x: FrameHeader): string =>
+        `kind ${x.kind} step ${x.step} op ${x.op} frame ${x.sequence} (segment ${x.segment}, offset ${x.offset}, ${x.payloadBytes} bytes)`;
       throw new AbortedError(
-        `${from} sent a frame of step ${h.step} op ${h.op} while ${this.#self()} runs step ${tag.step} op ${tag.op}: the ranks disagree on the sequence of collectives`,
+        `${this.#peer(from)} sent ${show(h)} where ${this.#self()} expects ${show(want)}: the ranks disagree on the sequence or length of collectives`,
       );
     }
-    const payloadBytes = expected.length * this.#bytesPerElement;
-    if (h.kind !== kind || h.sequence !== expected.sequence || h.segment !== expected.segment || h.offset !== expected.offset || h.payloadBytes !== payloadBytes) {
-      throw new AbortedError(
-        `${from} sent kind ${h.kind} frame ${h.sequence} (segment ${h.segment}, offset ${h.offset}, ${h.payloadBytes} bytes) where ${this.#self()} expects kind ${kind} frame ${expected.sequence} (segment ${expected.segment}, offset ${expected.offset}, ${payloadBytes} bytes): vector lengths differ between ranks`,
-      );
-    }
-    return frame.payload;
+    return frame;
+  }
+
+  /**
+   * Lets all-gather payloads of the call `tag` from `link` land straight in `out` (no copy;
+   * uncompressed only), for segments `owns(segment)` accepts. The algorithms make this
+   * safe: the all-gather value of a region exists only after this rank's contribution to
+   * it was received, so nothing of this rank still reads the region.
+   */
+  #placeAllGathers(link: InboundLink, out: Float32Array, tag: AllReduceTag, owns: (segment: number) => boolean): void {
+    if (this.config.compression !== Compression.None) return;
+    const n = this.config.worldSize;
+    const outBytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+    link.setPlan((h) => {
+      if (h.kind !== FrameKind.AllGather || h.step !== tag.step || h.op !== tag.op || h.segment >= n || !owns(h.segment)) return undefined;
+      const start = (segmentBounds(out.length, n, h.segment).start + h.offset) * 4;
+      return start + h.payloadBytes > out.byteLength ? undefined : outBytes.subarray(start, start + h.payloadBytes);
+    });
   }
 
   /** out[start..start+length) += the payload (float32, or decoded 16-bit). */
@@ -270,16 +223,76 @@ export class TcpAllReduce implements InboundStreamSink {
     addFloat32(out, start, new Float32Array(payload.buffer, payload.byteOffset, length), length);
   }
 
-  /** out[start..start+length) = the payload (nothing to do when it was read in place). */
-  #assign(out: Float32Array, start: number, length: number, payload: Uint8Array, placed = false): void {
-    if (placed) return;
+  /** out[start..start+length) = the frame's payload (nothing to do when it was read in place). */
+  #assign(out: Float32Array, start: number, length: number, frame: ReceivedFrame): void {
+    if (frame.placed) return;
     const { compression } = this.config;
+    const { payload } = frame;
     if (compression !== Compression.None) {
       decodeInto(compression, new Uint16Array(payload.buffer, payload.byteOffset, length), 0, length, out, start);
       return;
     }
     new Uint8Array(out.buffer, out.byteOffset + start * 4, length * 4).set(payload);
   }
+
+  // ---- ring ----------------------------------------------------------------------------
+
+  /**
+   * The ring. Causality keeps the views of `out` it sends safe: a region is changed only
+   * after receiving a chunk that cannot exist before this rank's message about that region
+   * reached the right neighbour, and a region summed into is sent only after the sum.
+   */
+  async #ring(out: Float32Array, tag: AllReduceTag, deadline: number): Promise<void> {
+    const { worldSize: n, rank, chunkBytes, compression } = this.config;
+    const chunkElements = chunkBytes / 4;
+    const right = this.#outboundTo(this.#rightRank);
+    const left = await this.#inboundFrom(this.#leftRank);
+    // What the receiver expects is in its receive schedule; what this rank sends is numbered
+    // per kind in sending order (which is the right neighbour's receive order).
+    const expectedHeader = (kind: FrameKind, chunk: ScheduledChunk): FrameHeader =>
+      this.#header(tag, kind, chunk.sequence, chunk.segment, chunk.offset, chunk.length);
+    const sent: Record<RingKind, number> = { [FrameKind.ReduceScatter]: 0, [FrameKind.AllGather]: 0 };
+    const sendHeader = (kind: RingKind, chunk: ScheduledChunk): FrameHeader =>
+      this.#header(tag, kind, sent[kind]++, chunk.segment, chunk.offset, chunk.length);
+    const send = (kind: RingKind, chunk: ScheduledChunk): void =>
+      this.#sendRegion(right, sendHeader(kind, chunk), out, chunk.start, chunk.length);
+    this.#placeAllGathers(left, out, tag, () => true);
+    try {
+      for (const chunk of initialSends(out.length, n, rank, chunkElements)) send(FrameKind.ReduceScatter, chunk);
+      let heard = false;
+      for (const expected of receiveSchedule(out.length, n, rank, chunkElements)) {
+        const kind: RingKind = expected.phase === CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER ? FrameKind.ReduceScatter : FrameKind.AllGather;
+        const frame = await this.#receive(this.#leftRank, expectedHeader(kind, expected), deadline, heard);
+        heard = true;
+        const last = expected.ringStep === n - 2;
+        if (kind === FrameKind.ReduceScatter) {
+          this.#accumulate(out, expected.start, expected.length, frame.payload);
+          frame.release();
+          if (!last) send(FrameKind.ReduceScatter, expected);
+          else {
+            // The chunk is fully reduced here: it starts the all-gather.
+            quantizeInPlace(compression, out, expected.start, expected.length);
+            send(FrameKind.AllGather, expected);
+          }
+        } else {
+          this.#assign(out, expected.start, expected.length, frame);
+          if (last) frame.release();
+          else if (compression === Compression.None) {
+            frame.release();
+            send(FrameKind.AllGather, expected);
+          } else {
+            // Forward the received encoding itself: same bits, no re-encode.
+            right.send(sendHeader(FrameKind.AllGather, expected), frame.payload, () => frame.release());
+          }
+        }
+      }
+    } finally {
+      left.setPlan(undefined);
+    }
+    await right.flush();
+  }
+
+  // ---- direct --------------------------------------------------------------------------
 
   /**
    * Direct reduce-scatter + all-gather for small worlds: every rank sends each peer that
@@ -294,84 +307,35 @@ export class TcpAllReduce implements InboundStreamSink {
     const chunkElements = chunkBytes / 4;
     const peers: number[] = [];
     for (let k = 1; k < n; k++) peers.push((rank + k) % n);
-    const links = new Map<number, InboundLink>();
-    for (const peer of peers) links.set(peer, await this.#inboundFrom(peer));
-    const chunksOf = (segment: number): ScheduledChunk[] => {
-      const bounds = segmentBounds(out.length, n, segment);
-      const chunks: ScheduledChunk[] = [];
-      for (let offset = 0, index = 0; offset < bounds.length; offset += chunkElements, index++) {
-        const length = Math.min(chunkElements, bounds.length - offset);
-        chunks.push({ phase: CollectivePhase.COLLECTIVE_PHASE_REDUCE_SCATTER, ringStep: 0, segment, chunkIndex: index, offset, start: bounds.start + offset, length, sequence: index });
-      }
-      return chunks;
-    };
-    const header = (kind: FrameKind, chunk: ScheduledChunk): FrameHeader => ({
-      kind,
-      step: tag.step,
-      op: tag.op,
-      sequence: chunk.sequence,
-      segment: chunk.segment,
-      offset: chunk.offset,
-      payloadBytes: chunk.length * this.#bytesPerElement,
-    });
-    const send = (to: number, kind: FrameKind, chunk: ScheduledChunk): void => {
-      const link = this.#outboundTo(to);
-      if (compression === Compression.None) {
-        link.send(header(kind, chunk), new Uint8Array(out.buffer, out.byteOffset + chunk.start * 4, chunk.length * 4));
-        return;
-      }
-      const buffer = this.#sendPool.acquire();
-      encodeInto(compression, out, chunk.start, chunk.length, new Uint16Array(buffer.buffer, buffer.byteOffset, chunk.length), 0);
-      link.send(header(kind, chunk), buffer.subarray(0, chunk.length * 2), () => this.#sendPool.release(buffer));
-    };
-    const expect = (frame: ReceivedFrame, from: number, kind: FrameKind, chunk: ScheduledChunk): void => {
-      const h = frame.header;
-      const want = header(kind, chunk);
-      if (h.step !== tag.step || h.op !== tag.op || h.kind !== kind || h.segment !== want.segment || h.offset !== want.offset || h.sequence !== want.sequence || h.payloadBytes !== want.payloadBytes) {
-        frame.release();
-        throw new AbortedError(
-          `${this.#peer(from)} sent kind ${h.kind} step ${h.step} op ${h.op} segment ${h.segment} offset ${h.offset} (${h.payloadBytes} bytes) where ${this.#self()} expects kind ${kind} step ${tag.step} op ${tag.op} segment ${want.segment} offset ${want.offset} (${want.payloadBytes} bytes): the ranks disagree on the sequence or length of collectives`,
-        );
-      }
-    };
-    if (compression === Compression.None) {
-      // All-gather payloads of this call land straight in `out`: the value of a peer's
-      // segment exists only after that peer summed this rank's contribution, so this
-      // rank's sends of that region are done by then.
-      const outBytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-      for (const [peer, link] of links) {
-        link.setPlan((h) => {
-          if (h.kind !== FrameKind.AllGather || h.step !== tag.step || h.op !== tag.op || h.segment !== peer) return undefined;
-          const start = segmentBounds(out.length, n, peer).start + h.offset;
-          if (start * 4 + h.payloadBytes > out.byteLength) return undefined;
-          return outBytes.subarray(start * 4, start * 4 + h.payloadBytes);
-        });
-      }
-    }
+    const chunksOf = (segment: number) => segmentChunks(out.length, n, segment, chunkElements);
+    const header = (kind: FrameKind, segment: number, chunk: { chunkIndex: number; offset: number; length: number }): FrameHeader =>
+      this.#header(tag, kind, chunk.chunkIndex, segment, chunk.offset, chunk.length);
+    const links = await Promise.all(peers.map((peer) => this.#inboundFrom(peer)));
+    peers.forEach((peer, k) => this.#placeAllGathers(links[k] as InboundLink, out, tag, (segment) => segment === peer));
     try {
-      for (const peer of peers) for (const chunk of chunksOf(peer)) send(peer, FrameKind.ReduceScatter, chunk);
+      for (const peer of peers) {
+        for (const chunk of chunksOf(peer)) this.#sendRegion(this.#outboundTo(peer), header(FrameKind.ReduceScatter, peer, chunk), out, chunk.start, chunk.length);
+      }
       let heard = false;
       for (const chunk of chunksOf(rank)) {
         for (const peer of peers) {
-          const frame = await this.#take(links.get(peer) as InboundLink, peer, tag, deadline, heard);
+          const frame = await this.#receive(peer, header(FrameKind.ReduceScatter, rank, chunk), deadline, heard);
           heard = true;
-          expect(frame, peer, FrameKind.ReduceScatter, chunk);
           this.#accumulate(out, chunk.start, chunk.length, frame.payload);
           frame.release();
         }
         quantizeInPlace(compression, out, chunk.start, chunk.length);
-        for (const peer of peers) send(peer, FrameKind.AllGather, chunk);
+        for (const peer of peers) this.#sendRegion(this.#outboundTo(peer), header(FrameKind.AllGather, rank, chunk), out, chunk.start, chunk.length);
       }
       for (const peer of peers) {
         for (const chunk of chunksOf(peer)) {
-          const frame = await this.#take(links.get(peer) as InboundLink, peer, tag, deadline, heard);
-          expect(frame, peer, FrameKind.AllGather, chunk);
-          this.#assign(out, chunk.start, chunk.length, frame.payload, frame.placed);
+          const frame = await this.#receive(peer, header(FrameKind.AllGather, peer, chunk), deadline, heard);
+          this.#assign(out, chunk.start, chunk.length, frame);
           frame.release();
         }
       }
     } finally {
-      for (const link of links.values()) link.setPlan(undefined);
+      for (const link of links) link.setPlan(undefined);
     }
     await Promise.all(peers.map((peer) => this.#outboundTo(peer).flush()));
   }
@@ -382,59 +346,32 @@ export class TcpAllReduce implements InboundStreamSink {
     const { worldSize: n, rank, compression } = this.config;
     const p = powerOfTwoBelow(n);
     const length = out.length;
-        const headerFor = (kind: FrameKind, sequence: number, segment: number): FrameHeader => ({
-      kind,
-      step: tag.step,
-      op: tag.op,
-      sequence,
-      segment,
-      offset: 0,
-      payloadBytes: length * this.#bytesPerElement,
-    });
+    const header = (kind: FrameKind, sequence: number, round: number): FrameHeader => this.#header(tag, kind, sequence, round, 0, length);
     // Sends the whole vector and resolves once the socket has it (the caller then changes `out`).
-    const sendWhole = async (to: number, header: FrameHeader): Promise<void> => {
+    const sendWhole = async (to: number, frameHeader: FrameHeader): Promise<void> => {
       const link = this.#outboundTo(to);
-      if (compression === Compression.None) {
-        link.send(header, new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
-      } else {
-        const buffer = this.#sendPool.acquire();
-        encodeInto(compression, out, 0, length, new Uint16Array(buffer.buffer, buffer.byteOffset, length), 0);
-        link.send(header, buffer.subarray(0, length * 2), () => this.#sendPool.release(buffer));
-      }
+      this.#sendRegion(link, frameHeader, out, 0, length);
       await link.flush();
     };
-    const receiveWhole = async (from: number, kind: FrameKind, sequence: number, segment: number): Promise<ReceivedFrame> => {
-      const frame = await this.#take(await this.#inboundFrom(from), from, tag, deadline, false);
-      const h = frame.header;
-      const want = headerFor(kind, sequence, segment);
-      if (h.step !== tag.step || h.op !== tag.op || h.kind !== kind || h.sequence !== sequence || h.segment !== segment || h.payloadBytes !== want.payloadBytes) {
-        frame.release();
-        throw new AbortedError(
-          `${this.#peer(from)} sent kind ${h.kind} step ${h.step} op ${h.op} (${h.payloadBytes} bytes) where ${this.#self()} expects kind ${kind} step ${tag.step} op ${tag.op} (${want.payloadBytes} bytes): the ranks disagree on the sequence or length of collectives`,
-        );
-      }
-      return frame;
-    };
-
     if (rank >= p) {
       // Fold into rank - p, then take the result back from it.
       const partner = rank - p;
-      await sendWhole(partner, headerFor(FrameKind.Fold, 0, 0));
-      const result = await receiveWhole(partner, FrameKind.Fold, 1, 0);
-      this.#assign(out, 0, length, result.payload);
+      await sendWhole(partner, header(FrameKind.Fold, 0, 0));
+      const result = await this.#receive(partner, header(FrameKind.Fold, 1, 0), deadline, false);
+      this.#assign(out, 0, length, result);
       result.release();
       return;
     }
     if (rank < n - p) {
-      const folded = await receiveWhole(rank + p, FrameKind.Fold, 0, 0);
+      const folded = await this.#receive(rank + p, header(FrameKind.Fold, 0, 0), deadline, false);
       this.#accumulate(out, 0, length, folded.payload);
       folded.release();
     }
     for (let bit = 1, round = 0; bit < p; bit *= 2, round++) {
       const partner = rank ^ bit;
       const [, frame] = await Promise.all([
-        sendWhole(partner, headerFor(FrameKind.Exchange, 0, round)),
-        receiveWhole(partner, FrameKind.Exchange, 0, round),
+        sendWhole(partner, header(FrameKind.Exchange, 0, round)),
+        this.#receive(partner, header(FrameKind.Exchange, 0, round), deadline, false),
       ]);
       // Both partners compute q(mine) + q(theirs): the same float32 sum, in either order.
       quantizeInPlace(compression, out, 0, length);
@@ -442,13 +379,13 @@ export class TcpAllReduce implements InboundStreamSink {
       frame.release();
     }
     quantizeInPlace(compression, out, 0, length);
-    if (rank < n - p) await sendWhole(rank + p, headerFor(FrameKind.Fold, 1, 0));
+    if (rank < n - p) await sendWhole(rank + p, header(FrameKind.Fold, 1, 0));
   }
 
   // ---- links ---------------------------------------------------------------------------
 
   /** Takes the next frame of `link`, skipping (and measuring) a bandwidth probe. */
-  async #take(link: InboundLink, from: number, tag: AllReduceTag, deadline: number, heard: boolean): Promise<ReceivedFrame> {
+  async #take(link: InboundLink, from: number, tag: { step: number; op: number }, deadline: number, heard: boolean): Promise<ReceivedFrame> {
     for (;;) {
       const remainingMs = deadline - Date.now();
       const { stallTimeoutMs, timeoutMs } = this.config;
@@ -633,10 +570,5 @@ export class TcpAllReduce implements InboundStreamSink {
       this.#fail(new AbortedError(`${this.#self()} closed its collective for generation ${this.config.generation}`));
     });
     return this.#closed;
-  }
-
-  /** For tests: the endpoint this collective is registered with. */
-  get endpoint(): CollectiveEndpoint {
-    return this.#endpoint;
   }
 }

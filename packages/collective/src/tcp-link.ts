@@ -25,6 +25,7 @@ import {
   writeFrameHeader,
 } from './data-frame.ts';
 import type { DataLinkHello, FrameHeader } from './data-frame.ts';
+import { InboundQueue } from './inbound-queue.ts';
 
 /**
  * Where the payload of a frame should land, decided when its header arrives: a view of
@@ -75,21 +76,17 @@ export interface ReceivedFrame {
 export class FramePool {
   readonly #free: Buffer[] = [];
   readonly bufferBytes: number;
-  /** Buffers handed out and not yet released. */
-  outstanding = 0;
 
   constructor(bufferBytes: number) {
     this.bufferBytes = bufferBytes;
   }
 
   acquire(): Buffer {
-    this.outstanding++;
     // Buffer.allocUnsafeSlow: its own ArrayBuffer at offset 0, so Float32Array views fit.
     return this.#free.pop() ?? Buffer.allocUnsafeSlow(this.bufferBytes);
   }
 
   release(buffer: Buffer): void {
-    this.outstanding--;
     if (this.#free.length < 64) this.#free.push(buffer);
   }
 }
@@ -141,17 +138,12 @@ export class InboundLink {
   #replyStatus = 0;
   #target: ReadTarget = { kind: 'reply-head' };
   #filled = 0;
-  readonly #frames: ReceivedFrame[] = [];
-  #head = 0;
-  #waiter: { resolve: (frame: ReceivedFrame) => void; reject: (err: Error) => void; timer: NodeJS.Timeout } | undefined;
+  readonly #frames = new InboundQueue<ReceivedFrame>();
   #failure: DinofleetError | undefined;
   #paused = false;
-  #closed = false;
   #plan: ReceivePlan | undefined;
   #probeBuffer: Buffer | undefined;
   #connected: { resolve: () => void; reject: (err: DinofleetError) => void } | undefined;
-  /** Bytes received on this link (headers and payloads). */
-  bytesReceived = 0;
 
   /** Use {@link dialDataLink}. */
   constructor(options: DialDataLinkOptions, connected: { resolve: () => void; reject: (err: DinofleetError) => void }) {
@@ -183,11 +175,6 @@ export class InboundLink {
     this.#plan = plan;
   }
 
-  /** Frames received and not yet taken. */
-  get queued(): number {
-    return this.#frames.length - this.#head;
-  }
-
   #nextTarget(): Uint8Array {
     const target = this.#target;
     switch (target.kind) {
@@ -205,7 +192,6 @@ export class InboundLink {
   #onRead(bytes: number): boolean {
     if (this.#failure !== undefined) return false;
     this.#filled += bytes;
-    this.bytesReceived += bytes;
     try {
       this.#advance();
     } catch (err) {
@@ -218,7 +204,7 @@ export class InboundLink {
       this.#fail(failure);
       return false;
     }
-    if (this.queued >= this.#maxQueued) {
+    if (this.#frames.size >= this.#maxQueued) {
       this.#paused = true;
       return false;
     }
@@ -321,13 +307,6 @@ export class InboundLink {
         this.#pool.release(pooled);
       },
     };
-    const waiter = this.#waiter;
-    if (waiter !== undefined) {
-      this.#waiter = undefined;
-      clearTimeout(waiter.timer);
-      waiter.resolve(frame);
-      return;
-    }
     this.#frames.push(frame);
   }
 
@@ -336,49 +315,32 @@ export class InboundLink {
    * the link's failure once it failed.
    */
   take(waitMs: number, onTimeout: () => Error): Promise<ReceivedFrame> {
-    if (this.#head < this.#frames.length) {
-      const frame = this.#frames[this.#head] as ReceivedFrame;
-      this.#frames[this.#head++] = undefined as unknown as ReceivedFrame;
-      if (this.#head === this.#frames.length) {
-        this.#frames.length = 0;
-        this.#head = 0;
-      }
-      if (this.#paused && this.queued < this.#maxQueued / 2) {
-        this.#paused = false;
-        this.#socket.resume();
-      }
-      return Promise.resolve(frame);
+    const frame = this.#frames.take(waitMs, onTimeout);
+    if (this.#paused && this.#frames.size < this.#maxQueued / 2) {
+      this.#paused = false;
+      this.#socket.resume();
     }
-    if (this.#failure !== undefined) return Promise.reject(this.#failure);
-    return new Promise<ReceivedFrame>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiter = undefined;
-        reject(onTimeout());
-      }, Math.max(0, waitMs));
-      this.#waiter = { resolve, reject, timer };
-    });
+    return frame;
   }
 
-  #fail(err: DinofleetError): void {
+  /**
+   * Ends the link with `err`: frames already read are still handed out unless the owner
+   * closed it (`drop`), in which case they go back to the pool.
+   */
+  #fail(err: DinofleetError, drop = false): void {
+    this.#end(err, drop);
+    this.#socket.destroy();
+  }
+
+  #end(err: DinofleetError, drop: boolean): void {
+    for (const frame of this.#frames.end(err, drop)) frame.release();
     if (this.#failure !== undefined) return;
     this.#failure = err;
-    if (this.#closed) {
-      for (let i = this.#head; i < this.#frames.length; i++) this.#frames[i]?.release();
-      this.#frames.length = 0;
-      this.#head = 0;
-    }
     if (this.#target.kind === 'payload' && this.#target.pooled !== undefined) this.#pool.release(this.#target.pooled);
     this.#target = { kind: 'header' };
-    const waiter = this.#waiter;
-    this.#waiter = undefined;
-    if (waiter !== undefined) {
-      clearTimeout(waiter.timer);
-      waiter.reject(err);
-    }
     const connected = this.#connected;
     this.#connected = undefined;
     connected?.reject(err);
-    this.#socket.destroy();
   }
 
   /**
@@ -386,41 +348,19 @@ export class InboundLink {
    * closed socket), then closes like {@link close}.
    */
   abort(reason: DinofleetError): void {
-    if (this.#failure === undefined && !this.#socket.destroyed && this.#connected === undefined) {
-      this.#closed = true;
-      this.#failure = reason;
-      this.#dropQueued();
-      const waiter = this.#waiter;
-      this.#waiter = undefined;
-      if (waiter !== undefined) {
-        clearTimeout(waiter.timer);
-        waiter.reject(reason);
-      }
-      if (this.#target.kind === 'payload' && this.#target.pooled !== undefined) this.#pool.release(this.#target.pooled);
-      this.#target = { kind: 'header' };
-      this.#socket.end(encodeAbortReason(reason.code, reason.message));
-      destroyLater(this.#socket, 1_000);
+    const established = this.#failure === undefined && !this.#socket.destroyed && this.#connected === undefined;
+    this.#end(reason, true);
+    if (!established) {
+      this.#socket.destroy();
       return;
     }
-    this.close(reason);
-  }
-
-  #dropQueued(): void {
-    for (let i = this.#head; i < this.#frames.length; i++) this.#frames[i]?.release();
-    this.#frames.length = 0;
-    this.#head = 0;
+    this.#socket.end(encodeAbortReason(reason.code, reason.message));
+    destroyLater(this.#socket, 1_000);
   }
 
   /** Closes the link and drops what it holds; pending and later takes reject with `reason`. Idempotent. */
   close(reason: DinofleetError): void {
-    this.#closed = true;
-    if (this.#failure !== undefined) {
-      for (let i = this.#head; i < this.#frames.length; i++) this.#frames[i]?.release();
-      this.#frames.length = 0;
-      this.#head = 0;
-      return;
-    }
-    this.#fail(reason);
+    this.#fail(reason, true);
   }
 }
 
@@ -465,8 +405,6 @@ export class OutboundLink {
   #failure: DinofleetError | undefined;
   readonly #label: string;
   #peerReason = Buffer.alloc(0);
-  /** Bytes handed to the socket (headers and payloads). */
-  bytesSent = 0;
 
   /** `label` names the receiver in errors, e.g. "rank 3 (10.0.0.8:7100)". */
   constructor(label: string) {
@@ -533,7 +471,6 @@ export class OutboundLink {
   #write(socket: net.Socket, frame: QueuedFrame): void {
     const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
     writeFrameHeader(head, frame.header);
-    this.bytesSent += FRAME_HEADER_BYTES + frame.header.payloadBytes;
     const done = (err?: Error | null): void => {
       this.#pendingWrites--;
       if (err !== null && err !== undefined) {

@@ -6,6 +6,11 @@ import { Rng, createDinoState, disposeDinoState, isTrainable } from '@dinofleet/
 import { GradientLayout } from './gradient-buffer.ts';
 import { tinyDinoRecipe } from './testing/recipes.ts';
 
+/** The flat buffer of `grads` and `loss`: the fused parts with nothing summed. */
+async function flatten(layout: GradientLayout, grads: Readonly<Record<string, tf.Tensor>>, loss: number): Promise<Float32Array> {
+  return (await allReduceFused(layout.parts(grads, loss), (bucket) => Promise.resolve(bucket))).values;
+}
+
 describe('GradientLayout', () => {
   beforeAll(() => initComputeBackend('cpu'));
 
@@ -36,7 +41,7 @@ describe('GradientLayout', () => {
       grads[slot.name] = tf.tensor(Float32Array.from({ length: slot.size }, () => rng.normal() * 10 ** rng.int(8 - 4)), [...slot.shape]);
     }
     const loss = 3.1415927;
-    const flat = await layout.flatten(grads, loss);
+    const flat = await flatten(layout, grads, loss);
     expect(flat.length).toBe(layout.size);
     expect(flat[layout.gradientSize]).toBe(Math.fround(loss));
     const back = layout.unflatten(flat);
@@ -60,7 +65,7 @@ describe('GradientLayout', () => {
       Object.fromEntries(layout.slots.map((slot) => [slot.name, tf.tensor(Float32Array.from({ length: slot.size }, () => rng.normal()), [...slot.shape])]));
     const mine = randomGrads();
     const theirs = randomGrads();
-    const theirFlat = await layout.flatten(theirs, 0.25);
+    const theirFlat = await flatten(layout, theirs, 0.25);
     // 37 elements per bucket: most tensors start in one bucket and end in another.
     const capacity = 37;
     const output = new Float32Array(layout.size);
@@ -89,15 +94,13 @@ describe('GradientLayout', () => {
     disposeDinoState(state);
   });
 
-  it('refuses a missing or mis-sized gradient and a buffer of the wrong length', async () => {
+  it('refuses a missing or mis-sized gradient and a buffer of the wrong length', () => {
     const state = createDinoState(tinyDinoRecipe(), 1, { totalSteps: 4 });
     const layout = new GradientLayout(state.student);
     const first = layout.slots[0];
     if (first === undefined) throw new Error('no slots');
-    await expect(layout.flatten({}, 0)).rejects.toThrow(/no gradient for/);
     const grads = Object.fromEntries(layout.slots.map((s) => [s.name, tf.zeros([...s.shape])]));
     const wrong = tf.zeros([first.size + 1]);
-    await expect(layout.flatten({ ...grads, [first.name]: wrong }, 0)).rejects.toThrow(/elements/);
     expect(() => layout.parts({}, 0)).toThrow(/parts: no gradient for/);
     expect(() => layout.parts({ ...grads, [first.name]: wrong }, 0)).toThrow(/elements/);
     expect(layout.parts(grads, 0).map((part) => part.length)).toEqual([...layout.slots.map((slot) => slot.size), 1]);

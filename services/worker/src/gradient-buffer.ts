@@ -48,27 +48,15 @@ export class GradientLayout {
   }
 
   /**
-   * Copies `grads` (one per trainable parameter, shapes as the layout's) and `loss` into a
-   * new buffer. The tensors stay the caller's.
-   * @throws Error for a missing gradient or one of the wrong size.
-   */
-  async flatten(grads: Readonly<Record<string, tf.Tensor>>, loss: number): Promise<Float32Array> {
-    const out = new Float32Array(this.size);
-    for (const slot of this.slots) out.set(await this.#gradient(grads, slot, 'flatten').data(), slot.offset);
-    out[this.gradientSize] = loss;
-    return out;
-  }
-
-  /**
    * The buffer as `allReduceFused` parts, in buffer order: one per gradient (its
    * `read` downloads the tensor with `data()`), then the loss slot. The fused result is
-   * laid out as {@link flatten}'s buffer, for {@link unflatten}. The tensors stay the
+   * the flat buffer {@link unflatten} reads. The tensors stay the
    * caller's and must live until the fused call has settled.
    * @throws Error for a missing gradient or one of the wrong size (checked here, before any read).
    */
   parts(grads: Readonly<Record<string, tf.Tensor>>, loss: number): FusedPart[] {
     const parts: FusedPart[] = this.slots.map((slot) => {
-      const grad = this.#gradient(grads, slot, 'parts');
+      const grad = this.#gradient(grads, slot);
       // Gradients are float32 (the layout's dtype); allReduceFused checks the length.
       return { length: slot.size, read: async () => (await grad.data()) as Float32Array };
     });
@@ -76,11 +64,11 @@ export class GradientLayout {
     return parts;
   }
 
-  #gradient(grads: Readonly<Record<string, tf.Tensor>>, slot: GradientSlot, method: string): tf.Tensor {
+  #gradient(grads: Readonly<Record<string, tf.Tensor>>, slot: GradientSlot): tf.Tensor {
     const grad = grads[slot.name];
-    if (grad === undefined) throw new Error(`GradientLayout.${method}: no gradient for ${slot.name}`);
+    if (grad === undefined) throw new Error(`GradientLayout.parts: no gradient for ${slot.name}`);
     if (grad.size !== slot.size) {
-      throw new Error(`GradientLayout.${method}: gradient of ${slot.name} has ${grad.size} elements, the parameter ${slot.size}`);
+      throw new Error(`GradientLayout.parts: gradient of ${slot.name} has ${grad.size} elements, the parameter ${slot.size}`);
     }
     return grad;
   }
