@@ -19,7 +19,7 @@ stamp="$root/node_modules/.dinofleet-installed"
 changed=""
 if [ -f "$stamp" ]; then
   changed="$(find "$root/pnpm-lock.yaml" "$root/pnpm-workspace.yaml" "$root/package.json" "$root"/packages/*/package.json \
-    "$root"/services/*/package.json "$root/bench/package.json" -newer "$stamp" 2>/dev/null | head -n 1 || true)"
+    "$root"/services/*/package.json "$root/bench/package.json" "$root/test/package.json" "$root/helm/package.json" -newer "$stamp" 2>/dev/null | head -n 1 || true)"
 fi
 if [ ! -f "$stamp" ] || [ -n "$changed" ]; then
   echo "dinofleet: installing workspace dependencies" >&2

@@ -62,6 +62,9 @@ export const DEFAULT_COLLECTIVE = {
   fusionBucketBytes: 64 * 1024 * 1024,
 } as const satisfies CollectiveSpec;
 
+/** Default `spec.data.shuffleWindow`: 1024 samples, a few seconds of a GPU's intake. */
+export const DEFAULT_SHUFFLE_WINDOW = 1024;
+
 /** Limits that keep a hostile or mistaken spec from costing anything before it is refused. */
 export const JOB_SPEC_LIMITS = {
   /** Largest spec text `parseJobSpec` reads, in bytes (UTF-8). */
@@ -76,6 +79,8 @@ export const JOB_SPEC_LIMITS = {
   maxWorkers: 1024,
   /** Most manifest shards. */
   maxShards: 10_000_000,
+  /** Largest shuffle window, in samples (`spec.data.shuffleWindow`). */
+  maxShuffleWindow: 65_536,
   /** Largest global batch, in images per step. */
   maxGlobalBatchSize: 1 << 20,
   /** Longest run, in optimiser steps. */
@@ -125,6 +130,13 @@ export interface DataSpec {
   readonly shards: number | null;
   /** Verification mode: the coordinator keeps the sample ids of every committed step. @default false */
   readonly recordSamples: boolean;
+  /**
+   * Samples a worker reads ahead and trains on in a seeded random order (a shuffle window),
+   * on top of the seeded order of shards per epoch; 1 keeps manifest order within a shard.
+   * A cursor is (window start, samples consumed), so resumes stay exact; [1, 65536].
+   * @default 1024
+   */
+  readonly shuffleWindow: number;
 }
 
 /** `spec.training`: how long and how big. Exactly one of `steps` and `epochs` is set. */
@@ -308,6 +320,9 @@ const DATA_SCHEMA = strictMapping({
     .nullish()
     .describe('Shards (leases) the manifest is split into; default: one per 1 MiB of manifest, at least 4 per worker.'),
   recordSamples: z.boolean({ error: 'must be true or false' }).default(false).describe('Keep the sample ids of every committed step (verification mode).'),
+  shuffleWindow: boundedInt(1, JOB_SPEC_LIMITS.maxShuffleWindow)
+    .default(DEFAULT_SHUFFLE_WINDOW)
+    .describe('Samples a worker shuffles together within a shard (1: manifest order).'),
 });
 
 const TRAINING_SCHEMA = strictMapping({
@@ -420,6 +435,17 @@ const SPEC_SCHEMA = strictMapping({
   checkpoint: CHECKPOINT_SCHEMA.nullish().describe('Checkpointing; absent or null for none.'),
   fault: FAULT_SCHEMA.prefault({}).describe('How many failures in a row the job absorbs.'),
   collective: COLLECTIVE_SCHEMA.prefault({}).describe('All-reduce settings; every rank of the job uses them.'),
+}).superRefine((spec, ctx) => {
+  // An epoch of a WebDataset manifest is a number of samples only the tars know: the
+  // coordinator plans from the manifest's size and would have to read every tar to count.
+  if (spec.data.format === 'webdataset' && spec.training.epochs !== undefined && spec.training.epochs !== null) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['training', 'epochs'],
+      message: "cannot be used with data.format 'webdataset' (the manifest lists tars, so its size does not tell the sample count); set training.steps instead",
+      input: spec.training.epochs,
+    });
+  }
 });
 
 /** `value[key]` if `value` is an object, else `undefined`: for reading a spec that may be malformed. */
@@ -483,7 +509,7 @@ function resolveSpecBody(spec: z.output<typeof SPEC_SCHEMA>): JobSpecBody {
       : { steps: null, epochs: training.epochs ?? 0, ...common };
   return {
     recipe: { preset: recipe.preset, overrides: recipe.overrides },
-    data: { manifest: data.manifest, format: data.format, shards: data.shards ?? null, recordSamples: data.recordSamples },
+    data: { manifest: data.manifest, format: data.format, shards: data.shards ?? null, recordSamples: data.recordSamples, shuffleWindow: data.shuffleWindow },
     training: length,
     fleet: { workers: fleet.workers, minWorkers: fleet.minWorkers, maxWorkers: fleet.maxWorkers ?? fleet.workers },
     checkpoint:

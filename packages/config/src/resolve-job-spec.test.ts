@@ -38,7 +38,7 @@ describe('resolveJobSpec: defaults', () => {
       metadata: { name: 'job-1', labels: {} },
       spec: {
         recipe: { preset: 'dinov2', overrides: {} },
-        data: { manifest: 's3://bucket/manifest.txt', format: 'lines', shards: null, recordSamples: false },
+        data: { manifest: 's3://bucket/manifest.txt', format: 'lines', shards: null, recordSamples: false, shuffleWindow: 1024 },
         training: { steps: 100, epochs: null, globalBatchSize: PRESETS.dinov2.globalBatchSize, seed: 0, backend: 'wasm' },
         fleet: { workers: 1, minWorkers: 1, maxWorkers: 1 },
         checkpoint: null,
@@ -230,6 +230,28 @@ describe('resolveJobSpec: steps / epochs', () => {
   it('resolves either one', () => {
     expect(resolveJobSpec(minimal({ training: { steps: 7 } })).spec.training).toMatchObject({ steps: 7, epochs: null });
     expect(resolveJobSpec(minimal({ training: { epochs: 7 } })).spec.training).toMatchObject({ steps: null, epochs: 7 });
+  });
+});
+
+describe('resolveJobSpec: data', () => {
+  it('defaults the shuffle window to 1024 samples and takes 1 (manifest order) to the limit', () => {
+    expect(resolveJobSpec(minimal()).spec.data.shuffleWindow).toBe(1024);
+    expect(resolveJobSpec(minimal({ data: { manifest: 's3://bucket/m.txt', shuffleWindow: 1 } })).spec.data.shuffleWindow).toBe(1);
+    expect(byPath(issuesOf(minimal({ data: { manifest: 's3://bucket/m.txt', shuffleWindow: 0 } })))).toEqual({
+      'spec.data.shuffleWindow': `must be an integer in [1, ${JOB_SPEC_LIMITS.maxShuffleWindow}], got 0`,
+    });
+  });
+
+  it('takes every manifest format, and refuses epochs with WebDataset naming steps', () => {
+    for (const format of ['lines', 'csv', 'jsonl', 'webdataset']) {
+      expect(resolveJobSpec(minimal({ data: { manifest: 's3://bucket/m.txt', format } })).spec.data.format).toBe(format);
+    }
+    expect(issuesOf(minimal({ data: { manifest: 's3://bucket/tars.txt', format: 'webdataset' }, training: { epochs: 2 } }))).toEqual([
+      {
+        path: 'spec.training.epochs',
+        message: "cannot be used with data.format 'webdataset' (the manifest lists tars, so its size does not tell the sample count); set training.steps instead",
+      },
+    ]);
   });
 });
 

@@ -61,7 +61,8 @@ export const DEFAULT_MAX_IMAGE_OBJECT_BYTES = 64 * 1024 * 1024;
 
 class ObjectTooLargeError extends Error {}
 
-function isNoSuchKey(error: unknown): boolean {
+/** True when an S3 error says the object does not exist (`NoSuchKey`, `NotFound`, HTTP 404). */
+export function isNoSuchKeyError(error: unknown): boolean {
   const name = typeof error === 'object' && error !== null ? (error as { name?: unknown }).name : undefined;
   return name === 'NoSuchKey' || name === 'NotFound' || httpStatusOf(error) === 404;
 }
@@ -90,19 +91,25 @@ async function getObjectBytes(s3: S3Client, bucket: string, key: string, maxByte
   return bytes;
 }
 
-async function fetchOne(
-  s3: S3Client,
-  bucket: string,
-  key: string,
-  config: Required<Omit<FetchImagesOptions, 'signal' | 'backoff' | 'onRetry'>> & Pick<FetchImagesOptions, 'signal' | 'backoff' | 'onRetry'>,
-): Promise<FetchedImage> {
-  let bytes: Uint8Array | undefined;
-  for (let attempt = 0; bytes === undefined; attempt++) {
+type FetchConfig = Required<Omit<FetchImagesOptions, 'signal' | 'backoff' | 'onRetry'>> & Pick<FetchImagesOptions, 'signal' | 'backoff' | 'onRetry'>;
+
+/** One key's bytes, or why they could not be read. */
+export type FetchedObject =
+  | { readonly key: string; readonly bytes: Uint8Array }
+  | {
+      readonly key: string;
+      readonly skipped: FetchSkipReason;
+      /** Human-readable cause, for logs (no credentials in it). */
+      readonly detail: string;
+    };
+
+async function readOne(s3: S3Client, bucket: string, key: string, config: FetchConfig): Promise<FetchedObject> {
+  for (let attempt = 0; ; attempt++) {
     try {
-      bytes = await getObjectBytes(s3, bucket, key, config.maxObjectBytes, config.signal);
+      return { key, bytes: await getObjectBytes(s3, bucket, key, config.maxObjectBytes, config.signal) };
     } catch (error) {
       if (config.signal?.aborted === true) throw config.signal.reason;
-      if (isNoSuchKey(error)) return { key, skipped: FetchSkipReason.Missing, detail: describe(error) };
+      if (isNoSuchKeyError(error)) return { key, skipped: FetchSkipReason.Missing, detail: describe(error) };
       if (error instanceof ObjectTooLargeError) return { key, skipped: FetchSkipReason.DecodeError, detail: error.message };
       if (attempt >= config.retries || !isRetryableS3Error(error)) {
         return { key, skipped: FetchSkipReason.ReadError, detail: `after ${attempt + 1} attempt(s): ${describe(error)}` };
@@ -111,12 +118,65 @@ async function fetchOne(
       await sleep(backoffDelayMs(attempt, config.backoff), config.signal);
     }
   }
+}
+
+async function fetchOne(s3: S3Client, bucket: string, key: string, config: FetchConfig): Promise<FetchedImage> {
+  const read = await readOne(s3, bucket, key, config);
+  if ('skipped' in read) return read;
   try {
-    return { key, image: await decodeImage(bytes, { channels: config.channels }) };
+    return { key, image: await decodeImage(read.bytes, { channels: config.channels }) };
   } catch (error) {
     if (error instanceof DecodeError) return { key, skipped: FetchSkipReason.DecodeError, detail: `${error.code}: ${error.message}` };
     throw error;
   }
+}
+
+function resolveFetchConfig(options: FetchImagesOptions): FetchConfig {
+  const concurrency = options.concurrency ?? DEFAULT_FETCH_CONCURRENCY;
+  const retries = options.retries ?? DEFAULT_FETCH_RETRIES;
+  const maxObjectBytes = options.maxObjectBytes ?? DEFAULT_MAX_IMAGE_OBJECT_BYTES;
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 1024) {
+    throw new RangeError(`concurrency must be an integer in [1, 1024], got ${concurrency}`);
+  }
+  if (!Number.isInteger(retries) || retries < 0 || retries > 100) throw new RangeError(`retries must be an integer in [0, 100], got ${retries}`);
+  if (!Number.isSafeInteger(maxObjectBytes) || maxObjectBytes < 1) {
+    throw new RangeError(`maxObjectBytes must be a positive integer, got ${maxObjectBytes}`);
+  }
+  return {
+    concurrency,
+    retries,
+    maxObjectBytes,
+    channels: options.channels ?? 3,
+    ...(options.signal !== undefined && { signal: options.signal }),
+    ...(options.backoff !== undefined && { backoff: options.backoff }),
+    ...(options.onRetry !== undefined && { onRetry: options.onRetry }),
+  };
+}
+
+/** Runs `task` over `items` with at most `concurrency` at once; results in input order. */
+async function mapBounded<T, R>(items: readonly T[], concurrency: number, task: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  // A pool of `concurrency` loops that each take the next index: bounded in-flight work
+  // and results written by index, so the output order is the input order.
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await task(items[index] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+  return results;
+}
+
+/**
+ * GETs `keys` from `bucket` (no decoding) with at most `concurrency` objects in flight and
+ * the same retries and skip rules as {@link fetchImages}. Resolves to one
+ * {@link FetchedObject} per key, in input order.
+ */
+export async function fetchObjects(s3: S3Client, bucket: string, keys: readonly string[], options: FetchImagesOptions = {}): Promise<FetchedObject[]> {
+  const config = resolveFetchConfig(options);
+  return mapBounded(keys, config.concurrency, (key) => readOne(s3, bucket, key, config));
 }
 
 /**
@@ -130,37 +190,6 @@ export async function fetchImages(
   keys: readonly string[],
   options: FetchImagesOptions = {},
 ): Promise<FetchedImage[]> {
-  const concurrency = options.concurrency ?? DEFAULT_FETCH_CONCURRENCY;
-  const retries = options.retries ?? DEFAULT_FETCH_RETRIES;
-  const maxObjectBytes = options.maxObjectBytes ?? DEFAULT_MAX_IMAGE_OBJECT_BYTES;
-  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 1024) {
-    throw new RangeError(`concurrency must be an integer in [1, 1024], got ${concurrency}`);
-  }
-  if (!Number.isInteger(retries) || retries < 0 || retries > 100) throw new RangeError(`retries must be an integer in [0, 100], got ${retries}`);
-  if (!Number.isSafeInteger(maxObjectBytes) || maxObjectBytes < 1) {
-    throw new RangeError(`maxObjectBytes must be a positive integer, got ${maxObjectBytes}`);
-  }
-  const config = {
-    concurrency,
-    retries,
-    maxObjectBytes,
-    channels: options.channels ?? 3,
-    ...(options.signal !== undefined && { signal: options.signal }),
-    ...(options.backoff !== undefined && { backoff: options.backoff }),
-    ...(options.onRetry !== undefined && { onRetry: options.onRetry }),
-  };
-
-  const results = new Array<FetchedImage>(keys.length);
-  let next = 0;
-  // A pool of `concurrency` loops that each take the next index: bounded in-flight work
-  // and results written by index, so the output order is the input order.
-  const worker = async (): Promise<void> => {
-    while (next < keys.length) {
-      const index = next++;
-      const key = keys[index]!;
-      results[index] = await fetchOne(s3, bucket, key, config);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, keys.length) }, worker));
-  return results;
+  const config = resolveFetchConfig(options);
+  return mapBounded(keys, config.concurrency, (key) => fetchOne(s3, bucket, key, config));
 }

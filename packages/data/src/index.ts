@@ -38,6 +38,7 @@ export {
   manifestSplitCount,
   planManifestObjectSplits,
   planManifestSplits,
+  readSplitRecordBatches,
   readSplitRecords,
   listManifestOffsets,
   statManifest,
@@ -62,9 +63,15 @@ export {
   DEFAULT_MAX_IMAGE_OBJECT_BYTES,
   FetchSkipReason,
   fetchImages,
+  fetchObjects,
+  isNoSuchKeyError,
   type FetchedImage,
+  type FetchedObject,
   type FetchImagesOptions,
 } from './image-fetcher.ts';
+export { CropPool, CropPoolError, allocateCropBatch, cropBatchBytes, type CropJobResult, type CropPoolOptions } from './crop-pool.ts';
+export type { CropTarget } from './crop-pool-protocol.ts';
+export { windowPermutation } from './shuffle-window.ts';
 export {
   decodeSafetensors,
   encodeSafetensors,
@@ -87,3 +94,37 @@ export {
   type LoadedCheckpoint,
   type WriteCheckpointOptions,
 } from './checkpoint.ts';
+export {
+  createRecordParser,
+  readManifestHeader,
+  type LineManifestFormat,
+  type ReadManifestHeaderOptions,
+  type RecordParser,
+  type RecordParserOptions,
+} from './manifest-format.ts';
+export {
+  bytesTarSource,
+  DEFAULT_MAX_TAR_EXTENSION_BYTES,
+  encodeTar,
+  readTarMembers,
+  TAR_BLOCK_BYTES,
+  TarFormatError,
+  TarMemberType,
+  type EncodeTarOptions,
+  type ReadTarMembersOptions,
+  type TarByteSource,
+  type TarEntry,
+  type TarMember,
+  type TarMemberInput,
+} from './tar-format.ts';
+export {
+  DEFAULT_MAX_TAR_MEMBER_BYTES,
+  DEFAULT_TAR_BLOCK_BYTES,
+  DEFAULT_TAR_READ_RETRIES,
+  readWebDatasetSamples,
+  TarReadError,
+  WEBDATASET_IMAGE_EXTENSIONS,
+  webDatasetSampleId,
+  type ReadWebDatasetOptions,
+  type WebDatasetSample,
+} from './webdataset.ts';

@@ -1,12 +1,21 @@
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { parseManifestRecord } from './manifest-record.ts';
-import { ManifestReadError, manifestSplit, planManifestObjectSplits, planManifestSplits, readSplitRecords } from './manifest-splits.ts';
+import {
+  ManifestFormatError,
+  ManifestReadError,
+  manifestSplit,
+  planManifestObjectSplits,
+  planManifestSplits,
+  readSplitRecordBatches,
+  readSplitRecords,
+} from './manifest-splits.ts';
 import { createS3Client, resolveS3Config } from './s3-config.ts';
-import type { ManifestRecord, ManifestSplit } from './manifest-splits.ts';
+import type { ManifestRecord, ManifestSplit, ReadSplitOptions } from './manifest-splits.ts';
 import { memoryS3 } from './testing/memory-s3.ts';
 import { startTestS3 } from './testing/s3.ts';
 import type { TestS3 } from './testing/s3.ts';
@@ -23,7 +32,9 @@ function expectedRecords(bytes: Uint8Array): ManifestRecord[] {
       if (i === bytes.byteLength && start === i) break;
       let line = bytes.subarray(start, i);
       if (line.byteLength > 0 && line[line.byteLength - 1] === 0x0d) line = line.subarray(0, -1);
-      if (line.byteLength > 0) records.push({ offset: start, text: decoder.decode(line) });
+      // Decoding drops a leading BOM: a BOM-only line is as empty as an empty one.
+      const text = decoder.decode(line);
+      if (text !== '') records.push({ offset: start, text });
       start = i + 1;
     }
   }
@@ -69,12 +80,29 @@ async function readAllSplits(
   key: string,
   splits: readonly ManifestSplit[],
   blockBytes: number,
+  options: ReadSplitOptions = {},
 ): Promise<ManifestRecord[][]> {
   const out: ManifestRecord[][] = [];
   for (const split of splits) {
     const records: ManifestRecord[] = [];
-    for await (const record of readSplitRecords(client, bucket, key, split, { blockBytes })) records.push(record);
+    for await (const record of readSplitRecords(client, bucket, key, split, { blockBytes, ...options })) records.push(record);
     out.push(records);
+  }
+  return out;
+}
+
+/** The arrays readSplitRecordBatches yields for each split. */
+async function readAllBatches(
+  client: Parameters<typeof readSplitRecordBatches>[0],
+  key: string,
+  splits: readonly ManifestSplit[],
+  options: ReadSplitOptions,
+): Promise<ManifestRecord[][][]> {
+  const out: ManifestRecord[][][] = [];
+  for (const split of splits) {
+    const batches: ManifestRecord[][] = [];
+    for await (const batch of readSplitRecordBatches(client, 'b', key, split, options)) batches.push(batch);
+    out.push(batches);
   }
   return out;
 }
@@ -131,6 +159,8 @@ describe('readSplitRecords (in-memory S3, exhaustive cuts)', () => {
     bareCarriageReturn: 'a\rb\n\r\nc\r',
     utf8: 'é\n漢字/ü.png\t7\n\u{1f600}\n',
     longLine: `${'x'.repeat(50)}\ny\n${'z'.repeat(37)}`,
+    byteOrderMarks: '\uFEFFa\n\uFEFF\nb\uFEFF\r\n\uFEFFc',
+    mixed: 'ascii/1\tx\r\nü/2\r\nascii/3\n\n漢/4\t5\nascii/5',
   };
 
   it('every cut of hand-made manifests yields every record exactly once, in order', async () => {
@@ -141,8 +171,11 @@ describe('readSplitRecords (in-memory S3, exhaustive cuts)', () => {
       for (let splitCount = 1; splitCount <= bytes.byteLength + 2; splitCount++) {
         for (const blockBytes of [1, 2, 5, 64]) {
           const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount });
-          const perSplit = await readAllSplits(client, 'b', 'm', splits, blockBytes);
-          expect(perSplit.flat(), `${name} splits=${splitCount} block=${blockBytes}`).toEqual(expected);
+          // Alternately with the object's size known from planning (the first GET may then
+          // reach past the split's end).
+          const sized = (splitCount + blockBytes) % 2 === 0 ? { objectSizeBytes: bytes.byteLength } : {};
+          const perSplit = await readAllSplits(client, 'b', 'm', splits, blockBytes, sized);
+          expect(perSplit.flat(), `${name} splits=${splitCount} block=${blockBytes} sized=${'objectSizeBytes' in sized}`).toEqual(expected);
           // Each record is owned by the split its first byte falls in.
           for (const [i, records] of perSplit.entries()) {
             for (const record of records) {
@@ -164,7 +197,8 @@ describe('readSplitRecords (in-memory S3, exhaustive cuts)', () => {
       for (let splitCount = 1; splitCount <= 80; splitCount++) {
         const blockBytes = [3, 16, 40, 4096][(seed + splitCount) % 4]!;
         const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount });
-        const records = (await readAllSplits(client, 'b', 'm', splits, blockBytes)).flat();
+        const sized = splitCount % 2 === 0 ? { objectSizeBytes: bytes.byteLength } : {};
+        const records = (await readAllSplits(client, 'b', 'm', splits, blockBytes, sized)).flat();
         expect(records, `seed=${seed} splits=${splitCount} block=${blockBytes}`).toEqual(expected);
       }
     }
@@ -189,6 +223,145 @@ describe('readSplitRecords (in-memory S3, exhaustive cuts)', () => {
   });
 });
 
+/** memoryS3, except that GETs from the `stallFrom`-th on never answer until aborted. */
+function stallingS3(objects: ReadonlyMap<string, Uint8Array>, stallFrom: number): { client: S3Client; signals: (AbortSignal | undefined)[] } {
+  const inner = memoryS3(objects, 1 << 16);
+  const signals: (AbortSignal | undefined)[] = [];
+  let gets = 0;
+  const send = (command: unknown, options?: { abortSignal?: AbortSignal }): Promise<unknown> => {
+    if (command instanceof GetObjectCommand && ++gets >= stallFrom) {
+      const signal = options?.abortSignal;
+      signals.push(signal);
+      return new Promise((_, reject) => {
+        signal?.addEventListener('abort', () => reject(Object.assign(new Error('Request aborted'), { name: 'AbortError' })), { once: true });
+      });
+    }
+    return inner.client.send(command as GetObjectCommand);
+  };
+  return { client: { send } as unknown as S3Client, signals };
+}
+
+describe('readSplitRecordBatches', () => {
+  it('decodes bytes >= 0x80 (valid, invalid, truncated UTF-8, BOMs) exactly as each line decoded alone, for every cut', async () => {
+    const bytes = Uint8Array.from([
+      0x61, 0xff, 0x0a, // invalid byte
+      0xe6, 0xbc, 0x0a, // truncated sequence right before '\n'
+      0x62, 0x0d, 0x0a,
+      0xc3, 0xa9, 0x0d, 0x0a, // é CRLF
+      0xef, 0xbb, 0xbf, 0x63, 0x0a, // BOM + c
+      0x0d, 0x0a,
+      0x64, 0xe6, 0xbc, 0xa2, 0x09, 0x31, // d漢<TAB>1, no final newline
+    ]);
+    const { client } = memoryS3(new Map([['m', bytes]]), 2);
+    const expected = expectedRecords(bytes);
+    expect(expected.map((r) => r.text)).toEqual(['a\ufffd', '\ufffd', 'b', 'é', 'c', 'd漢\t1']);
+    for (let splitCount = 1; splitCount <= bytes.byteLength + 1; splitCount++) {
+      for (const blockBytes of [1, 3, 7, 64]) {
+        const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount });
+        const batches = await readAllBatches(client, 'm', splits, { blockBytes, ...(splitCount % 2 === 0 && { objectSizeBytes: bytes.byteLength }) });
+        expect(batches.flat(2), `splits=${splitCount} block=${blockBytes}`).toEqual(expected);
+      }
+    }
+  });
+
+  it('yields non-empty arrays of at most 4096 records, never more than one GET of records per array', async () => {
+    const lines = Array.from({ length: 20_000 }, (_, i) => (i % 7 === 0 ? '' : `k/${i}${i % 5 === 0 ? '\r' : ''}`));
+    const bytes = encoder.encode(`${lines.join('\n')}\n`);
+    const expected = expectedRecords(bytes);
+    const { client } = memoryS3(new Map([['m', bytes]]), 1 << 16);
+    const whole: ManifestSplit = { index: 0, start: 0, end: bytes.byteLength };
+    // One block: the records of one GET, cut into arrays of 4096.
+    const [oneBlock] = await readAllBatches(client, 'm', [whole], { blockBytes: 1 << 20 });
+    expect(oneBlock!.map((batch) => batch.length)).toEqual([4096, 4096, 4096, 4096, expected.length - 4 * 4096]);
+    expect(oneBlock!.flat()).toEqual(expected);
+    // Many splits and small blocks: arrays never empty, never longer than 4096.
+    for (const [splitCount, blockBytes] of [[1, 4096], [7, 1000], [50, 333]] as const) {
+      const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount });
+      const batches = (await readAllBatches(client, 'm', splits, { blockBytes })).flat();
+      expect(batches.every((batch) => batch.length >= 1 && batch.length <= 4096)).toBe(true);
+      expect(batches.flat()).toEqual(expected);
+      // A split of blockBytes-sized GETs yields at most one partial array per GET.
+      expect(batches.length).toBeLessThanOrEqual(Math.ceil(bytes.byteLength / blockBytes) + 2 * splitCount);
+    }
+  });
+
+  it('fetches the next block while one is consumed, and only blocks the split needs', async () => {
+    const bytes = randomManifest(5, 400, 30);
+    const { client, requests } = memoryS3(new Map([['m', bytes]]), 1 << 16);
+    const blockBytes = 256;
+    const records = readSplitRecordBatches(client, 'b', 'm', { index: 0, start: 0, end: bytes.byteLength }, { blockBytes });
+    const first = await records.next();
+    expect(first.done).toBe(false);
+    // The first block is being consumed; the second is already on its way.
+    expect(requests.map((r) => r.range)).toEqual([
+      [0, blockBytes],
+      [blockBytes, 2 * blockBytes],
+    ]);
+    const rest: ManifestRecord[] = [];
+    for await (const batch of records) rest.push(...batch);
+    expect([...first.value!, ...rest]).toEqual(expectedRecords(bytes));
+    // A split over the whole object: exactly its blocks, each read once, in order.
+    const blocks = Math.ceil(bytes.byteLength / blockBytes);
+    expect(requests.map((r) => r.range)).toEqual(Array.from({ length: blocks }, (_, i) => [i * blockBytes, Math.min((i + 1) * blockBytes, bytes.byteLength)]));
+
+    // A split whose last record ends exactly at its end needs no GET past the one that
+    // reaches its end (which, the size being known by then, takes a few bytes more).
+    const exact = encoder.encode('aaaa\nbbbb\ncccc\n');
+    const small = memoryS3(new Map([['m', exact]]));
+    const owned = await readAllSplits(small.client, 'b', 'm', [{ index: 0, start: 0, end: 10 }], 4);
+    expect(owned.flat().map((r) => r.text)).toEqual(['aaaa', 'bbbb']);
+    expect(small.requests.map((r) => r.range)).toEqual([[0, 4], [4, 8], [8, 12]]);
+    small.requests.length = 0;
+    await readAllSplits(small.client, 'b', 'm', [{ index: 0, start: 0, end: 10 }], 64);
+    expect(small.requests.map((r) => r.range)).toEqual([[0, 10]]);
+  });
+
+  it('with the object size known, a split of one block takes one GET instead of two', async () => {
+    const bytes = randomManifest(11, 300, 40);
+    const splits = planManifestSplits({ sizeBytes: bytes.byteLength, splitCount: 5 });
+    const expected = expectedRecords(bytes);
+    const gets: Record<string, number> = {};
+    for (const sized of [false, true]) {
+      const { client, requests } = memoryS3(new Map([['m', bytes]]), 1 << 16);
+      const records = await readAllSplits(client, 'b', 'm', splits, 1 << 20, sized ? { objectSizeBytes: bytes.byteLength } : {});
+      expect(records.flat()).toEqual(expected);
+      gets[String(sized)] = requests.length;
+    }
+    // Unknown size: the split's range, then a small read to finish its last record (the
+    // last split ends at the object's end and needs none).
+    expect(gets).toEqual({ false: 2 * splits.length - 1, true: splits.length });
+  });
+
+  it('rejects an objectSizeBytes below the split end or unlike the object', async () => {
+    const bytes = encoder.encode('a\nb\nc\n');
+    const { client } = memoryS3(new Map([['m', bytes]]));
+    const read = (split: ManifestSplit, objectSizeBytes: number): Promise<ManifestRecord[][][]> => readAllBatches(client, 'm', [split], { objectSizeBytes });
+    await expect(read({ index: 0, start: 0, end: 6 }, 5)).rejects.toThrow(RangeError);
+    await expect(read({ index: 0, start: 0, end: 2 }, 4)).rejects.toThrow(ManifestFormatError);
+    await expect(read({ index: 0, start: 0, end: 2 }, 4)).rejects.toThrow(/is 6 bytes, not the 4 bytes it was planned with/);
+  });
+
+  it('stopping early cancels the GET in flight; aborting the signal fails the read', async () => {
+    const bytes = randomManifest(3, 200, 30);
+    const whole: ManifestSplit = { index: 0, start: 0, end: bytes.byteLength };
+    const stalling = stallingS3(new Map([['m', bytes]]), 2);
+    for await (const batch of readSplitRecordBatches(stalling.client, 'b', 'm', whole, { blockBytes: 256 })) {
+      expect(batch.length).toBeGreaterThan(0);
+      break;
+    }
+    expect(stalling.signals).toHaveLength(1);
+    expect(stalling.signals[0]?.aborted).toBe(true);
+
+    const aborting = stallingS3(new Map([['m', bytes]]), 2);
+    const controller = new AbortController();
+    const records = readSplitRecordBatches(aborting.client, 'b', 'm', whole, { blockBytes: 256, signal: controller.signal });
+    expect((await records.next()).done).toBe(false);
+    controller.abort();
+    await expect(records.next()).rejects.toThrow(/aborted/);
+    expect(aborting.signals[0]?.aborted).toBe(true);
+  });
+});
+
 describe('readSplitRecords failures', () => {
   it('rejects a record longer than maxRecordBytes and an object shorter than the split', async () => {
     const bytes = encoder.encode(`short\n${'x'.repeat(100)}\nend\n`);
@@ -202,6 +375,13 @@ describe('readSplitRecords failures', () => {
     await expect(read(split, { blockBytes: 16, maxRecordBytes: 64 })).rejects.toThrow(/record at byte 6 is longer than maxRecordBytes/);
     expect(await read(split, { blockBytes: 16, maxRecordBytes: 100 })).toEqual(['short', 'x'.repeat(100), 'end']);
     await expect(read({ index: 3, start: 50, end: bytes.byteLength + 10 }, { blockBytes: 16 })).rejects.toThrow(/shorter than split 3/);
+    // Inside one block: the records before the overlong one arrive first, then the error.
+    const seen: string[] = [];
+    const all = async (): Promise<void> => {
+      for await (const record of readSplitRecords(client, 'b', 'm', split, { blockBytes: 4096, maxRecordBytes: 64 })) seen.push(record.text);
+    };
+    await expect(all()).rejects.toThrow(/record at byte 6 is longer than maxRecordBytes \(64\)/);
+    expect(seen).toEqual(['short']);
     await expect(read(split, { blockBytes: 0 })).rejects.toThrow(/blockBytes/);
   });
 

@@ -1,3 +1,5 @@
+import { isAscii } from 'node:buffer';
+
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 
@@ -139,7 +141,7 @@ export interface ManifestRecord {
   readonly text: string;
 }
 
-/** Options of {@link readSplitRecords}. */
+/** Options of {@link readSplitRecordBatches} and {@link readSplitRecords}. */
 export interface ReadSplitOptions {
   /** Bytes per ranged GET, 1 to 256 MiB. @default 4 MiB */
   readonly blockBytes?: number;
@@ -147,6 +149,15 @@ export interface ReadSplitOptions {
   readonly maxRecordBytes?: number;
   /** ETag from planning; reads fail (412) if the object was replaced since. */
   readonly etag?: string;
+  /**
+   * The object's size from planning (`statManifest`), at least the split's end. Lets the
+   * first GET already reach a few KiB past the split's end, so a split of one block
+   * usually takes one GET instead of two. It must be the size of the object read: a
+   * response that reports another size fails with {@link ManifestFormatError} (or, reading
+   * past the real end, with the range error of `getObjectRange`).
+   * @default unknown until the first response
+   */
+  readonly objectSizeBytes?: number;
   /** Retries per GET after a retryable failure, with jittered backoff. @default 3 */
   readonly retries?: number;
   /** Cancels the reads. */
@@ -160,6 +171,10 @@ export const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
 // Reads past a split's end only finish its last record, usually a few dozen bytes away,
 // so they start small and double instead of fetching whole blocks.
 const TAIL_FIRST_BYTES = 4 * 1024;
+// Records per yielded array. Whole-block arrays (~90 k records of a 4 MiB block) outlive
+// young-generation collections and get promoted to the old generation: reading was 2-5x
+// slower with them than with arrays of a few thousand.
+const BATCH_RECORDS = 4096;
 
 /** Thrown when the manifest's bytes stay unreadable (S3 unreachable, throttling, 5xx) after retries. */
 export class ManifestReadError extends Error {
@@ -178,6 +193,8 @@ export class ManifestFormatError extends Error {
 const NEWLINE = 0x0a;
 const CARRIAGE_RETURN = 0x0d;
 const UTF8 = new TextDecoder('utf-8');
+// A byte >= 0x80 (part of a multi-byte UTF-8 sequence, or invalid) as a char of a latin1 string.
+const NON_ASCII = /[\u0080-\u00ff]/g;
 
 /** Joins the pieces of one record, drops a trailing `\r` and decodes it. */
 function recordText(pieces: readonly Uint8Array[], length: number): string {
@@ -198,10 +215,62 @@ function recordText(pieces: readonly Uint8Array[], length: number): string {
   return UTF8.decode(bytes);
 }
 
+/** Index of the first char >= 0x80 of `text` at or after `from`, or `Infinity`. */
+function nextNonAscii(text: string, from: number): number {
+  NON_ASCII.lastIndex = from;
+  const match = NON_ASCII.exec(text);
+  return match === null ? Number.POSITIVE_INFINITY : match.index;
+}
+
+/**
+ * Appends to `records` the records of `lines` from index `from` on, skipping empty ones:
+ * `lines` holds whole `\n`-terminated lines, the latin1 decoding of `bytes` (one char per
+ * byte, so its indices are byte offsets from `offset`). Stops before the first record that
+ * starts at or past `stopIndex` (the split's end) or is longer than `maxRecordBytes`, and
+ * once `records` holds `limit`; returns the index it stopped at (`lines.length` when done).
+ */
+function appendLines(
+  lines: string,
+  bytes: Uint8Array,
+  ascii: boolean,
+  from: number,
+  offset: number,
+  stopIndex: number,
+  maxRecordBytes: number,
+  records: ManifestRecord[],
+  limit: number,
+): number {
+  // ASCII lines are slices of `lines`, already their UTF-8 decoding; a line holding a byte
+  // >= 0x80 is decoded from its bytes on its own, exactly as any record was before.
+  let nonAscii = ascii ? Number.POSITIVE_INFINITY : nextNonAscii(lines, from);
+  let at = from;
+  while (at < lines.length && at < stopIndex && records.length < limit) {
+    const newline = lines.indexOf('\n', at);
+    if (newline - at > maxRecordBytes) return at;
+    let lineEnd = newline;
+    if (lineEnd > at && lines.charCodeAt(lineEnd - 1) === CARRIAGE_RETURN) lineEnd--;
+    if (nonAscii < lineEnd) {
+      // Decoding drops a leading BOM, so a BOM-only line is empty too.
+      const text = UTF8.decode(bytes.subarray(at, lineEnd));
+      if (text !== '') records.push({ offset: offset + at, text });
+      nonAscii = nextNonAscii(lines, newline + 1);
+    } else if (lineEnd > at) {
+      records.push({ offset: offset + at, text: lines.slice(at, lineEnd) });
+    }
+    at = newline + 1;
+  }
+  return at;
+}
+
 /**
  * Streams the records a split owns (see the alignment rule above), in order, skipping
- * empty lines (also `\r\n`-only ones). Reads with ranged GETs of at most `blockBytes` and
- * holds at most one block plus one record.
+ * empty lines (also `\r\n`-only ones), in arrays of at most 4096 records; an array never
+ * spans two ranged GETs (each of at most `blockBytes`). Each block is decoded once and cut
+ * into records with string search (a line with bytes >= 0x80 is decoded on its own, so
+ * texts are exactly the UTF-8 decoding of each line). Holds at most two blocks (the one
+ * being cut into records, with its text, and the next, fetched meanwhile) plus one record.
+ * A record's text may share memory with its block's text: keeping records keeps up to one
+ * block's worth of characters alive per block they came from.
  *
  * Where it reads: a split starting at 0 owns the record at 0. A split starting at s > 0
  * reads from s − 1: its first record starts right after the first `\n` at or after s − 1
@@ -210,14 +279,21 @@ function recordText(pieces: readonly Uint8Array[], length: number): string {
  * end − 1 or later starts a record at end or later, which the next split owns. After the
  * first record it reads on past `end` only to finish the last record that started before
  * `end`, and stops at its `\n` or at the end of the object.
+ *
+ * GETs: once the object's size is known (`objectSizeBytes`, else from the first
+ * response), the GET that reaches `end` also takes the first 4 KiB past it when the block
+ * has room, so the split's last record rarely needs a GET of its own. While one block is
+ * cut into records, the next is already being fetched when the split certainly needs it
+ * (the record in progress at the block's end is owned), so the GETs made are the same as
+ * without that overlap.
  */
-export async function* readSplitRecords(
+export async function* readSplitRecordBatches(
   s3: S3Client,
   bucket: string,
   key: string,
   split: ManifestSplit,
   options: ReadSplitOptions = {},
-): AsyncGenerator<ManifestRecord, void, undefined> {
+): AsyncGenerator<ManifestRecord[], void, undefined> {
   const blockBytes = options.blockBytes ?? DEFAULT_SPLIT_BLOCK_BYTES;
   const maxRecordBytes = options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
   const retries = options.retries ?? 3;
@@ -232,14 +308,26 @@ export async function* readSplitRecords(
   if (!(Number.isSafeInteger(start) && Number.isSafeInteger(end) && start >= 0 && end >= start)) {
     throw new RangeError(`split ${split.index} has an invalid range [${start}, ${end})`);
   }
+  const plannedSizeBytes = options.objectSizeBytes;
+  if (plannedSizeBytes !== undefined && !(Number.isSafeInteger(plannedSizeBytes) && plannedSizeBytes >= end)) {
+    throw new RangeError(`objectSizeBytes must be an integer >= the split's end ${end}, got ${plannedSizeBytes}`);
+  }
   if (start === end) return;
+
+  // Every GET of this split answers to `reads`, so one still in flight when the consumer
+  // stops early (or a read fails) is cancelled rather than left running.
+  const reads = new AbortController();
+  const { signal } = options;
+  const forwardAbort = (): void => reads.abort(signal?.reason);
+  if (signal?.aborted === true) forwardAbort();
+  signal?.addEventListener('abort', forwardAbort, { once: true });
 
   const read = async (from: number, to: number): Promise<ObjectRange> => {
     for (let attempt = 0; ; attempt++) {
       try {
         return await getObjectRange(s3, bucket, key, from, to, {
           ...(options.etag !== undefined && { etag: options.etag }),
-          ...(options.signal !== undefined && { signal: options.signal }),
+          signal: reads.signal,
         });
       } catch (error) {
         if (!isRetryableS3Error(error)) throw error;
@@ -247,41 +335,86 @@ export async function* readSplitRecords(
           const message = error instanceof Error ? error.message : String(error);
           throw new ManifestReadError(`S3 s3://${bucket}/${key} (manifest bytes ${from}-${to}): ${message} after ${attempt + 1} attempts`, { cause: error });
         }
-        await sleep(backoffDelayMs(attempt), options.signal);
+        await sleep(backoffDelayMs(attempt), reads.signal);
       }
     }
   };
+  const tooLong = (recordStart: number): ManifestFormatError =>
+    new ManifestFormatError(`s3://${bucket}/${key}: the record at byte ${recordStart} is longer than maxRecordBytes (${maxRecordBytes})`);
 
   // `seeking`: looking for the '\n' that ends the record crossing `start` (none to skip when
-  // start = 0). Afterwards `recordStart` is the offset of the record being assembled.
+  // start = 0). Afterwards `recordStart` is the offset of the record being assembled, whose
+  // bytes before `position` are in `pieces`.
   let seeking = start > 0;
   let position = seeking ? start - 1 : start;
   let recordStart = start;
   let pieces: Uint8Array[] = [];
   let pieceBytes = 0;
-  // Before the first response only the split's own range is known to exist.
-  let objectSizeBytes = Number.POSITIVE_INFINITY;
-  let tailBytes = Math.min(TAIL_FIRST_BYTES, blockBytes);
+  // Before the first response only the split's own range is known to exist, unless the
+  // caller knows the size.
+  let objectSizeBytes = plannedSizeBytes ?? Number.POSITIVE_INFINITY;
+  const firstTailBytes = Math.min(TAIL_FIRST_BYTES, blockBytes);
+  let tailBytes = firstTailBytes;
+  let next: { readonly from: number; readonly to: number; readonly range: Promise<ObjectRange> } | undefined;
 
-  for (;;) {
-    let requestEnd: number;
-    if (seeking) {
-      requestEnd = Math.min(position + blockBytes, end - 1);
-    } else if (position < end) {
-      requestEnd = Math.min(position + blockBytes, end);
+  // Where the GET starting at `from` (< the object's size) ends; called once per GET.
+  const requestEndFrom = (from: number): number => {
+    let to: number;
+    if (from < end) {
+      to = Math.min(from + blockBytes, objectSizeBytes === Number.POSITIVE_INFINITY ? end : end + firstTailBytes);
     } else {
-      requestEnd = position + tailBytes;
+      to = from + tailBytes;
       tailBytes = Math.min(tailBytes * 2, blockBytes);
     }
-    requestEnd = Math.min(requestEnd, objectSizeBytes);
+    return Math.min(to, objectSizeBytes);
+  };
 
-    if (requestEnd > position) {
-      const { bytes, objectSizeBytes: size } = await read(position, requestEnd);
+  try {
+    for (;;) {
+      if (position >= objectSizeBytes) {
+        // End of the object: the last line has no trailing '\n' and is still a record.
+        // (A split that owns nothing returned already, so recordStart < end here.)
+        const text = recordText(pieces, pieceBytes);
+        if (text !== '') yield [{ offset: recordStart, text }];
+        return;
+      }
+      let requestEnd: number;
+      let pending: Promise<ObjectRange>;
+      if (next !== undefined && next.from === position) {
+        ({ to: requestEnd, range: pending } = next);
+      } else {
+        requestEnd = requestEndFrom(position);
+        pending = read(position, requestEnd);
+      }
+      next = undefined;
+      const { bytes: view, objectSizeBytes: size } = await pending;
       if (size < end) {
         throw new ManifestFormatError(`s3://${bucket}/${key} is ${size} bytes, shorter than split ${split.index} [${start}, ${end})`);
       }
+      if (plannedSizeBytes !== undefined && size !== plannedSizeBytes) {
+        throw new ManifestFormatError(`s3://${bucket}/${key} is ${size} bytes, not the ${plannedSizeBytes} bytes it was planned with`);
+      }
       objectSizeBytes = size;
+      // A Buffer view for its native search and latin1 decoding; copies are cut from `view`
+      // (Buffer's own slice() is a view).
+      const bytes = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
+      const lastNewline = bytes.lastIndexOf(NEWLINE);
+
+      // Fetch the next block while this one is cut, when the split needs it whatever this
+      // block holds: the record in progress at its end is owned (or, while seeking, the
+      // '\n' that ends the record crossing `start` may still come before end − 1).
+      const needsMore =
+        requestEnd < objectSizeBytes &&
+        (lastNewline === -1 ? !seeking || requestEnd < end - 1 : position + lastNewline + 1 < end);
+      if (needsMore) {
+        const to = requestEndFrom(requestEnd);
+        next = { from: requestEnd, to, range: read(requestEnd, to) };
+        // Awaited on the next turn; until then a failure must not count as unhandled.
+        void next.range.catch(() => undefined);
+      }
+
       let at = 0;
+      let records: ManifestRecord[] = [];
       if (seeking) {
         const newline = bytes.indexOf(NEWLINE);
         if (newline === -1) {
@@ -295,42 +428,94 @@ export async function* readSplitRecords(
         at = newline + 1;
         recordStart = position + at;
         if (recordStart >= end || recordStart >= objectSizeBytes) return;
-      }
-      for (;;) {
-        const newline = bytes.indexOf(NEWLINE, at);
+      } else if (pieceBytes > 0) {
+        // Finish the record carried over from earlier blocks.
+        const newline = lastNewline === -1 ? -1 : bytes.indexOf(NEWLINE);
         const pieceEnd = newline === -1 ? bytes.byteLength : newline;
-        if (pieceEnd > at) {
+        if (pieceEnd > 0) {
           // A record continued in the next block is copied out: a view would keep this
           // whole block alive next to the next one.
-          pieces.push(newline === -1 ? bytes.slice(at, pieceEnd) : bytes.subarray(at, pieceEnd));
-          pieceBytes += pieceEnd - at;
+          pieces.push(newline === -1 ? view.slice(0, pieceEnd) : view.subarray(0, pieceEnd));
+          pieceBytes += pieceEnd;
         }
-        if (pieceBytes > maxRecordBytes) {
-          throw new ManifestFormatError(
-            `s3://${bucket}/${key}: the record at byte ${recordStart} is longer than maxRecordBytes (${maxRecordBytes})`,
-          );
+        if (pieceBytes > maxRecordBytes) throw tooLong(recordStart);
+        if (newline === -1) {
+          position = requestEnd;
+          continue;
         }
-        if (newline === -1) break;
         const text = recordText(pieces, pieceBytes);
-        if (text !== '') yield { offset: recordStart, text };
+        if (text !== '') records.push({ offset: recordStart, text });
         pieces = [];
         pieceBytes = 0;
         at = newline + 1;
         recordStart = position + at;
-        // The next record starts at or after `end`: the next split owns it.
-        if (recordStart >= end || recordStart >= objectSizeBytes) return;
+        if (recordStart >= end || recordStart >= objectSizeBytes) {
+          if (records.length > 0) yield records;
+          return;
+        }
+      }
+
+      // Whole lines: decoded once as latin1 and cut with string search, in batches of at
+      // most BATCH_RECORDS.
+      if (lastNewline >= at) {
+        const lineBytes = bytes.subarray(at, lastNewline + 1);
+        const lines = bytes.toString('latin1', at, lastNewline + 1);
+        const ascii = isAscii(lineBytes);
+        const linesOffset = position + at;
+        let index = 0;
+        for (;;) {
+          index = appendLines(lines, lineBytes, ascii, index, linesOffset, end - linesOffset, maxRecordBytes, records, BATCH_RECORDS);
+          recordStart = linesOffset + index;
+          if (index === lines.length) break;
+          if (records.length >= BATCH_RECORDS) {
+            yield records;
+            records = [];
+            continue;
+          }
+          // Stopped early: at the split's end or at an overlong record. Records before an
+          // overlong one are delivered first, as a record-by-record reader would.
+          if (records.length > 0) yield records;
+          if (recordStart >= end) return;
+          throw tooLong(recordStart);
+        }
+        at = lastNewline + 1;
+        if (recordStart >= end || recordStart >= objectSizeBytes) {
+          if (records.length > 0) yield records;
+          return;
+        }
+      }
+
+      // The start of a record that continues in the next block.
+      if (at < bytes.byteLength) {
+        pieces.push(view.slice(at));
+        pieceBytes = bytes.byteLength - at;
+        if (pieceBytes > maxRecordBytes) {
+          if (records.length > 0) yield records;
+          throw tooLong(recordStart);
+        }
       }
       position = requestEnd;
+      if (records.length > 0) yield records;
     }
-
-    if (position >= objectSizeBytes) {
-      // End of the object: the last line has no trailing '\n' and is still a record.
-      // (A split that owns nothing returned above, so recordStart < end here.)
-      const text = recordText(pieces, pieceBytes);
-      if (text !== '') yield { offset: recordStart, text };
-      return;
-    }
+  } finally {
+    signal?.removeEventListener('abort', forwardAbort);
+    // Only a prefetch can still be in flight here (every other GET was awaited).
+    if (next !== undefined) reads.abort();
   }
+}
+
+/**
+ * Streams the records a split owns, one at a time: {@link readSplitRecordBatches}
+ * flattened (same reads, same records, same errors).
+ */
+export async function* readSplitRecords(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  split: ManifestSplit,
+  options: ReadSplitOptions = {},
+): AsyncGenerator<ManifestRecord, void, undefined> {
+  for await (const records of readSplitRecordBatches(s3, bucket, key, split, options)) yield* records;
 }
 
 /**
@@ -341,6 +526,8 @@ export async function listManifestOffsets(s3: S3Client, bucket: string, key: str
   const { sizeBytes, etag } = await statManifest(s3, bucket, key);
   const offsets: number[] = [];
   const split: ManifestSplit = { index: 0, start: 0, end: sizeBytes };
-  for await (const record of readSplitRecords(s3, bucket, key, split, { ...(etag !== undefined && { etag }), ...options })) offsets.push(record.offset);
+  for await (const records of readSplitRecordBatches(s3, bucket, key, split, { objectSizeBytes: sizeBytes, ...(etag !== undefined && { etag }), ...options })) {
+    for (const record of records) offsets.push(record.offset);
+  }
   return offsets;
 }

@@ -15,7 +15,7 @@ export function buildCropBatch(images: readonly Image[], cfg: MultiCropConfig, r
   // One draw for the whole batch; `rng.fork(k)` per image would draw k times, making
   // image k's stream depend on how many images precede it in this call.
   const batchSeed = rng.nextUint32();
-  const views = images.map((img, i) => multiCrop(img, cfg, imageRng(batchSeed, firstIndex + i)));
+  const views = images.map((img, i) => multiCrop(img, cfg, cropImageRng(batchSeed, firstIndex + i)));
   const nGlobal = views[0]?.global.length ?? 0;
   const globalCrops: Image[] = [];
   const localCrops: Image[] = [];
@@ -33,8 +33,17 @@ export function buildCropBatch(images: readonly Image[], cfg: MultiCropConfig, r
   };
 }
 
-/** The random stream of image `index` of a batch whose seed draw was `batchSeed`. */
-function imageRng(batchSeed: number, index: number): Rng {
+/**
+ * The batch seed of training step `step` (0-based) of a run seeded `seed`: the draw
+ * {@link buildCropBatch} makes when the step loop passes it `new Rng(seed).fork(step + 1)`.
+ * A data loader that crops ahead of the step derives the same streams from it.
+ */
+export function stepCropSeed(seed: number, step: number): number {
+  return new Rng(seed).fork(step + 1).nextUint32();
+}
+
+/** The random stream of image `index` (its position in the global batch) of a batch whose seed draw was `batchSeed`. */
+export function cropImageRng(batchSeed: number, index: number): Rng {
   return new Rng((Math.imul(batchSeed ^ 0x85ebca6b, 0xc2b2ae35) + Math.imul(index + 1, 0x9e3779b1)) >>> 0);
 }
 

@@ -63,7 +63,7 @@ export {
   type Image,
   type MultiCropConfig,
 } from './multi-crop.ts';
-export { buildCropBatch, sliceCropBatch } from './crop-batch.ts';
+export { buildCropBatch, cropImageRng, sliceCropBatch, stepCropSeed } from './crop-batch.ts';
 export { knnPredict, knnTop1Accuracy, type KnnOptions } from './knn.ts';
 export { embedImages } from './features.ts';
 

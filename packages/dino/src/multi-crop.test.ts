@@ -140,6 +140,48 @@ describe('pixel operations', () => {
     expect(out.data.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
   });
 
+  it('blur equals the per-tap definition bit for bit, also when the radius exceeds the image', () => {
+    // The definition: taps t = −r..r in order, reflected indices, float64 sums stored as
+    // float32 across, and a float32 running sum down.
+    function reference(img: Image, sigma: number): Float32Array {
+      const { data, height, width, channels } = img;
+      const radius = Math.max(1, Math.ceil(3 * sigma));
+      const raw = Array.from({ length: 2 * radius + 1 }, (_, i) => Math.exp(-((i - radius) ** 2) / (2 * sigma * sigma)));
+      const total = raw.reduce((a, b) => a + b, 0);
+      const kernel = raw.map((w) => w / total);
+      const reflect = (i: number, n: number): number => {
+        if (n === 1) return 0;
+        const period = 2 * (n - 1);
+        const m = ((i % period) + period) % period;
+        return m < n ? m : period - m;
+      };
+      const mid = new Float32Array(data.length);
+      const out = new Float32Array(data.length);
+      for (let y = 0; y < height; y++) {
+        for (let x = 0; x < width; x++) {
+          for (let c = 0; c < channels; c++) {
+            let acc = 0;
+            for (let t = -radius; t <= radius; t++) acc += (kernel[t + radius] as number) * (data[(y * width + reflect(x + t, width)) * channels + c] as number);
+            mid[(y * width + x) * channels + c] = acc;
+          }
+        }
+      }
+      for (let y = 0; y < height; y++) {
+        for (let t = -radius; t <= radius; t++) {
+          const src = reflect(y + t, height) * width * channels;
+          for (let i = 0; i < width * channels; i++) out[y * width * channels + i] = (out[y * width * channels + i] as number) + (kernel[t + radius] as number) * (mid[src + i] as number);
+        }
+      }
+      return out;
+    }
+    for (const [height, width, channels, sigma] of [[9, 13, 3, 1.3], [5, 2, 3, 2.5], [1, 7, 1, 0.4], [6, 1, 3, 4], [11, 11, 1, 0.05], [3, 4, 2, 1]] as const) {
+      const img = randomImage(height, width, channels, height * 100 + width);
+      const expected = reference(img, sigma);
+      const actual = gaussianBlur(img, sigma).data;
+      expect(actual.every((v, i) => Object.is(v, expected[i]))).toBe(true);
+    }
+  });
+
   it('solarize maps x ≥ 0.5 to 1 − x and leaves the rest', () => {
     const img: Image = { data: Float32Array.from([0, 0.25, 0.49, 0.5, 0.75, 1]), height: 1, width: 6, channels: 1 };
     const out = solarizeImage(img);
@@ -198,6 +240,43 @@ describe('multiCrop', () => {
     // Global crops draw from their own forks, so they do not depend on nLocal.
     const fewer = multiCrop(img, { ...FMNIST_MULTI_CROP, nLocal: 1 }, new Rng(42));
     expect(stackCrops(fewer.global)).toEqual(stackCrops(a.global));
+  });
+
+  it('is the exported steps composed, bit for bit (the flip and the in-place steps are fused)', () => {
+    // No jitter or grayscale, whose helpers are private; their draws still happen.
+    const cfg: MultiCropConfig = {
+      ...RGB_CONFIG,
+      colorJitter: { ...RGB_CONFIG.colorJitter, probability: 0 },
+      grayscaleProbability: 0,
+      blur: { ...RGB_CONFIG.blur, globalProbabilities: [1, 0.5] },
+      solarizeProbability: [0, 0.5],
+    };
+    const img = randomImage(40, 48, 3, 13);
+    let flips = 0;
+    for (let seed = 0; seed < 8; seed++) {
+      const { global, local } = multiCrop(img, cfg, new Rng(seed));
+      const parent = new Rng(seed);
+      const forks = [parent.fork(0), parent.fork(1), ...Array.from({ length: cfg.nLocal }, (_, i) => parent.fork(2 + i))];
+      forks.forEach((rng, k) => {
+        const isGlobal = k < 2;
+        let crop = randomResizedCrop(img, isGlobal ? cfg.globalSize : cfg.localSize, isGlobal ? cfg.globalScale : cfg.localScale, rng);
+        if (rng.bernoulli(cfg.flipProbability)) {
+          crop = flipHorizontal(crop);
+          flips++;
+        }
+        rng.bernoulli(cfg.colorJitter.probability);
+        rng.bernoulli(cfg.grayscaleProbability);
+        if (rng.bernoulli(isGlobal ? cfg.blur.globalProbabilities[k as 0 | 1] : cfg.blur.localProbability)) {
+          crop = gaussianBlur(crop, (rng.range(cfg.blur.sigma[0], cfg.blur.sigma[1]) * cfg.globalSize) / 224);
+        }
+        if (rng.bernoulli(isGlobal ? cfg.solarizeProbability[k as 0 | 1] : 0)) crop = solarizeImage(crop);
+        const expected = normalizeImage(crop, cfg.mean, cfg.std).data;
+        const actual = ((isGlobal ? global[k] : local[k - 2]) as Image).data;
+        expect(actual.every((v, i) => Object.is(v, expected[i]))).toBe(true);
+      });
+    }
+    expect(flips).toBeGreaterThan(10);
+    expect(flips).toBeLessThan(38);
   });
 
   it('uses the Fashion-MNIST defaults: 28 global, 14 local, 6 local crops, 1 channel', () => {

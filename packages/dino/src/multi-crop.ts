@@ -189,13 +189,15 @@ export function randomCropBox(
 }
 
 /**
- * Resampling weights along one axis: output pixel `o` reads source pixels
- * `start[o] .. start[o] + taps − 1` with `weights[o · taps + t]`.
+ * Weighted taps for a separable pass: output `o` sums `weight[k]` times the source at
+ * `index[k]`, for `k` in `from[o] .. from[o + 1] − 1`, in that order.
  */
-interface AxisWeights {
-  readonly start: Int32Array;
-  readonly taps: number;
-  readonly weights: Float32Array;
+interface Taps {
+  readonly from: Int32Array;
+  /** Source offset (coordinate times the pass's stride), so the loops index without multiplying. */
+  readonly index: Int32Array;
+  /** Tap weights; float64 storage, so the inner loops convert nothing, whatever their precision. */
+  readonly weight: Float64Array;
 }
 
 /**
@@ -203,67 +205,163 @@ interface AxisWeights {
  * widened by the shrink factor when downsampling so it averages instead of aliasing,
  * renormalised at the borders (which equals clamp-to-edge when enlarging). With equal
  * sizes every output pixel reads exactly its source pixel.
+ *
+ * The weights are rounded to float32 (the sums depend on that rounding, so it stays), and
+ * zero weights are dropped: the resampler has always skipped them, which also keeps a
+ * non-finite pixel out of the sums it has no weight in (`0 · ∞` is NaN).
  */
-function axisWeights(offset: number, inSize: number, outSize: number): AxisWeights {
+function axisTaps(offset: number, inSize: number, outSize: number, stride: number): Taps {
   const scale = inSize / outSize;
   const filterScale = Math.max(scale, 1);
   const support = filterScale; // the triangle's support is 1 at filterScale 1
-  const taps = Math.ceil(support) * 2 + 1;
-  const start = new Int32Array(outSize);
-  const weights = new Float32Array(outSize * taps);
+  const maxTaps = Math.ceil(support) * 2 + 1;
+  const triangle = (x: number, centre: number): number => Math.max(0, 1 - Math.abs((x + 0.5 - centre) / filterScale));
+  const from = new Int32Array(outSize + 1);
+  const index = new Int32Array(outSize * maxTaps);
+  const weight = new Float64Array(outSize * maxTaps);
+  let k = 0;
   for (let o = 0; o < outSize; o++) {
     const centre = (o + 0.5) * scale;
     const lo = Math.max(0, Math.floor(centre - support));
-    const hi = Math.min(inSize, Math.ceil(centre + support));
+    const hi = Math.min(inSize, Math.ceil(centre + support), lo + maxTaps);
     let total = 0;
-    const row = new Float64Array(taps);
-    for (let x = lo; x < hi && x - lo < taps; x++) {
-      const w = Math.max(0, 1 - Math.abs((x + 0.5 - centre) / filterScale));
-      row[x - lo] = w;
-      total += w;
+    for (let x = lo; x < hi; x++) total += triangle(x, centre);
+    from[o] = k;
+    if (!(total > 0)) continue;
+    for (let x = lo; x < hi; x++) {
+      const w = Math.fround(triangle(x, centre) / total);
+      if (w === 0) continue;
+      index[k] = (offset + x) * stride;
+      weight[k] = w;
+      k++;
     }
-    start[o] = offset + lo;
-    for (let t = 0; t < taps; t++) weights[o * taps + t] = total > 0 ? (row[t] as number) / total : 0;
   }
-  return { start, taps, weights };
+  from[outSize] = k;
+  return { from, index, weight };
 }
 
-/** Resamples the box of `img` to `outHeight × outWidth`, separably (rows, then columns). */
-function resizeBox(img: Image, box: CropBox, outHeight: number, outWidth: number): Image {
+/**
+ * The vertical pass of resampling and blur: output row `o` is the weighted sum of the rows
+ * of `src` that start at the offsets `taps` lists for `o`. The running sum is rounded to
+ * float32 after every tap, because these passes have always accumulated in their float32
+ * output and crops are reproducible bit for bit.
+ */
+function sumRows(src: Float32Array, taps: Taps, out: Float32Array, outRows: number, rowLength: number): void {
+  const { from, index, weight } = taps;
+  for (let o = 0; o < outRows; o++) {
+    const begin = from[o] as number;
+    const end = from[o + 1] as number;
+    const dst = o * rowLength;
+    // Six columns at a time: six independent sums keep the FPU busy instead of waiting on
+    // each rounding, and each is read and written once instead of once per tap.
+    let i = 0;
+    for (; i + 6 <= rowLength; i += 6) {
+      let a0 = 0;
+      let a1 = 0;
+      let a2 = 0;
+      let a3 = 0;
+      let a4 = 0;
+      let a5 = 0;
+      for (let k = begin; k < end; k++) {
+        const w = weight[k] as number;
+        const j = (index[k] as number) + i;
+        a0 = Math.fround(a0 + w * (src[j] as number));
+        a1 = Math.fround(a1 + w * (src[j + 1] as number));
+        a2 = Math.fround(a2 + w * (src[j + 2] as number));
+        a3 = Math.fround(a3 + w * (src[j + 3] as number));
+        a4 = Math.fround(a4 + w * (src[j + 4] as number));
+        a5 = Math.fround(a5 + w * (src[j + 5] as number));
+      }
+      out[dst + i] = a0;
+      out[dst + i + 1] = a1;
+      out[dst + i + 2] = a2;
+      out[dst + i + 3] = a3;
+      out[dst + i + 4] = a4;
+      out[dst + i + 5] = a5;
+    }
+    for (; i < rowLength; i++) {
+      let acc = 0;
+      for (let k = begin; k < end; k++) acc = Math.fround(acc + (weight[k] as number) * (src[(index[k] as number) + i] as number));
+      out[dst + i] = acc;
+    }
+  }
+}
+
+/**
+ * The float32 intermediate between the two passes of {@link resizeBox} and
+ * {@link gaussianBlur}, reused from call to call rather than allocated and zeroed per crop
+ * (up to a megabyte for a 224-pixel global crop): both run to completion synchronously and
+ * write every value they read. It grows to the largest crop seen.
+ */
+let passScratch = new Float32Array(0);
+
+function scratchFloat32(length: number): Float32Array {
+  if (passScratch.length < length) passScratch = new Float32Array(length);
+  return passScratch;
+}
+
+/**
+ * Resamples the box of `img` to `outHeight × outWidth`, separably: rows into a float32
+ * intermediate (each value summed in float64), then columns with {@link sumRows}. With
+ * `mirror` the result is also flipped left-right (column o is computed as column
+ * `outWidth − 1 − o`), the same values {@link flipHorizontal} would give without its pass.
+ */
+function resizeBox(img: Image, box: CropBox, outHeight: number, outWidth: number, mirror = false): Image {
   const { channels, width: inWidth, data } = img;
-  const xw = axisWeights(box.left, box.width, outWidth);
-  const yw = axisWeights(box.top, box.height, outHeight);
+  const inRowLength = inWidth * channels;
+  const rowLength = outWidth * channels;
+  const { from, index, weight } = axisTaps(box.left, box.width, outWidth, channels);
   // Horizontal pass over only the box's rows: [box.height, outWidth, C].
-  const mid = new Float32Array(box.height * outWidth * channels);
-  for (let y = 0; y < box.height; y++) {
-    const srcRow = (box.top + y) * inWidth * channels;
-    const dstRow = y * outWidth * channels;
-    for (let o = 0; o < outWidth; o++) {
-      const x0 = xw.start[o] as number;
-      const wBase = o * xw.taps;
-      for (let c = 0; c < channels; c++) {
-        let acc = 0;
-        for (let t = 0; t < xw.taps; t++) {
-          const w = xw.weights[wBase + t] as number;
-          if (w !== 0) acc += w * (data[srcRow + (x0 + t) * channels + c] as number);
+  const mid = scratchFloat32(box.height * rowLength);
+  let y = 0;
+  if (channels === 3) {
+    // Two rows at a time: they share the taps, and six independent sums overlap.
+    for (; y + 2 <= box.height; y += 2) {
+      const srcRow = (box.top + y) * inRowLength;
+      for (let o = 0, dst = y * rowLength; o < outWidth; o++, dst += 3) {
+        const oSrc = mirror ? outWidth - 1 - o : o;
+        const end = from[oSrc + 1] as number;
+        let r0 = 0;
+        let g0 = 0;
+        let b0 = 0;
+        let r1 = 0;
+        let g1 = 0;
+        let b1 = 0;
+        for (let k = from[oSrc] as number; k < end; k++) {
+          const w = weight[k] as number;
+          const j = srcRow + (index[k] as number);
+          const j1 = j + inRowLength;
+          r0 += w * (data[j] as number);
+          g0 += w * (data[j + 1] as number);
+          b0 += w * (data[j + 2] as number);
+          r1 += w * (data[j1] as number);
+          g1 += w * (data[j1 + 1] as number);
+          b1 += w * (data[j1 + 2] as number);
         }
-        mid[dstRow + o * channels + c] = acc;
+        mid[dst] = r0;
+        mid[dst + 1] = g0;
+        mid[dst + 2] = b0;
+        mid[dst + rowLength] = r1;
+        mid[dst + rowLength + 1] = g1;
+        mid[dst + rowLength + 2] = b1;
       }
     }
   }
-  const out = new Float32Array(outHeight * outWidth * channels);
-  const rowLength = outWidth * channels;
-  for (let o = 0; o < outHeight; o++) {
-    const y0 = (yw.start[o] as number) - box.top;
-    const wBase = o * yw.taps;
-    const dstRow = o * rowLength;
-    for (let t = 0; t < yw.taps; t++) {
-      const w = yw.weights[wBase + t] as number;
-      if (w === 0) continue;
-      const srcRow = (y0 + t) * rowLength;
-      for (let i = 0; i < rowLength; i++) out[dstRow + i] = (out[dstRow + i] as number) + w * (mid[srcRow + i] as number);
+  for (; y < box.height; y++) {
+    const srcRow = (box.top + y) * inRowLength;
+    for (let o = 0, dst = y * rowLength; o < outWidth; o++, dst += channels) {
+      const oSrc = mirror ? outWidth - 1 - o : o;
+      const begin = from[oSrc] as number;
+      const end = from[oSrc + 1] as number;
+      for (let c = 0; c < channels; c++) {
+        let acc = 0;
+        for (let k = begin; k < end; k++) acc += (weight[k] as number) * (data[srcRow + (index[k] as number) + c] as number);
+        mid[dst + c] = acc;
+      }
     }
   }
+  const out = new Float32Array(outHeight * rowLength);
+  sumRows(mid, axisTaps(0, box.height, outHeight, rowLength), out, outHeight, rowLength);
   return { data: out, height: outHeight, width: outWidth, channels };
 }
 
@@ -323,8 +421,16 @@ function adjustSaturation(data: Float32Array, factor: number): void {
   }
 }
 
+/**
+ * For each HSV sector 0–5, which of (v, p, q, t) become R, G and B: the sector table of
+ * torchvision's _hsv2rgb, looked up instead of branched on, since neighbouring pixels of a
+ * noisy crop land in unrelated sectors.
+ */
+const HSV_SECTOR_RGB = Int32Array.of(0, 3, 1, 2, 0, 1, 1, 0, 3, 1, 2, 0, 3, 1, 0, 0, 1, 2);
+
 /** Hue: rotate H in HSV by `shift` turns (`adjust_hue`). RGB, in place. */
 function adjustHue(data: Float32Array, shift: number): void {
+  const vpqt = new Float64Array(4);
   for (let i = 0; i < data.length; i += 3) {
     const r = data[i] as number;
     const g = data[i + 1] as number;
@@ -337,21 +443,26 @@ function adjustHue(data: Float32Array, shift: number): void {
     if (max === r) h = ((g - b) / chroma) / 6;
     else if (max === g) h = ((b - r) / chroma + 2) / 6;
     else h = ((r - g) / chroma + 4) / 6;
-    h = (((h + shift) % 1) + 1) % 1;
+    // `((h + shift) % 1 + 1) % 1` without `%`, which V8 compiles to a call to fmod. The
+    // fractional part v − trunc(v) is exact, as fmod is; the two differ only in the sign of a
+    // zero, which the + 1 erases. The sum lies in [0, 2], where y − floor(y) equals y % 1.
+    const v = h + shift;
+    const y = v - Math.trunc(v) + 1;
+    h = y - Math.floor(y);
     const s = chroma / max;
-    // HSV → RGB, the sector formulation torchvision's _hsv2rgb uses.
     const h6 = h * 6;
-    const sector = Math.floor(h6) % 6;
-    const f = h6 - Math.floor(h6);
-    const p = max * (1 - s);
-    const q = max * (1 - s * f);
-    const t = max * (1 - s * (1 - f));
-    const [nr, ng, nb] =
-      sector === 0 ? [max, t, p] : sector === 1 ? [q, max, p] : sector === 2 ? [p, max, t]
-        : sector === 3 ? [p, q, max] : sector === 4 ? [t, p, max] : [max, p, q];
-    data[i] = nr;
-    data[i + 1] = ng;
-    data[i + 2] = nb;
+    const floor = Math.floor(h6);
+    const f = h6 - floor;
+    vpqt[0] = max;
+    vpqt[1] = max * (1 - s);
+    vpqt[2] = max * (1 - s * f);
+    vpqt[3] = max * (1 - s * (1 - f));
+    // h < 1, so h6 < 6 and its floor is the sector (the reference's `% 6` is a no-op),
+    // unless h is NaN, which the reference's chain of comparisons sends to the last sector.
+    const sector = (floor < 6 ? floor : 5) * 3;
+    data[i] = vpqt[HSV_SECTOR_RGB[sector] as number] as number;
+    data[i + 1] = vpqt[HSV_SECTOR_RGB[sector + 1] as number] as number;
+    data[i + 2] = vpqt[HSV_SECTOR_RGB[sector + 2] as number] as number;
   }
 }
 
@@ -403,9 +514,20 @@ function reflect(i: number, n: number): number {
  * The kernel is normalised, so a constant image is unchanged.
  */
 export function gaussianBlur(img: Image, sigmaPx: number): Image {
+  const out = new Float32Array(img.data.length);
+  blurInto(img, sigmaPx, out);
+  return { data: out, height: img.height, width: img.width, channels: img.channels };
+}
+
+/**
+ * {@link gaussianBlur} writing into `out`, which may be `img.data` itself: the vertical pass,
+ * the only one that writes `out`, reads nothing but the intermediate.
+ */
+function blurInto(img: Image, sigmaPx: number, out: Float32Array): void {
   const { data, height, width, channels } = img;
   const radius = Math.max(1, Math.ceil(3 * sigmaPx));
-  const kernel = new Float64Array(2 * radius + 1);
+  const taps = 2 * radius + 1;
+  const kernel = new Float64Array(taps);
   let total = 0;
   for (let t = -radius; t <= radius; t++) {
     const w = Math.exp(-(t * t) / (2 * sigmaPx * sigmaPx));
@@ -413,30 +535,73 @@ export function gaussianBlur(img: Image, sigmaPx: number): Image {
     total += w;
   }
   for (let t = 0; t < kernel.length; t++) kernel[t] = (kernel[t] as number) / total;
-  const mid = new Float32Array(data.length);
+  const rowLength = width * channels;
+  // Horizontal pass: each row is copied once into a buffer padded with its reflection (from
+  // a table: the radius may exceed the width), so the taps read contiguous memory.
+  const paddedWidth = width + 2 * radius;
+  const padSource = new Int32Array(paddedWidth);
+  for (let j = 0; j < paddedWidth; j++) padSource[j] = reflect(j - radius, width) * channels;
+  const padded = new Float64Array(paddedWidth * channels);
+  const mid = scratchFloat32(data.length);
   for (let y = 0; y < height; y++) {
-    const row = y * width * channels;
-    for (let x = 0; x < width; x++) {
-      for (let c = 0; c < channels; c++) {
-        let acc = 0;
-        for (let t = -radius; t <= radius; t++) {
-          acc += (kernel[t + radius] as number) * (data[row + reflect(x + t, width) * channels + c] as number);
-        }
-        mid[row + x * channels + c] = acc;
+    const row = y * rowLength;
+    if (channels === 3) {
+      for (let j = 0, p = 0; j < paddedWidth; j++, p += 3) {
+        const src = row + (padSource[j] as number);
+        padded[p] = data[src] as number;
+        padded[p + 1] = data[src + 1] as number;
+        padded[p + 2] = data[src + 2] as number;
+      }
+    } else {
+      for (let j = 0, p = 0; j < paddedWidth; j++) {
+        const src = row + (padSource[j] as number);
+        for (let c = 0; c < channels; c++, p++) padded[p] = data[src + c] as number;
       }
     }
-  }
-  const out = new Float32Array(data.length);
-  const rowLength = width * channels;
-  for (let y = 0; y < height; y++) {
-    for (let t = -radius; t <= radius; t++) {
-      const w = kernel[t + radius] as number;
-      const src = reflect(y + t, height) * rowLength;
-      const dst = y * rowLength;
-      for (let i = 0; i < rowLength; i++) out[dst + i] = (out[dst + i] as number) + w * (mid[src + i] as number);
+    // Value i of the row (pixel i / C, channel i % C) reads padded[i + t·C]. Six values at
+    // a time, so that six independent float64 sums overlap.
+    let i = 0;
+    for (; i + 6 <= rowLength; i += 6) {
+      let a0 = 0;
+      let a1 = 0;
+      let a2 = 0;
+      let a3 = 0;
+      let a4 = 0;
+      let a5 = 0;
+      for (let t = 0, j = i; t < taps; t++, j += channels) {
+        const w = kernel[t] as number;
+        a0 += w * (padded[j] as number);
+        a1 += w * (padded[j + 1] as number);
+        a2 += w * (padded[j + 2] as number);
+        a3 += w * (padded[j + 3] as number);
+        a4 += w * (padded[j + 4] as number);
+        a5 += w * (padded[j + 5] as number);
+      }
+      mid[row + i] = a0;
+      mid[row + i + 1] = a1;
+      mid[row + i + 2] = a2;
+      mid[row + i + 3] = a3;
+      mid[row + i + 4] = a4;
+      mid[row + i + 5] = a5;
+    }
+    for (; i < rowLength; i++) {
+      let acc = 0;
+      for (let t = 0, j = i; t < taps; t++, j += channels) acc += (kernel[t] as number) * (padded[j] as number);
+      mid[row + i] = acc;
     }
   }
-  return { data: out, height, width, channels };
+  // Vertical pass: every tap, including any whose weight underflowed to 0, from reflected rows.
+  const from = new Int32Array(height + 1);
+  const index = new Int32Array(height * taps);
+  const weight = new Float64Array(height * taps);
+  for (let y = 0; y < height; y++) {
+    from[y + 1] = (y + 1) * taps;
+    for (let t = 0; t < taps; t++) {
+      index[y * taps + t] = reflect(y + t - radius, height) * rowLength;
+      weight[y * taps + t] = kernel[t] as number;
+    }
+  }
+  sumRows(mid, { from, index, weight }, out, height, rowLength);
 }
 
 /** PIL `ImageOps.solarize` at its default threshold 128/255: x ≥ 0.5 → 1 − x. In place. */
@@ -457,15 +622,29 @@ export function solarizeImage(img: Image): Image {
 
 /** `(x − mean[c]) / std[c]` per channel (torchvision `Normalize`). */
 export function normalizeImage(img: Image, mean: readonly number[], std: readonly number[]): Image {
-  const { data, channels } = img;
+  const out = new Float32Array(img.data.length);
+  normalizeInto(img.data, img.channels, mean, std, out);
+  return { data: out, height: img.height, width: img.width, channels: img.channels };
+}
+
+/** {@link normalizeImage} from `data` into `out`, which may be `data` itself. */
+function normalizeInto(data: Float32Array, channels: number, mean: readonly number[], std: readonly number[], out: Float32Array): void {
   if (mean.length !== channels || std.length !== channels) {
     throw new RangeError(`normalizeImage: mean and std need ${channels} values, got ${mean.length} and ${std.length}`);
   }
-  const out = new Float32Array(data.length);
+  if (channels === 3) {
+    const [m0, m1, m2] = mean as [number, number, number];
+    const [s0, s1, s2] = std as [number, number, number];
+    for (let i = 0; i < data.length; i += 3) {
+      out[i] = ((data[i] as number) - m0) / s0;
+      out[i + 1] = ((data[i + 1] as number) - m1) / s1;
+      out[i + 2] = ((data[i + 2] as number) - m2) / s2;
+    }
+    return;
+  }
   for (let i = 0; i < data.length; i += channels) {
     for (let c = 0; c < channels; c++) out[i + c] = ((data[i + c] as number) - (mean[c] as number)) / (std[c] as number);
   }
-  return { data: out, height: img.height, width: img.width, channels };
 }
 
 /**
@@ -498,16 +677,19 @@ function augmentCrop(
   solarizeProbability: number,
   rng: Rng,
 ): Image {
-  let crop = randomResizedCrop(img, size, scale, rng);
-  if (rng.bernoulli(cfg.flipProbability)) crop = flipHorizontal(crop);
+  // randomResizedCrop and flipHorizontal, fused (the flip draw follows the box's draws, as
+  // before); from here on the crop's buffer is private, so every step works in place.
+  const box = randomCropBox(img.height, img.width, scale, rng);
+  const crop = resizeBox(img, box, size, size, rng.bernoulli(cfg.flipProbability));
   if (rng.bernoulli(cfg.colorJitter.probability)) colorJitter(crop, cfg.colorJitter, rng);
   if (rng.bernoulli(cfg.grayscaleProbability)) grayscale(crop);
   if (rng.bernoulli(blurProbability)) {
     const sigmaPx = (rng.range(cfg.blur.sigma[0], cfg.blur.sigma[1]) * cfg.globalSize) / REFERENCE_GLOBAL_SIZE;
-    crop = gaussianBlur(crop, sigmaPx);
+    blurInto(crop, sigmaPx, crop.data);
   }
   if (rng.bernoulli(solarizeProbability)) solarize(crop);
-  return normalizeImage(crop, cfg.mean, cfg.std);
+  normalizeInto(crop.data, crop.channels, cfg.mean, cfg.std, crop.data);
+  return crop;
 }
 
 /**

@@ -14,8 +14,8 @@ describe('generated wire types', () => {
           step: 2 ** 53 - 1, // the largest step a JS number holds exactly
           stateHash: Buffer.from('0123456789abcdef0123456789abcdef', 'hex'),
           dataCursors: [
-            { leaseId: 'e2-s3', epoch: 2, position: 8192, exhausted: true },
-            { leaseId: 'e2-s4', epoch: 2, position: 4096, exhausted: false },
+            { leaseId: 'e2-s3', epoch: 2, position: 8192, exhausted: true, positionWithin: 0, windowConsumed: 0 },
+            { leaseId: 'e2-s4', epoch: 2, position: 4096, exhausted: false, positionWithin: 1536, windowConsumed: 17 },
           ],
           sampleCount: 64,
           lossParts: { dino: 10.5, koleo: -0.25 },
@@ -51,7 +51,7 @@ describe('generated wire types', () => {
           perRankBatch: 64,
           gradientAccumulation: 2,
           startStep: 120,
-          shardLease: { leaseId: 'e0-s1', epoch: 0, begin: 0, end: 1000, cursor: 128, shard: 1 },
+          shardLease: { leaseId: 'e0-s1', epoch: 0, begin: 0, end: 1000, cursor: 128, shard: 1, cursorWithin: 512, cursorConsumed: 3 },
           jobSpecJson: '{}',
           teacherSyncAddress: '127.0.0.1:5000',
           totalSteps: 1000,

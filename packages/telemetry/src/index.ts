@@ -5,7 +5,7 @@
  */
 export { MetricsServer } from './metrics-server.ts';
 export type { MetricsListenOptions, MetricsServerOptions } from './metrics-server.ts';
-export { LOSS_PARTS, STEP_DURATION_BUCKETS_SECONDS, SkipReason, StepPhase, createTrainingMetrics } from './training-metrics.ts';
+export { IMAGE_SECONDS_BUCKETS, LOSS_PARTS, STEP_DURATION_BUCKETS_SECONDS, SkipReason, StepPhase, createTrainingMetrics } from './training-metrics.ts';
 export type { LossPart, StepExtra, StepMetricsLike, TrainingMetrics, TrainingMetricsLabels } from './training-metrics.ts';
 export { LogLevel, createLogger } from './logger.ts';
 export type { LogFields, LogSink, Logger, LoggerOptions } from './logger.ts';

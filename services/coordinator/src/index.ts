@@ -25,6 +25,6 @@ export { NoScaler } from './scaler.ts';
 export type { Scaler } from './scaler.ts';
 export { LEASE_LOCK_MS, ShardLeases, leaseId, leaseQueueName, obliterateLeaseQueue } from './shard-leases.ts';
 export type { LeaseData } from './shard-leases.ts';
-export { epochShardOrder, meanRecordBytes, perRankBatch, planShards, shardCount } from './shard-plan.ts';
+export { epochShardOrder, meanRecordBytes, perRankBatch, planShards, shardCount, totalStepsOf } from './shard-plan.ts';
 export { ClaimTimeoutError, NO_STATE, WorkerRegistry } from './worker-registry.ts';
 export type { HeldState, WorkerSession } from './worker-registry.ts';

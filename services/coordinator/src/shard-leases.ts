@@ -22,6 +22,10 @@ export interface LeaseData {
   readonly begin: number;
   readonly end: number;
   readonly cursor: number;
+  /** Where the next sample starts inside the record at `cursor` (a tar offset for WebDataset). @default 0 */
+  readonly within?: number;
+  /** Samples of the shuffle window at (cursor, within) already consumed. @default 0 */
+  readonly consumed?: number;
 }
 
 /** How long a taken lease stays locked between renewals, in ms. */
@@ -38,7 +42,16 @@ export function leaseQueueName(jobId: string): string {
 }
 
 function toWire(id: string, data: LeaseData): ShardLease {
-  return { leaseId: id, epoch: data.epoch, shard: data.shard, begin: data.begin, end: data.end, cursor: data.cursor };
+  return {
+    leaseId: id,
+    epoch: data.epoch,
+    shard: data.shard,
+    begin: data.begin,
+    end: data.end,
+    cursor: data.cursor,
+    cursorWithin: data.within ?? 0,
+    cursorConsumed: data.consumed ?? 0,
+  };
 }
 
 interface HeldLease {
@@ -184,7 +197,15 @@ export class ShardLeases {
     if (leases.length > 0) {
       await this.#queue.addBulk(
         leases.map((lease) => {
-          const data: LeaseData = { epoch: lease.epoch, shard: lease.shard, begin: lease.begin, end: lease.end, cursor: lease.cursor };
+          const data: LeaseData = {
+            epoch: lease.epoch,
+            shard: lease.shard,
+            begin: lease.begin,
+            end: lease.end,
+            cursor: lease.cursor,
+            within: lease.within ?? 0,
+            consumed: lease.consumed ?? 0,
+          };
           return { name: 'lease', data, opts: { jobId: leaseId(lease.epoch, lease.shard), removeOnComplete: false, removeOnFail: false } };
         }),
       );
@@ -208,7 +229,13 @@ export class ShardLeases {
       const held = this.#held.get(cursor.leaseId);
       if (held === undefined) continue;
       const position = Math.min(Math.max(cursor.position, held.data.begin), held.data.end);
-      const data: LeaseData = { ...held.data, cursor: cursor.exhausted ? held.data.end : position };
+      const done = cursor.exhausted || position >= held.data.end;
+      const data: LeaseData = {
+        ...held.data,
+        cursor: done ? held.data.end : position,
+        within: done ? 0 : cursor.positionWithin,
+        consumed: done ? 0 : cursor.windowConsumed,
+      };
       held.data = data;
       multi.hset(this.#queue.toKey(cursor.leaseId), 'data', JSON.stringify(data));
       if (cursor.exhausted) exhausted.push(cursor.leaseId);

@@ -1,7 +1,8 @@
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodePng, manifestSplit } from '@dinofleet/data';
+import { CropPool, decodeImage, encodePng, manifestSplit } from '@dinofleet/data';
+import { FMNIST_MULTI_CROP, Rng, buildCropBatch } from '@dinofleet/dino';
 import { startTestS3 } from '@dinofleet/data/testing';
 import type { TestS3 } from '@dinofleet/data/testing';
 import type { ShardLease, SkippedSample } from '@dinofleet/proto';
@@ -46,7 +47,7 @@ describe('S3BatchLoader on shard leases', () => {
   /** Lease i of the manifest cut into 3 byte ranges (boundaries fall inside records). */
   function lease(epoch: number, shard: number): ShardLease {
     const split = manifestSplit(manifestBytes, 3, shard);
-    return { leaseId: `e${epoch}-s${shard}`, epoch, shard, begin: split.start, end: split.end, cursor: split.start };
+    return { leaseId: `e${epoch}-s${shard}`, epoch, shard, begin: split.start, end: split.end, cursor: split.start, cursorWithin: 0, cursorConsumed: 0 };
   }
 
   /** The records a lease owns: those whose first byte lies in [begin, end). */
@@ -112,11 +113,12 @@ describe('S3BatchLoader on shard leases', () => {
     const skippedEverywhere = batches.flatMap((batch) => batch.skipped);
     expect(skippedEverywhere).toEqual([
       { sampleId: lines[MISSING]?.offset, key: lines[MISSING]?.key, reason: 'missing' },
-      { sampleId: lines[CORRUPT]?.offset, key: lines[CORRUPT]?.key, reason: 'decode_error' },
+      // Not a PNG or JPEG at all.
+      { sampleId: lines[CORRUPT]?.offset, key: lines[CORRUPT]?.key, reason: 'not_image' },
       // Epoch 1 reads the manifest again: the missing object is skipped again.
       { sampleId: lines[MISSING]?.offset, key: lines[MISSING]?.key, reason: 'missing' },
     ]);
-    expect(skips.map((s) => s.skipped.reason)).toEqual(['missing', 'decode_error', 'missing']);
+    expect(skips.map((s) => s.skipped.reason)).toEqual(['missing', 'not_image', 'missing']);
     expect(skips[1]?.detail).not.toBe('');
 
     // Cursors: every lease a batch read, in order; its position is its next unread
@@ -132,7 +134,7 @@ describe('S3BatchLoader on shard leases', () => {
       // A lease used up by the previous batch's last record was reported then.
       const expected = touched.map((l) => {
         const next = sequence.slice(consumed).find((entry) => entry.lease === l);
-        return { leaseId: l.leaseId, epoch: l.epoch, position: next?.offset ?? l.end, exhausted: next === undefined };
+        return { leaseId: l.leaseId, epoch: l.epoch, position: next?.offset ?? l.end, positionWithin: 0, windowConsumed: 0, exhausted: next === undefined };
       });
       expect(batch.cursors, `batch ${b}`).toEqual(expected);
     }
@@ -165,8 +167,8 @@ describe('S3BatchLoader on shard leases', () => {
     const batch = await loader.next();
     expect(batch.sampleIds).toEqual([ownedLines[2]?.offset]);
     expect(batch.cursors).toEqual([
-      { leaseId: 'e0-s0', epoch: 0, position: empty.end, exhausted: true },
-      { leaseId: 'e0-s1', epoch: 0, position: ownedLines[3]?.offset ?? l.end, exhausted: ownedLines.length <= 3 },
+      { leaseId: 'e0-s0', epoch: 0, position: empty.end, positionWithin: 0, windowConsumed: 0, exhausted: true },
+      { leaseId: 'e0-s1', epoch: 0, position: ownedLines[3]?.offset ?? l.end, positionWithin: 0, windowConsumed: 0, exhausted: ownedLines.length <= 3 },
     ]);
     await loader.close();
   });
@@ -174,7 +176,7 @@ describe('S3BatchLoader on shard leases', () => {
   it('shares one abort signal across more GETs in flight than Node warns about, without a listener-leak warning', async () => {
     // 12 records in one round (the whole manifest, then the next lease's first record) with
     // 16 GETs allowed at once: 12 'abort' listeners on the loader's signal at the same time.
-    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0 };
+    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0, cursorWithin: 0, cursorConsumed: 0 };
     let epoch = 0;
     const reader = new LeaseReader({
       s3: s3.client,
@@ -215,7 +217,7 @@ describe('S3BatchLoader on shard leases', () => {
   }
 
   function loaderOn(client: S3Client, retries: { key: string; attempt: number }[]): S3BatchLoader {
-    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0 };
+    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0, cursorWithin: 0, cursorConsumed: 0 };
     const reader = new LeaseReader({ s3: s3.client, bucket: s3.bucket, key: 'manifest.txt', firstLease: whole, acquireLease: () => Promise.reject(new Error('none')) });
     return new S3BatchLoader({
       reader,
@@ -255,6 +257,46 @@ describe('S3BatchLoader on shard leases', () => {
     expect(flaky.gets()).toBe(4);
   });
 
+  it('crops in its thread pool exactly what the step loop would crop, also when a bad image moves the later ones down a slot', async () => {
+    await using pool = new CropPool({ threads: 2 });
+    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0, cursorWithin: 0, cursorConsumed: 0 };
+    const reader = new LeaseReader({ s3: s3.client, bucket: s3.bucket, key: 'manifest.txt', firstLease: whole, acquireLease: () => Promise.reject(new Error('none')) });
+    const seed = 5;
+    const firstStep = 3;
+    const batchOffset = 2;
+    const loader = new S3BatchLoader({
+      reader,
+      s3: s3.client,
+      bucket: s3.bucket,
+      batchSize: 4,
+      channels: 1,
+      crops: { config: FMNIST_MULTI_CROP, seed, firstStep, batchOffset, pool },
+    });
+    try {
+      for (let b = 0; b < 2; b++) {
+        const batch = await loader.next();
+        expect(batch.images).toEqual([]);
+        expect(batch.cropStep).toBe(firstStep + b);
+        // Batch 0 loses record 2 (missing: no slot handed out); batch 1 loses record 5 after
+        // its slot was handed out (it fails to decode in a thread), so 6..9 are cropped again.
+        expect(batch.skipped.map((skipped) => skipped.sampleId)).toEqual([lines[b === 0 ? MISSING : CORRUPT]?.offset]);
+        // The reference: decode the same objects here and crop them as the step loop does.
+        const decoded = await Promise.all(
+          batch.sampleIds.map(async (id) => {
+            const key = lines.find((line) => line.offset === id)?.key as string;
+            const body = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+            return decodeImage(await (body.Body as { transformToByteArray: () => Promise<Uint8Array> }).transformToByteArray(), { channels: 1 });
+          }),
+        );
+        const expected = buildCropBatch(decoded, FMNIST_MULTI_CROP, new Rng(seed).fork(firstStep + b + 1), batchOffset);
+        expect(Buffer.from(batch.crops?.global.buffer as ArrayBufferLike).equals(Buffer.from(expected.global.buffer)), `batch ${b} global`).toBe(true);
+        expect(Buffer.from(batch.crops?.local.buffer as ArrayBufferLike).equals(Buffer.from(expected.local.buffer)), `batch ${b} local`).toBe(true);
+      }
+    } finally {
+      await loader.close();
+    }
+  });
+
   it('prefetches the next batch while the current one is used', async () => {
     const samples = randomImages(6, 1).map((image, i) => ({ sampleId: i * 10, image }));
     let calls = 0;
@@ -266,7 +308,7 @@ describe('S3BatchLoader on shard leases', () => {
       },
       close: () => memory.close(),
     };
-    const source = new PrefetchingBatchSource(counting);
+    const source = new PrefetchingBatchSource(counting, Number.POSITIVE_INFINITY, { maxBatches: 1 });
     const a = await source.next();
     await new Promise((resolve) => setImmediate(resolve));
     // The second batch was requested before anyone asked for it.

@@ -1,30 +1,49 @@
 /**
- * Turns shard leases into training batches: manifest records → S3 objects → decoded
- * images, with bounded concurrency, replacing every bad entry by the next record, and
- * prefetching the next batch while the step runs (docs/cluster.md, step loop item 3). The
- * step loop only sees {@link BatchSource}, so tests can feed it from memory.
+ * Turns shard leases into training batches: lease samples → S3 objects (or the bytes a
+ * WebDataset tar carried) → decoded, multi-cropped images, with bounded concurrency,
+ * replacing every bad entry by the next sample, and loading batches ahead of the step
+ * within a byte budget (docs/cluster.md, step loop item 3; docs/data.md). Decoding and
+ * cropping run in a {@link CropPool}'s threads, straight into the batch's shared buffers.
+ * The step loop only sees {@link BatchSource}, so tests can feed it from memory.
  */
 import { setMaxListeners } from 'node:events';
 import type { S3Client } from '@aws-sdk/client-s3';
-import type { Image } from '@dinofleet/dino';
-import { DEFAULT_FETCH_CONCURRENCY, FetchSkipReason, ManifestRecordError, fetchImages, parseManifestRecord } from '@dinofleet/data';
-import type { BackoffOptions, FetchedImage } from '@dinofleet/data';
+import type { CropBatch, Image, MultiCropConfig } from '@dinofleet/dino';
+import { stepCropSeed } from '@dinofleet/dino';
+import { DEFAULT_FETCH_CONCURRENCY, DecodeError, FetchSkipReason, allocateCropBatch, cropBatchBytes, decodeImage, fetchObjects } from '@dinofleet/data';
+import type { BackoffOptions, CropPool, DecodeErrorCode, FetchedObject } from '@dinofleet/data';
 import { UnavailableError } from '@dinofleet/proto';
 import type { DataCursor, SkippedSample } from '@dinofleet/proto';
-import type { LeaseReader } from './lease-reader.ts';
+import { SkipReason } from '@dinofleet/telemetry';
+import type { LeaseReader, LeaseSample } from './lease-reader.ts';
 
 /** One rank's images of one step and where they came from. */
 export interface TrainingBatch {
-  /** The images, in batch order. */
+  /** The decoded images, in batch order; empty when the loader built {@link crops}. */
   readonly images: readonly Image[];
-  /** Sample id (manifest byte offset) of each image, in batch order. */
+  /** The batch's multi-crop views, built by the loader for step {@link cropStep}. */
+  readonly crops?: CropBatch;
+  /** The step the crops were drawn for (their random streams depend on it). */
+  readonly cropStep?: number;
+  /** Sample id of each image, in batch order. */
   readonly sampleIds: readonly number[];
   /** Epoch of the lease each image came from, in batch order (CommitStep.sample_epochs). */
   readonly sampleEpochs: readonly number[];
-  /** Entries skipped while filling the batch (replaced by later records). */
+  /** Entries skipped while filling the batch (replaced by later samples). */
   readonly skipped: readonly SkippedSample[];
   /** Every lease read for the batch, in read order, with its position after it. */
   readonly cursors: readonly DataCursor[];
+}
+
+/** Images in a batch. */
+export function batchImageCount(batch: TrainingBatch): number {
+  return batch.crops?.batchSize ?? batch.images.length;
+}
+
+/** Bytes a batch holds in memory (its crops, or its decoded images). */
+export function batchBytes(batch: TrainingBatch): number {
+  if (batch.crops !== undefined) return cropBatchBytes(batch.crops);
+  return batch.images.reduce((sum, image) => sum + image.data.byteLength, 0);
 }
 
 /** Where the step loop takes its batches from: one batch of the rank's size per call. */
@@ -33,6 +52,26 @@ export interface BatchSource {
   next(): Promise<TrainingBatch>;
   /** Stops loading; a pending `next()` may reject. Idempotent. */
   close(): Promise<void>;
+}
+
+/** What the loader reports for the data metrics (TrainingMetrics has these). */
+export interface LoaderMetrics {
+  recordLoaded(images: number, bytes: number): void;
+  observeImageSeconds(stage: 'decode' | 'augment', seconds: number): void;
+}
+
+/** Crops built by the loader instead of the step loop. */
+export interface LoaderCrops {
+  /** The recipe's multi-crop. */
+  readonly config: MultiCropConfig;
+  /** The run's seed (the DinoState's). */
+  readonly seed: number;
+  /** The step the first batch is for; batch k is for step `firstStep + k`. */
+  readonly firstStep: number;
+  /** Position of this rank's first image in the global batch. */
+  readonly batchOffset: number;
+  /** The threads that decode and crop. */
+  readonly pool: CropPool;
 }
 
 /** Settings of {@link S3BatchLoader}. */
@@ -49,11 +88,15 @@ export interface S3BatchLoaderOptions {
   concurrency?: number;
   /** Channels of the decoded images (the model's input channels). @default 3 */
   channels?: 1 | 3;
+  /** Build the batches' crops in a thread pool; without it batches carry decoded images. */
+  crops?: LoaderCrops;
   /** Called for every skipped entry (logging, the skipped-samples metric). */
   onSkip?: (skipped: SkippedSample, detail: string) => void;
+  /** Data metrics. */
+  metrics?: LoaderMetrics;
   /**
    * Retries of an object whose read failed (not a missing object nor an undecodable one),
-   * done by `fetchImages` with `readBackoff`; once they are used up the batch fails with
+   * done by `fetchObjects` with `readBackoff`; once they are used up the batch fails with
    * `S3 s3://bucket/key: <error> after N attempts`. Each try is one request with the S3
    * client's own retries. @default {@link READ_RETRIES}
    */
@@ -72,14 +115,34 @@ export const READ_BACKOFF: BackoffOptions = { baseMs: 500, capMs: 5_000 };
 /** A batch could not be read: an object kept failing (not missing, not undecodable). */
 export class ImageReadError extends UnavailableError {}
 
+/** Reason of a manifest line that is not a valid entry. */
+export const INVALID_RECORD_REASON = SkipReason.InvalidRecord;
 
-/** Reason of a manifest line that is not `key[<TAB>label]`. */
-export const INVALID_RECORD_REASON = 'invalid_record';
+/** The skip reason of an image that does not decode. */
+export function decodeSkipReason(code: DecodeErrorCode): SkipReason {
+  switch (code) {
+    case 'unsupported_format':
+      return SkipReason.NotImage;
+    case 'too_large':
+      return SkipReason.TooLarge;
+    case 'empty':
+    case 'corrupt':
+      return SkipReason.DecodeError;
+  }
+}
+
+/** A sample whose encoded bytes are in hand. */
+interface ReadSample {
+  readonly sample: LeaseSample;
+  readonly bytes: Uint8Array;
+}
 
 /** Loads batches from shard leases in S3. */
 export class S3BatchLoader implements BatchSource {
   readonly #options: S3BatchLoaderOptions;
   readonly #abort = new AbortController();
+  /** Batches handed out so far (batch k is for step crops.firstStep + k). */
+  #batches = 0;
 
   constructor(options: S3BatchLoaderOptions) {
     if (!Number.isSafeInteger(options.batchSize) || options.batchSize < 1) {
@@ -94,68 +157,146 @@ export class S3BatchLoader implements BatchSource {
   }
 
   async next(): Promise<TrainingBatch> {
-    const { reader, batchSize, onSkip } = this.#options;
+    const { reader, batchSize, onSkip, crops } = this.#options;
+    const channels = this.#options.channels ?? 3;
+    const step = crops === undefined ? undefined : crops.firstStep + this.#batches;
+    this.#batches++;
+    const target = crops === undefined ? undefined : allocateCropBatch(crops.config, batchSize, channels);
     const images: Image[] = [];
     const sampleIds: number[] = [];
     const sampleEpochs: number[] = [];
     const skipped: SkippedSample[] = [];
-    const skip = (entry: SkippedSample, detail: string): void => {
+    let filled = 0;
+    let bytesRead = 0;
+    const skip = (sample: LeaseSample, reason: string, detail: string): void => {
+      const entry = { sampleId: sample.id, key: sample.key.slice(0, 256), reason };
       skipped.push(entry);
       onSkip?.(entry, detail);
     };
-    while (images.length < batchSize) {
-      // Read exactly as many records as images are missing: a replacement is the next
-      // record, so the batch (and the cursor) never runs past what it trains on.
-      const wanted: { offset: number; key: string; epoch: number }[] = [];
-      while (wanted.length < batchSize - images.length) {
-        const { lease, record } = await reader.next();
-        try {
-          const entry = parseManifestRecord(record);
-          wanted.push({ offset: entry.offset, key: entry.key, epoch: lease.epoch });
-        } catch (err) {
-          if (!(err instanceof ManifestRecordError)) throw err;
-          skip({ sampleId: record.offset, key: record.text.slice(0, 256), reason: INVALID_RECORD_REASON }, err.message);
+    const accept = (sample: LeaseSample): void => {
+      sampleIds.push(sample.id);
+      sampleEpochs.push(sample.lease.epoch);
+      filled++;
+    };
+    while (filled < batchSize) {
+      // Read exactly as many samples as images are missing: a replacement is the next
+      // sample, so the batch (and the cursor) never runs past what it trains on.
+      const wanted: LeaseSample[] = [];
+      while (wanted.length < batchSize - filled) {
+        const sample = await reader.next();
+        if (sample.skip !== undefined) skip(sample, sample.skip.reason, sample.skip.detail);
+        else wanted.push(sample);
+      }
+      const read = await this.#read(wanted, skip);
+      for (const r of read) bytesRead += r.bytes.byteLength;
+      if (crops !== undefined && target !== undefined && step !== undefined) {
+        await this.#cropInto(read, crops, target, stepCropSeed(crops.seed, step), filled, accept, skip);
+      } else {
+        for (const { sample, bytes } of read) {
+          const started = performance.now();
+          try {
+            images.push(await decodeImage(bytes, { channels }));
+          } catch (error) {
+            if (!(error instanceof DecodeError)) throw error;
+            skip(sample, decodeSkipReason(error.code), `${error.code}: ${error.message}`);
+            continue;
+          }
+          this.#options.metrics?.observeImageSeconds('decode', (performance.now() - started) / 1000);
+          accept(sample);
         }
       }
-      const fetched = await this.#fetch(wanted.map((w) => w.key));
-      fetched.forEach((result, i) => {
-        const { offset, epoch } = wanted[i] as { offset: number; epoch: number };
-        if ('image' in result) {
-          images.push(result.image);
-          sampleIds.push(offset);
-          sampleEpochs.push(epoch);
-        } else {
-          skip({ sampleId: offset, key: result.key, reason: result.skipped }, result.detail);
-        }
-      });
     }
-    return { images, sampleIds, sampleEpochs, skipped, cursors: await reader.takeCursors() };
+    this.#options.metrics?.recordLoaded(filled, bytesRead);
+    return {
+      images,
+      ...(target !== undefined && step !== undefined && { crops: target, cropStep: step }),
+      sampleIds,
+      sampleEpochs,
+      skipped,
+      cursors: await reader.takeCursors(),
+    };
   }
 
   /**
-   * Fetches `keys`: a missing or undecodable object comes back skipped; one whose read
-   * fails otherwise (5xx, throttling, network, denied) is retried by `fetchImages` and then
-   * fails the batch, since skipping it would make the sample ledger depend on S3's mood
-   * rather than on the data.
+   * Decodes and crops `read` in the pool into the slots from `filled` on, in order. Slots
+   * are handed out before decoding, so when an image fails to decode the ones after it
+   * move down a slot and are cropped again there (their random stream depends on the slot).
    */
-  async #fetch(keys: readonly string[]): Promise<FetchedImage[]> {
-    const { s3, bucket } = this.#options;
-    const retries = this.#options.readRetries ?? READ_RETRIES;
-    const results = await fetchImages(s3, bucket, keys, {
-      concurrency: this.#options.concurrency ?? DEFAULT_FETCH_CONCURRENCY,
-      channels: this.#options.channels ?? 3,
-      retries,
-      backoff: this.#options.readBackoff ?? READ_BACKOFF,
-      ...(this.#options.onReadRetry !== undefined && { onRetry: this.#options.onReadRetry }),
-      signal: this.#abort.signal,
+  async #cropInto(
+    read: readonly ReadSample[],
+    crops: LoaderCrops,
+    target: CropBatch,
+    batchSeed: number,
+    filled: number,
+    accept: (sample: LeaseSample) => void,
+    skip: (sample: LeaseSample, reason: string, detail: string) => void,
+  ): Promise<void> {
+    const { pool, batchOffset, config } = crops;
+    const channels = target.channels as 1 | 3;
+    const crop = (bytes: Uint8Array, slot: number): ReturnType<CropPool['decodeAndCrop']> =>
+      pool.decodeAndCrop(bytes, channels, { config, batchSeed, globalIndex: batchOffset + slot, slot, batchSize: target.batchSize, global: target.global, local: target.local });
+    const results = await Promise.allSettled(read.map((r, i) => crop(r.bytes, filled + i)));
+    const again: { r: ReadSample; slot: number }[] = [];
+    let slot = filled;
+    results.forEach((result, i) => {
+      const r = read[i] as ReadSample;
+      if (result.status === 'rejected') {
+        const error: unknown = result.reason;
+        if (!(error instanceof DecodeError)) throw error;
+        skip(r.sample, decodeSkipReason(error.code), `${error.code}: ${error.message}`);
+        return;
+      }
+      this.#options.metrics?.observeImageSeconds('decode', result.value.decodeSeconds);
+      this.#options.metrics?.observeImageSeconds('augment', result.value.cropSeconds);
+      if (filled + i !== slot) again.push({ r, slot });
+      accept(r.sample);
+      slot++;
     });
-    const failed = results.find((r): r is Extract<FetchedImage, { skipped: string }> => 'skipped' in r && r.skipped === FetchSkipReason.ReadError);
-    if (failed !== undefined) {
-      throw new ImageReadError(`S3 s3://${bucket}/${failed.key}: ${failed.detail.replace(/^after \d+ attempt\(s\): /, '')} after ${retries + 1} attempts`);
-    }
-    return results;
+    await Promise.all(again.map(({ r, slot: s }) => crop(r.bytes, s)));
   }
 
+  /**
+   * The encoded bytes of `samples`: those a tar carried, the others fetched. A missing or
+   * oversized object is skipped; one whose read fails otherwise (5xx, throttling, network,
+   * denied) is retried by `fetchObjects` and then fails the batch, since skipping it would
+   * make the sample ledger depend on S3's mood rather than on the data.
+   */
+  async #read(samples: readonly LeaseSample[], skip: (sample: LeaseSample, reason: string, detail: string) => void): Promise<ReadSample[]> {
+    const { s3, bucket } = this.#options;
+    const retries = this.#options.readRetries ?? READ_RETRIES;
+    const toFetch = samples.filter((sample) => sample.bytes === undefined);
+    const fetched = new Map<LeaseSample, FetchedObject>();
+    if (toFetch.length > 0) {
+      const results = await fetchObjects(
+        s3,
+        bucket,
+        toFetch.map((sample) => sample.key),
+        {
+          concurrency: this.#options.concurrency ?? DEFAULT_FETCH_CONCURRENCY,
+          retries,
+          backoff: this.#options.readBackoff ?? READ_BACKOFF,
+          ...(this.#options.onReadRetry !== undefined && { onRetry: this.#options.onReadRetry }),
+          signal: this.#abort.signal,
+        },
+      );
+      const failed = results.find((r): r is Extract<FetchedObject, { skipped: string }> => 'skipped' in r && r.skipped === FetchSkipReason.ReadError);
+      if (failed !== undefined) {
+        throw new ImageReadError(`S3 s3://${bucket}/${failed.key}: ${failed.detail.replace(/^after \d+ attempt\(s\): /, '')} after ${retries + 1} attempts`);
+      }
+      toFetch.forEach((sample, i) => fetched.set(sample, results[i] as FetchedObject));
+    }
+    const read: ReadSample[] = [];
+    for (const sample of samples) {
+      if (sample.bytes !== undefined) {
+        read.push({ sample, bytes: sample.bytes });
+        continue;
+      }
+      const result = fetched.get(sample) as FetchedObject;
+      if ('skipped' in result) skip(sample, result.skipped, result.detail);
+      else read.push({ sample, bytes: result.bytes });
+    }
+    return read;
+  }
 
   async close(): Promise<void> {
     this.#abort.abort(new Error('batch loader closed'));
@@ -163,13 +304,40 @@ export class S3BatchLoader implements BatchSource {
   }
 }
 
+/** Settings of {@link PrefetchingBatchSource}. */
+export interface PrefetchOptions {
+  /** Most batches loaded ahead of the step, >= 1. @default 4 */
+  readonly maxBatches?: number;
+  /** Loading stops while the batches loaded ahead hold this many bytes (one batch always loads). @default 512 MiB */
+  readonly maxBytes?: number;
+  /** Called with the bytes loaded ahead whenever they change (the prefetch gauge). */
+  readonly onQueuedBytes?: (bytes: number) => void;
+}
+
+/** Default {@link PrefetchOptions.maxBatches}. */
+export const DEFAULT_PREFETCH_BATCHES = 4;
+/** Default {@link PrefetchOptions.maxBytes}. */
+export const DEFAULT_PREFETCH_BYTES = 512 * 1024 * 1024;
+
+interface Prefetched {
+  readonly batch: Promise<TrainingBatch>;
+  /** Bytes once loaded (0 while loading). */
+  bytes: number;
+}
+
 /**
- * Loads the next batch while the current one is trained on: `next()` hands out the
- * prefetched batch and starts loading the one after it.
+ * Loads batches ahead of the step, one at a time from its source, while fewer than
+ * `maxBatches` wait and they hold less than `maxBytes`: backpressure in bytes, so a
+ * 224-pixel multi-crop batch (≈ 130 MB at 64 images) and a 28-pixel one are both bounded.
  */
 export class PrefetchingBatchSource implements BatchSource {
   readonly #source: BatchSource;
-  #pending: Promise<TrainingBatch> | undefined;
+  readonly #maxBatches: number;
+  readonly #maxBytes: number;
+  readonly #onQueuedBytes: ((bytes: number) => void) | undefined;
+  readonly #queue: Prefetched[] = [];
+  #loading = false;
+  #failed = false;
   #closed = false;
   /** Batches that may still be loaded. */
   #remaining: number;
@@ -179,35 +347,60 @@ export class PrefetchingBatchSource implements BatchSource {
    * @param batches how many batches will be asked for at most (the steps left in the job),
    *   so nothing is read, and no lease acquired, past the last step. @default unlimited
    */
-  constructor(source: BatchSource, batches = Number.POSITIVE_INFINITY) {
+  constructor(source: BatchSource, batches = Number.POSITIVE_INFINITY, options: PrefetchOptions = {}) {
+    const maxBatches = options.maxBatches ?? DEFAULT_PREFETCH_BATCHES;
+    const maxBytes = options.maxBytes ?? DEFAULT_PREFETCH_BYTES;
+    if (!Number.isSafeInteger(maxBatches) || maxBatches < 1) throw new RangeError(`maxBatches must be a positive integer, got ${maxBatches}`);
+    if (!(maxBytes > 0)) throw new RangeError(`maxBytes must be positive, got ${maxBytes}`);
     this.#source = source;
     this.#remaining = batches;
+    this.#maxBatches = maxBatches;
+    this.#maxBytes = maxBytes;
+    this.#onQueuedBytes = options.onQueuedBytes;
   }
 
-  #load(): Promise<TrainingBatch> {
-    if (this.#remaining <= 0) return Promise.reject(new RangeError('no batch left: the job has no step left'));
+  #queuedBytes(): number {
+    return this.#queue.reduce((sum, entry) => sum + entry.bytes, 0);
+  }
+
+  /** Starts the next load when there is room (the source takes no overlapping calls). */
+  #fill(): void {
+    if (this.#closed || this.#failed || this.#loading || this.#remaining <= 0) return;
+    if (this.#queue.length >= this.#maxBatches || (this.#queue.length > 0 && this.#queuedBytes() >= this.#maxBytes)) return;
     this.#remaining--;
-    const loading = this.#source.next();
-    // The rejection is seen by whoever takes this batch; until then it must not count as
-    // unhandled (a prefetch failing while the loader is closed is expected).
-    loading.catch(() => undefined);
-    return loading;
+    this.#loading = true;
+    const entry: Prefetched = { batch: this.#source.next(), bytes: 0 };
+    this.#queue.push(entry);
+    entry.batch.then(
+      (batch) => {
+        entry.bytes = batchBytes(batch);
+        this.#loading = false;
+        this.#onQueuedBytes?.(this.#queuedBytes());
+        this.#fill();
+      },
+      () => {
+        // Seen by whoever takes this batch; nothing is loaded after a failure.
+        this.#loading = false;
+        this.#failed = true;
+      },
+    );
   }
 
   next(): Promise<TrainingBatch> {
     if (this.#closed) return Promise.reject(new Error('batch source closed'));
-    const current = this.#pending ?? this.#load();
-    // Start the next batch once this one is loaded (the inner source takes no overlapping calls).
-    this.#pending = current.then(
-      () => this.#load(),
-      (err: unknown) => Promise.reject(err instanceof Error ? err : new Error(String(err))),
-    );
-    this.#pending.catch(() => undefined);
-    return current;
+    this.#fill();
+    const entry = this.#queue.shift();
+    if (entry === undefined) return Promise.reject(new RangeError('no batch left: the job has no step left'));
+    return entry.batch.then((batch) => {
+      this.#onQueuedBytes?.(this.#queuedBytes());
+      this.#fill();
+      return batch;
+    });
   }
 
   async close(): Promise<void> {
     this.#closed = true;
+    for (const entry of this.#queue.splice(0)) entry.batch.catch(() => undefined);
     await this.#source.close();
   }
 }

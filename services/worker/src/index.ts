@@ -26,10 +26,22 @@ export {
   WORKER_VERSION,
 } from './worker.ts';
 export type { BatchSourceRequest, HeldState, WorkerOptions } from './worker.ts';
-export { ImageReadError, MemoryBatchSource, PrefetchingBatchSource, READ_BACKOFF, READ_RETRIES, S3BatchLoader, INVALID_RECORD_REASON } from './batch-loader.ts';
-export type { BatchSource, MemorySample, S3BatchLoaderOptions, TrainingBatch } from './batch-loader.ts';
-export { LeaseReader } from './lease-reader.ts';
-export type { LeaseReaderOptions, LeaseRecord } from './lease-reader.ts';
+export {
+  DEFAULT_PREFETCH_BATCHES,
+  DEFAULT_PREFETCH_BYTES,
+  ImageReadError,
+  MemoryBatchSource,
+  PrefetchingBatchSource,
+  READ_BACKOFF,
+  READ_RETRIES,
+  S3BatchLoader,
+  INVALID_RECORD_REASON,
+  batchBytes,
+  batchImageCount,
+} from './batch-loader.ts';
+export type { BatchSource, LoaderCrops, LoaderMetrics, MemorySample, PrefetchOptions, S3BatchLoaderOptions, TrainingBatch } from './batch-loader.ts';
+export { DEFAULT_MAX_WINDOW_BYTES, LeaseReader } from './lease-reader.ts';
+export type { LeaseReaderOptions, LeaseSample, SampleSkip } from './lease-reader.ts';
 export { GradientLayout } from './gradient-buffer.ts';
 export type { GradientSlot } from './gradient-buffer.ts';
 export { STATE_HASH_BYTES, stateHash } from './state-hash.ts';
@@ -71,6 +83,10 @@ export interface StartWorkerOptions {
   s3?: S3Client;
   /** Image objects in flight at once. @default 16 */
   fetchConcurrency?: number;
+  /** Threads that decode and crop images. @default the machine's available parallelism */
+  loaderThreads?: number;
+  /** Bytes of batches loaded ahead of the step. @default 512 MiB */
+  prefetchBytes?: number;
   /** Heartbeat period, in ms. @default 2000 */
   heartbeatIntervalMs?: number;
   /** Registry for the training metrics. @default none */
@@ -158,6 +174,8 @@ export async function startWorker(options: StartWorkerOptions): Promise<WorkerPr
     logger,
     ...(options.s3 !== undefined && { s3: options.s3 }),
     ...(options.fetchConcurrency !== undefined && { fetchConcurrency: options.fetchConcurrency }),
+    ...(options.loaderThreads !== undefined && { loaderThreads: options.loaderThreads }),
+    ...(options.prefetchBytes !== undefined && { prefetchBytes: options.prefetchBytes }),
     ...(options.heartbeatIntervalMs !== undefined && { heartbeatIntervalMs: options.heartbeatIntervalMs }),
     ...(options.registry !== undefined && { registry: options.registry }),
     ...(options.batchSource !== undefined && { batchSource: options.batchSource }),

@@ -44,6 +44,8 @@ async function main(): Promise<void> {
       advertiseHost: config.advertiseHost,
       backend: config.backend,
       fetchConcurrency: config.fetchConcurrency,
+      loaderThreads: config.loaderThreads,
+      prefetchBytes: config.prefetchBytes,
       s3,
       registry,
       logger,

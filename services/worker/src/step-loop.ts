@@ -13,6 +13,7 @@ import { AbortedError, DataLossError } from '@dinofleet/proto';
 import type { CheckpointFile, CommitStep } from '@dinofleet/proto';
 import { StepPhase } from '@dinofleet/telemetry';
 import type { Logger, TrainingMetrics } from '@dinofleet/telemetry';
+import { batchImageCount } from './batch-loader.ts';
 import type { BatchSource } from './batch-loader.ts';
 import { encodeTeacherSnapshot, saveCheckpoint } from './checkpoint-writer.ts';
 import type { CheckpointTarget } from './checkpoint-writer.ts';
@@ -234,13 +235,19 @@ export async function computeStep(
   ctx.onStepStarted?.(s);
   // A loader stuck in a retry or an AcquireLease must not keep an aborted run alive.
   const batch = await untilAborted(ctx.batches.next(), ctx.signal);
-  if (batch.images.length !== ctx.perRankBatch) {
-    throw new DataLossError(`step ${s}: the loader gave ${batch.images.length} images, the rank's batch is ${ctx.perRankBatch}`);
+  const count = batchImageCount(batch);
+  if (count !== ctx.perRankBatch) {
+    throw new DataLossError(`step ${s}: the loader gave ${count} images, the rank's batch is ${ctx.perRankBatch}`);
+  }
+  if (batch.crops !== undefined && batch.cropStep !== s) {
+    throw new DataLossError(`step ${s}: the loader cropped its batch for step ${batch.cropStep ?? '?'}`);
   }
   checkAborted(ctx.signal);
 
-  const crops = buildCropBatch(batch.images, recipe.crops, new Rng(state.seed).fork(s + 1), ctx.batchOffset);
-  endData();
+  // The loader's threads usually cropped the batch already (the same crops, drawn from the
+  // same streams); otherwise they are built here.
+  const crops = batch.crops ?? buildCropBatch(batch.images, recipe.crops, new Rng(state.seed).fork(s + 1), ctx.batchOffset);
+  const dataSeconds = endData();
 
   const endCompute = phase(StepPhase.Compute);
   let op = 0;
@@ -353,6 +360,7 @@ export async function computeStep(
   const share = ctx.perRankBatch / ctx.globalBatch;
   const parts = lossParts(local.loss, share);
   ctx.metrics?.observePhase(StepPhase.Total, seconds);
+  ctx.metrics?.setDataWaitFraction(dataSeconds / seconds);
   ctx.metrics?.recordStep(
     {
       ...update,
@@ -371,11 +379,11 @@ export async function computeStep(
       step: s + 1,
       stateHash: hash,
       dataCursors: [...batch.cursors],
-      sampleCount: batch.images.length,
+      sampleCount: count,
       lossParts: parts,
       sampleIds: [...batch.sampleIds],
       skipped: [...batch.skipped],
-      imagesPerSecond: batch.images.length / seconds,
+      imagesPerSecond: count / seconds,
       lr: update.lr,
       checkpointUri,
       nonfinite,

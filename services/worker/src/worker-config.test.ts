@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { WorkerConfigError, resolveWorkerConfig } from './worker-config.ts';
 
@@ -11,6 +12,8 @@ describe('resolveWorkerConfig', () => {
       advertiseHost: '127.0.0.1',
       backend: 'wasm',
       fetchConcurrency: 16,
+      loaderThreads: availableParallelism(),
+      prefetchBytes: 512 * 1024 * 1024,
       metricsListen: '127.0.0.1:0',
       readyFile: null,
       logLevel: 'info',
@@ -26,6 +29,8 @@ describe('resolveWorkerConfig', () => {
       DINOFLEET_ADVERTISE_HOST: '10.0.0.7',
       DINOFLEET_BACKEND: 'cpu',
       DINOFLEET_FETCH_CONCURRENCY: '4',
+      DINOFLEET_LOADER_THREADS: '3',
+      DINOFLEET_PREFETCH_MB: '64',
       DINOFLEET_METRICS_LISTEN: '0.0.0.0:9464',
       DINOFLEET_READY_FILE: '/tmp/ready.json',
       DINOFLEET_LOG_LEVEL: 'debug',
@@ -38,6 +43,8 @@ describe('resolveWorkerConfig', () => {
       advertiseHost: '10.0.0.7',
       backend: 'cpu',
       fetchConcurrency: 4,
+      loaderThreads: 3,
+      prefetchBytes: 64 * 1024 * 1024,
       metricsListen: '0.0.0.0:9464',
       readyFile: '/tmp/ready.json',
       logLevel: 'debug',
@@ -62,6 +69,8 @@ describe('resolveWorkerConfig', () => {
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--backend', 'gpu'], {})).toThrow(/--backend: unknown compute backend 'gpu'/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--fetch-concurrency', '0'], {})).toThrow(/--fetch-concurrency must be an integer in 1..1024/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--log-level', 'loud'], {})).toThrow(/--log-level must be one of/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--loader-threads', '0'], {})).toThrow(/--loader-threads \(or DINOFLEET_LOADER_THREADS\) must be an integer in 1..256, got "0"/);
+    expect(() => resolveWorkerConfig(['--coordinator', 'a:1'], { DINOFLEET_PREFETCH_MB: '1.5' })).toThrow(/--prefetch-mb .* must be an integer in 1..1048576/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--data-listen', '7101'], {})).toThrow(/--data-listen must be host:port with a port in 0..65535, got "7101"/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1'], { DINOFLEET_DATA_LISTEN: 'host:70000' })).toThrow(/--data-listen must be host:port/);
     expect(() => resolveWorkerConfig(['--coordinator', 'a:1', '--bogus'], {})).toThrow(WorkerConfigError);

@@ -44,7 +44,7 @@ describe('a worker reading S3', () => {
     const size = Buffer.byteLength(manifest);
     for (const [epoch, shard] of [[0, 0], [0, 1], [1, 0]] as const) {
       const split = manifestSplit(size, 2, shard);
-      leases.push({ leaseId: `e${epoch}-s${shard}`, epoch, shard, begin: split.start, end: split.end, cursor: split.start });
+      leases.push({ leaseId: `e${epoch}-s${shard}`, epoch, shard, begin: split.start, end: split.end, cursor: split.start, cursorWithin: 0, cursorConsumed: 0 });
     }
     // The shards hold three records each (records are equally long).
     expect(offsets.filter((o) => o < (leases[0]?.end ?? 0))).toHaveLength(3);
@@ -55,7 +55,8 @@ describe('a worker reading S3', () => {
       metadata: { name: 's3-run' },
       spec: {
         recipe: { preset: 'dino', overrides: { crops: { nLocal: 0 } } },
-        data: { manifest: `s3://${s3.bucket}/manifest.txt` },
+        // Manifest order (no shuffle window), so the expected sample ids can be written down.
+        data: { manifest: `s3://${s3.bucket}/manifest.txt`, shuffleWindow: 1 },
         training: { steps: STEPS, globalBatchSize: 2, seed: 3, backend: 'cpu' },
         checkpoint: { uri: `s3://${s3.bucket}/ckpt/`, everySteps: 2 },
       },
@@ -98,7 +99,7 @@ describe('a worker reading S3', () => {
       sampleIds: [offsets[0], offsets[2]],
       sampleEpochs: [0, 0],
       skipped: [{ sampleId: offsets[MISSING], key: `fmnist/train/${MISSING}.png`, reason: 'missing' }],
-      dataCursors: [{ leaseId: 'e0-s0', epoch: 0, position: l0.end, exhausted: true }],
+      dataCursors: [{ leaseId: 'e0-s0', epoch: 0, position: l0.end, positionWithin: 0, windowConsumed: 0, exhausted: true }],
       sampleCount: 2,
       checkpointUri: '',
     });
@@ -106,7 +107,7 @@ describe('a worker reading S3', () => {
     expect(commits[1]).toMatchObject({
       sampleIds: [offsets[3], offsets[4]],
       skipped: [],
-      dataCursors: [{ leaseId: 'e0-s1', epoch: 0, position: offsets[5], exhausted: false }],
+      dataCursors: [{ leaseId: 'e0-s1', epoch: 0, position: offsets[5], positionWithin: 0, windowConsumed: 0, exhausted: false }],
       checkpointUri: `s3://${s3.bucket}/ckpt/s3-run-abcdefgh/step-00000002/`,
     });
     // Step 3: the end of e0-s1 and the start of epoch 1's first lease.
@@ -114,8 +115,8 @@ describe('a worker reading S3', () => {
       sampleIds: [offsets[5], offsets[0]],
       sampleEpochs: [0, 1],
       dataCursors: [
-        { leaseId: 'e0-s1', epoch: 0, position: l1.end, exhausted: true },
-        { leaseId: 'e1-s0', epoch: 1, position: offsets[1], exhausted: false },
+        { leaseId: 'e0-s1', epoch: 0, position: l1.end, positionWithin: 0, windowConsumed: 0, exhausted: true },
+        { leaseId: 'e1-s0', epoch: 1, position: offsets[1], positionWithin: 0, windowConsumed: 0, exhausted: false },
       ],
       checkpointUri: `s3://${s3.bucket}/ckpt/s3-run-abcdefgh/step-00000003/`,
     });

@@ -19,7 +19,7 @@ import { RingAllReduce } from '@dinofleet/collective';
 import type { ComputeBackend as ComputeBackendName } from '@dinofleet/compute';
 import { parseS3Uri, resolveRecipe } from '@dinofleet/config';
 import type { JobSpec } from '@dinofleet/config';
-import { createS3Client } from '@dinofleet/data';
+import { CropPool, createS3Client } from '@dinofleet/data';
 import type { BackoffOptions } from '@dinofleet/data';
 import { createDinoState, disposeDinoState, disposeDinoStateCopy, restoreDinoState } from '@dinofleet/dino';
 import type { DinoRecipe, DinoState, DinoStateCopy } from '@dinofleet/dino';
@@ -40,7 +40,7 @@ import type { Assignment, CommitStep, ControlRequest, ControlResponse, ShardLeas
 import { SkipReason, createTrainingMetrics } from '@dinofleet/telemetry';
 import type { Logger, Registry, TrainingMetrics } from '@dinofleet/telemetry';
 import { parseAssignedJobSpec } from './assigned-spec.ts';
-import { PrefetchingBatchSource, S3BatchLoader } from './batch-loader.ts';
+import { DEFAULT_PREFETCH_BYTES, PrefetchingBatchSource, S3BatchLoader } from './batch-loader.ts';
 import type { BatchSource } from './batch-loader.ts';
 import { loadCheckpointInto } from './checkpoint-writer.ts';
 import { NonfiniteFaults } from './fault-injection.ts';
@@ -98,6 +98,10 @@ export interface WorkerOptions {
   s3?: S3Client;
   /** Image objects in flight at once. @default 16 */
   fetchConcurrency?: number;
+  /** Threads that decode and crop images (one pool for the worker's life). @default the machine's available parallelism */
+  loaderThreads?: number;
+  /** Bytes of batches loaded ahead of the step. @default {@link DEFAULT_PREFETCH_BYTES} */
+  prefetchBytes?: number;
   /** Heartbeat period, in ms. @default 2000 */
   heartbeatIntervalMs?: number;
   /** Registry for the training and worker metrics. @default none (no metrics) */
@@ -229,6 +233,8 @@ export class Worker implements AsyncDisposable, StateTransferSource {
   /** Serialises the handling of Assignment / Abort / Stop and failed steps. */
   #queue: Promise<void> = Promise.resolve();
   #s3: S3Client | undefined;
+  /** Decode-and-crop threads, started with the first S3 batch source and kept for the worker's life. */
+  #cropPool: CropPool | undefined;
   #closed: Promise<void> | undefined;
   #registrations = 0;
   /** Set by {@link leave}: resolves once Stop came (or there was nothing to wait for). */
@@ -708,7 +714,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
     let batches: BatchSource;
     let teacherSync: TeacherSyncConnection | null = null;
     try {
-      batches = this.#options.batchSource?.(request) ?? this.#s3BatchSource(request, recipe.vit.inChannels, log, metrics, abort.signal);
+      batches = this.#options.batchSource?.(request) ?? this.#s3BatchSource(request, held.state, recipe, log, metrics, abort.signal);
       if (a.teacherSyncAddress !== '') {
         teacherSync = new TeacherSyncConnection({
           address: a.teacherSyncAddress,
@@ -837,8 +843,15 @@ export class Worker implements AsyncDisposable, StateTransferSource {
     return this.#s3;
   }
 
-  #s3BatchSource(request: BatchSourceRequest, channels: number, log: Logger, metrics: TrainingMetrics | undefined, signal: AbortSignal): BatchSource {
-    const { assignment } = request;
+  #s3BatchSource(
+    request: BatchSourceRequest,
+    held: { readonly seed: number; readonly step: number },
+    recipe: DinoRecipe,
+    log: Logger,
+    metrics: TrainingMetrics | undefined,
+    signal: AbortSignal,
+  ): BatchSource {
+    const { assignment, spec } = request;
     const lease = assignment.shardLease;
     if (lease === undefined) throw new InvalidArgumentError('the assignment has no shard lease');
     const manifest = parseS3Uri(assignment.manifestUri);
@@ -848,25 +861,36 @@ export class Worker implements AsyncDisposable, StateTransferSource {
       bucket: manifest.bucket,
       key: manifest.key,
       etag: assignment.manifestEtag,
+      format: spec.spec.data.format,
+      seed: spec.spec.training.seed,
+      shuffleWindow: spec.spec.data.shuffleWindow,
       firstLease: lease,
       acquireLease: request.acquireLease,
       signal,
     });
+    this.#cropPool ??= new CropPool(this.#options.loaderThreads === undefined ? {} : { threads: this.#options.loaderThreads });
+    const channels = recipe.vit.inChannels === 1 ? 1 : 3;
     const loader = new S3BatchLoader({
       reader,
       s3,
       bucket: manifest.bucket,
       batchSize: request.perRankBatch,
       concurrency: this.#options.fetchConcurrency ?? 16,
-      channels: channels === 1 ? 1 : 3,
+      channels,
+      // Batch k is trained at step held.step + k with the state's seed: the step loop checks.
+      crops: { config: recipe.crops, seed: held.seed, firstStep: held.step, batchOffset: request.batchOffset, pool: this.#cropPool },
       onSkip: (skipped, detail) => {
         log.warn('sample skipped', { sampleId: skipped.sampleId, key: skipped.key, reason: skipped.reason, detail });
         metrics?.skipSamples(skipReasonOf(skipped.reason));
       },
+      ...(metrics !== undefined && { metrics }),
       onReadRetry: (key, attempt, detail) => log.warn('image read failed; retrying', { key, attempt, detail }),
       ...(this.#options.readBackoff !== undefined && { readBackoff: this.#options.readBackoff }),
     });
-    return new PrefetchingBatchSource(loader, Math.max(0, assignment.totalSteps - assignment.startStep));
+    return new PrefetchingBatchSource(loader, Math.max(0, assignment.totalSteps - assignment.startStep), {
+      maxBytes: this.#options.prefetchBytes ?? DEFAULT_PREFETCH_BYTES,
+      ...(metrics !== undefined && { onQueuedBytes: (bytes: number) => metrics.setPrefetchBytes(bytes) }),
+    });
   }
 
   // ---------------------------------------------------------------------------------
@@ -923,6 +947,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
     await this.#loop?.catch(() => undefined);
     await this.#queue;
     this.#client.close();
+    await this.#cropPool?.close();
   }
 
   /**

@@ -244,7 +244,7 @@ export class FakeWorker implements AsyncDisposable {
           if (record === undefined) {
             // Used up: report it exhausted (once) and move to the next lease.
             const last = cursors.findLast((c) => c.leaseId === reader.lease.leaseId);
-            if (last === undefined) cursors.push({ leaseId: reader.lease.leaseId, epoch: reader.lease.epoch, position: reader.lease.end, exhausted: true });
+            if (last === undefined) cursors.push({ leaseId: reader.lease.leaseId, epoch: reader.lease.epoch, position: reader.lease.end, exhausted: true, positionWithin: 0, windowConsumed: 0 });
             else last.exhausted = true;
             reader = await this.#openLease(await this.#acquire(assignment));
             continue;
@@ -252,7 +252,7 @@ export class FakeWorker implements AsyncDisposable {
           sampleIds.push(record.offset);
           this.trained.push({ step: step + 1, epoch: reader.lease.epoch, sampleId: record.offset });
           const existing = cursors.find((c) => c.leaseId === reader.lease.leaseId);
-          const cursor = { leaseId: reader.lease.leaseId, epoch: reader.lease.epoch, position: record.next, exhausted: reader.records.length === 0 };
+          const cursor = { leaseId: reader.lease.leaseId, epoch: reader.lease.epoch, position: record.next, exhausted: reader.records.length === 0, positionWithin: 0, windowConsumed: 0 };
           if (existing === undefined) cursors.push(cursor);
           else Object.assign(existing, cursor);
         }

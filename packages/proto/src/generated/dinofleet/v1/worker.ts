@@ -78,6 +78,18 @@ export interface ShardLease {
   cursor: number;
   /** Index of the shard in the job's shard plan. */
   shard: number;
+  /**
+   * Where inside the record at `cursor` the next sample starts: 0 for line manifests; for
+   * WebDataset manifests (a record names a tar), the byte offset in that tar of the next
+   * sample's first header.
+   */
+  cursorWithin: number;
+  /**
+   * Samples of the shuffle window that starts at (cursor, cursor_within) already consumed
+   * by committed steps: a resume rebuilds that window, permutes it the same way and skips
+   * them. 0 when the window starts fresh.
+   */
+  cursorConsumed: number;
 }
 
 /** How far a rank has read one lease, reported with each step. */
@@ -93,6 +105,13 @@ export interface DataCursor {
    * completes it once the step commits.
    */
   exhausted: boolean;
+  /** Where inside the record at `position` the next sample starts (ShardLease.cursor_within). */
+  positionWithin: number;
+  /**
+   * Samples of the shuffle window starting at (position, position_within) consumed so far
+   * (ShardLease.cursor_consumed).
+   */
+  windowConsumed: number;
 }
 
 /**
@@ -532,7 +551,7 @@ export const WorkerCapabilities: MessageFns<WorkerCapabilities> = {
 };
 
 function createBaseShardLease(): ShardLease {
-  return { leaseId: "", epoch: 0, begin: 0, end: 0, cursor: 0, shard: 0 };
+  return { leaseId: "", epoch: 0, begin: 0, end: 0, cursor: 0, shard: 0, cursorWithin: 0, cursorConsumed: 0 };
 }
 
 export const ShardLease: MessageFns<ShardLease> = {
@@ -554,6 +573,12 @@ export const ShardLease: MessageFns<ShardLease> = {
     }
     if (message.shard !== 0) {
       writer.uint32(48).uint32(message.shard);
+    }
+    if (message.cursorWithin !== 0) {
+      writer.uint32(56).uint64(message.cursorWithin);
+    }
+    if (message.cursorConsumed !== 0) {
+      writer.uint32(64).uint32(message.cursorConsumed);
     }
     return writer;
   },
@@ -619,6 +644,22 @@ export const ShardLease: MessageFns<ShardLease> = {
             message.shard = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.cursorWithin = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.cursorConsumed = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -642,12 +683,14 @@ export const ShardLease: MessageFns<ShardLease> = {
     message.end = object.end ?? 0;
     message.cursor = object.cursor ?? 0;
     message.shard = object.shard ?? 0;
+    message.cursorWithin = object.cursorWithin ?? 0;
+    message.cursorConsumed = object.cursorConsumed ?? 0;
     return message;
   },
 };
 
 function createBaseDataCursor(): DataCursor {
-  return { leaseId: "", epoch: 0, position: 0, exhausted: false };
+  return { leaseId: "", epoch: 0, position: 0, exhausted: false, positionWithin: 0, windowConsumed: 0 };
 }
 
 export const DataCursor: MessageFns<DataCursor> = {
@@ -663,6 +706,12 @@ export const DataCursor: MessageFns<DataCursor> = {
     }
     if (message.exhausted !== false) {
       writer.uint32(32).bool(message.exhausted);
+    }
+    if (message.positionWithin !== 0) {
+      writer.uint32(40).uint64(message.positionWithin);
+    }
+    if (message.windowConsumed !== 0) {
+      writer.uint32(48).uint32(message.windowConsumed);
     }
     return writer;
   },
@@ -712,6 +761,22 @@ export const DataCursor: MessageFns<DataCursor> = {
             message.exhausted = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.positionWithin = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.windowConsumed = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -733,6 +798,8 @@ export const DataCursor: MessageFns<DataCursor> = {
     message.epoch = object.epoch ?? 0;
     message.position = object.position ?? 0;
     message.exhausted = object.exhausted ?? false;
+    message.positionWithin = object.positionWithin ?? 0;
+    message.windowConsumed = object.windowConsumed ?? 0;
     return message;
   },
 };
