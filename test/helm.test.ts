@@ -1,0 +1,657 @@
+// The Helm chart (helm/dinofleet): rendered with the pinned Helm for the default values and
+// combinations of them, every object checked against the Kubernetes OpenAPI schemas
+// (kubernetes-models), every service flag resolved by the service's own config code, and what
+// the objects mean (RBAC, NetworkPolicy ports, GPUs, probes, the headless Service) asserted.
+// Bad values must be refused by Helm itself (values.schema.json, or the chart's checks).
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseJobSpec, resolveJobSpec } from '@dinofleet/config';
+import { COORDINATOR_FLAG_OPTIONS, resolveCoordinatorConfig } from '@dinofleet/coordinator';
+import { resolveS3Config } from '@dinofleet/data';
+import {
+  CHART_DASHBOARDS_DIR,
+  CHART_DIR,
+  CHART_RULES_FILE,
+  CHART_VALUES_SCHEMA,
+  REPO_ROOT,
+  helmLint,
+  helmTemplate,
+  renderChart,
+  staleChartFiles,
+  validateKubernetesObject,
+  type ChartKind,
+  type ChartKinds,
+  type KubernetesObject,
+  type RenderedChart,
+} from '@dinofleet/helm-chart';
+import { resolveTeacherSyncConfig, type TeacherSyncFlags } from '@dinofleet/teacher-sync';
+import { resolveWorkerConfig } from '@dinofleet/worker';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+
+const RELEASE = 'df';
+const NAMESPACE = 'train';
+const POD_IP = '10.1.2.3';
+
+type Values = Record<string, unknown>;
+
+const DEFAULT_VALUES = parseYaml(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8')) as Values;
+
+/** Helm's merge of an override file over values.yaml: maps merge, everything else replaces. */
+function mergeValues(base: Values, override: Values): Values {
+  const merged: Values = { ...base };
+  for (const [key, value] of Object.entries(override)) {
+    const current = merged[key];
+    merged[key] = isMap(value) && isMap(current) ? mergeValues(current, value) : value;
+  }
+  return merged;
+}
+
+function isMap(value: unknown): value is Values {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+const PEM = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+
+/** The combinations every structural check runs on. */
+const CASES: Readonly<Record<string, Values>> = {
+  default: {},
+  'external Redis URL, created Secrets, DNS advertise': {
+    redis: { mode: 'external', external: { url: 'rediss://:pw@redis.example.com:6380/0' } },
+    s3: { endpoint: 'http://minio.storage.svc:9000', region: 'eu-west-1', forcePathStyle: true, credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'wJalrXUtnFEMI' } },
+    tls: { enabled: true, cert: PEM, key: 'KEY', ca: PEM },
+    apiTokens: { enabled: true, tokens: { ci: 'token-1', alice: 'token-2' } },
+    workers: { advertise: 'dns' },
+  },
+  'existing Secrets': {
+    redis: { mode: 'external', external: { existingSecret: 'shared-redis', existingSecretKey: 'url' } },
+    s3: { credentials: { existingSecret: 'shared-s3', accessKeyIdKey: 'id', secretAccessKeyKey: 'secret' } },
+    tls: { enabled: true, existingSecret: 'dinofleet-mtls' },
+    apiTokens: { enabled: true, existingSecret: 'dinofleet-tokens' },
+  },
+  'monitoring objects and job submit': {
+    metrics: {
+      serviceMonitor: { enabled: true, labels: { release: 'kube-prometheus-stack' } },
+      prometheusRule: { enabled: true, labels: { release: 'kube-prometheus-stack' } },
+      grafanaDashboards: { enabled: true, annotations: { grafana_folder: 'dinofleet' } },
+    },
+    job: { submit: true },
+  },
+  'CPU workers, no NetworkPolicy, no PDB, ephemeral Redis, every worker flag': {
+    workers: { backend: 'wasm', gpu: { enabled: false }, fetchConcurrency: 64, loaderThreads: 6, prefetchMb: 1_048_576, podDisruptionBudget: { enabled: false } },
+    teacherSync: { maxSnapshotBytes: 4_294_967_296 },
+    networkPolicy: { enabled: false },
+    redis: { bundled: { persistence: { enabled: false } } },
+    logLevel: 'debug',
+  },
+  'GPU scheduling, Redis password, kubernetes scaler, long names': {
+    fullnameOverride: 'a-very-long-release-name-for-a-dinofleet-training-cluster',
+    workers: {
+      replicas: 4,
+      gpu: { count: 2, resourceName: 'nvidia.com/gpu' },
+      nodeSelector: { 'nvidia.com/gpu.product': 'NVIDIA-H100-80GB-HBM3' },
+      tolerations: [{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }],
+    },
+    coordinator: { scaler: 'kubernetes' },
+    redis: { bundled: { auth: { enabled: true, password: 'correct-horse' }, persistence: { storageClass: 'fast-ssd' } } },
+    ports: { grpc: 7070, data: 7071, metrics: 9464 },
+  },
+};
+
+const rendered = new Map<string, RenderedChart>();
+
+function chartOf(caseName: string): RenderedChart {
+  const chart = rendered.get(caseName);
+  if (chart === undefined) throw new Error(`case ${caseName} was not rendered`);
+  return chart;
+}
+
+function valuesOf(caseName: string): Values {
+  return mergeValues(DEFAULT_VALUES, CASES[caseName] ?? {});
+}
+
+/** A value at a dotted path of the merged values. */
+function valueAt(values: Values, path: string): unknown {
+  return path.split('.').reduce<unknown>((node, key) => (isMap(node) ? node[key] : undefined), values);
+}
+
+const COMPONENT = 'app.kubernetes.io/component';
+
+/** The one object of `kind` labelled with `component` (names depend on the release and overrides). */
+function byComponent<K extends ChartKind>(chart: RenderedChart, kind: K, component: string): ChartKinds[K] {
+  const found = chart.all(kind).filter((object) => object.metadata?.labels?.[COMPONENT] === component);
+  if (found.length !== 1) throw new Error(`expected one ${kind} of component ${component}, found ${found.length}`);
+  return found[0] as ChartKinds[K];
+}
+
+function nameOf(object: { metadata?: { name?: string } }): string {
+  return object.metadata?.name ?? '';
+}
+
+type Container = NonNullable<NonNullable<NonNullable<ChartKinds['Deployment']['spec']>['template']['spec']>['containers']>[number];
+
+function containerOf(workload: ChartKinds['Deployment'] | ChartKinds['StatefulSet']): Container {
+  const container = workload.spec?.template.spec?.containers[0];
+  if (container === undefined) throw new Error(`${nameOf(workload)} has no container`);
+  return container;
+}
+
+// ---------------------------------------------------------------------------------------
+// What a container sees at run time: the kubelet's expansion of env and args.
+
+/** Stand-ins for Secret values, by variable name. */
+const SECRET_STAND_INS: Readonly<Record<string, string>> = {
+  DINOFLEET_REDIS_URL: 'redis://redis.example.com:6379',
+  REDIS_PASSWORD: 'correct-horse',
+  AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE',
+  AWS_SECRET_ACCESS_KEY: 'wJalrXUtnFEMI',
+};
+
+/** `$(VAR)` as the kubelet expands it (an unknown name stays as written). */
+function expand(text: string, env: Readonly<Record<string, string>>): string {
+  return text.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name: string) => env[name] ?? whole);
+}
+
+function containerEnv(container: Container, podName: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const variable of container.env ?? []) {
+    const from = variable.valueFrom;
+    if (variable.value !== undefined) env[variable.name] = expand(variable.value, env);
+    else if (from?.fieldRef !== undefined) {
+      const field = from.fieldRef.fieldPath;
+      const value = { 'metadata.name': podName, 'metadata.namespace': NAMESPACE, 'status.podIP': POD_IP }[field];
+      if (value === undefined) throw new Error(`${container.name}: ${variable.name} reads unexpected field ${field}`);
+      env[variable.name] = value;
+    } else if (from?.secretKeyRef !== undefined) {
+      env[variable.name] = SECRET_STAND_INS[variable.name] ?? `${from.secretKeyRef.name}/${from.secretKeyRef.key}`;
+    } else throw new Error(`${container.name}: ${variable.name} has neither a value nor a supported valueFrom`);
+  }
+  return env;
+}
+
+function containerArgs(container: Container, env: Readonly<Record<string, string>>): string[] {
+  const args = (container.args ?? []).map((arg) => expand(arg, env));
+  for (const arg of args) expect(arg, `${container.name}: unexpanded reference in ${arg}`).not.toMatch(/\$\(/);
+  return args;
+}
+
+/** teacher-sync's flags, keyed by its exported flag type: a flag added or renamed there breaks this table. */
+const TEACHER_SYNC_FLAG_OPTIONS = {
+  listen: { type: 'string' },
+  'metrics-listen': { type: 'string' },
+  'ready-file': { type: 'string' },
+  'log-level': { type: 'string' },
+  'max-snapshot-bytes': { type: 'string' },
+} as const satisfies Record<keyof TeacherSyncFlags, { type: 'string' }>;
+
+/**
+ * Environment variables the chart may set: those docs/cluster.md names (checked against its
+ * text below), and these, which no service reads as configuration.
+ */
+const NON_CONFIG_ENV = new Set([
+  'POD_NAME',
+  'POD_NAMESPACE',
+  'POD_IP',
+  'REDIS_PASSWORD',
+  'REDISCLI_AUTH',
+  'HOME',
+  'TMPDIR',
+  'CUDA_CACHE_PATH',
+  // Read by the coordinator's Kubernetes scaler, which a later change adds (values.yaml).
+  'DINOFLEET_K8S_STATEFULSET',
+  'DINOFLEET_K8S_NAMESPACE',
+]);
+const CLUSTER_DOC = readFileSync(join(REPO_ROOT, 'docs/cluster.md'), 'utf8');
+
+// ---------------------------------------------------------------------------------------
+
+describe('the Helm chart helm/dinofleet', () => {
+  beforeAll(async () => {
+    await Promise.all(
+      Object.entries(CASES).map(async ([name, values]) => {
+        rendered.set(name, await renderChart({ values: [values], releaseName: RELEASE, namespace: NAMESPACE }));
+      }),
+    );
+  });
+
+  it('has values.schema.json generated from helm/src/chart-values-schema.ts and current copies of deploy/ (pnpm --filter @dinofleet/helm-chart generate)', () => {
+    expect(staleChartFiles()).toEqual([]);
+  });
+
+  it('has values.yaml that passes the values schema, with a default job spec the coordinator accepts', () => {
+    const parsed = CHART_VALUES_SCHEMA.safeParse(DEFAULT_VALUES);
+    expect(parsed.error?.issues ?? []).toEqual([]);
+    const spec = resolveJobSpec(valueAt(DEFAULT_VALUES, 'job.spec'));
+    expect(spec.spec.training.backend).toBe(valueAt(DEFAULT_VALUES, 'workers.backend'));
+    expect(spec.spec.fleet.workers).toBeLessThanOrEqual(Number(valueAt(DEFAULT_VALUES, 'workers.replicas')));
+  });
+
+  it('keeps valid placeholder dashboards and rules in files/ until deploy/ provides them', () => {
+    const dashboards = readdirSync(join(CHART_DIR, CHART_DASHBOARDS_DIR)).filter((name) => name.endsWith('.json'));
+    expect(dashboards.length).toBeGreaterThan(0);
+    for (const name of dashboards) {
+      const dashboard = JSON.parse(readFileSync(join(CHART_DIR, CHART_DASHBOARDS_DIR, name), 'utf8')) as { title?: unknown; panels?: unknown };
+      expect(typeof dashboard.title, name).toBe('string');
+      expect(Array.isArray(dashboard.panels), name).toBe(true);
+    }
+    const rules = parseYaml(readFileSync(join(CHART_DIR, CHART_RULES_FILE), 'utf8')) as { groups?: Array<{ name?: string; rules?: unknown[] }> };
+    expect(rules.groups?.length).toBeGreaterThan(0);
+    for (const group of rules.groups ?? []) expect(group.rules?.length, group.name).toBeGreaterThan(0);
+  });
+
+  describe.each(Object.keys(CASES))('with values: %s', (caseName) => {
+    it('renders only objects that pass the Kubernetes OpenAPI schemas and naming rules', () => {
+      const chart = chartOf(caseName);
+      expect(chart.objects.length).toBeGreaterThan(10);
+      for (const object of chart.objects) validateKubernetesObject(object);
+    });
+
+    it('passes helm lint --strict', async () => {
+      const result = await helmLint({ values: [CASES[caseName] ?? {}], namespace: NAMESPACE });
+      expect(result.stdout + result.stderr).toContain('0 chart(s) failed');
+      expect(result.exitCode).toBe(0);
+    });
+
+    it("passes each service only flags its own config code accepts, pointing at the chart's Services and ports", () => {
+      const chart = chartOf(caseName);
+      const values = valuesOf(caseName);
+      const grpcPort = Number(valueAt(values, 'ports.grpc'));
+      const dataPort = Number(valueAt(values, 'ports.data'));
+      const metricsPort = Number(valueAt(values, 'ports.metrics'));
+      const coordinatorService = nameOf(byComponent(chart, 'Service', 'coordinator'));
+      const teacherSyncService = nameOf(byComponent(chart, 'Service', 'teacher-sync'));
+      const workerService = nameOf(byComponent(chart, 'Service', 'worker'));
+
+      const coordinator = containerOf(byComponent(chart, 'Deployment', 'coordinator'));
+      const coordinatorEnv = containerEnv(coordinator, 'coordinator-7d9f-abcde');
+      const { values: coordinatorFlags } = parseArgs({ args: containerArgs(coordinator, coordinatorEnv), options: COORDINATOR_FLAG_OPTIONS, strict: true, allowPositionals: false });
+      // Today's coordinator knows scalers none and local; "kubernetes" is the chart's value for
+      // the scaler a later change adds (values.yaml), so the rest is checked with "none".
+      const scaler = coordinatorEnv.DINOFLEET_SCALER === 'kubernetes' ? 'none' : coordinatorEnv.DINOFLEET_SCALER;
+      const coordinatorConfig = resolveCoordinatorConfig(coordinatorFlags, { ...coordinatorEnv, DINOFLEET_SCALER: scaler });
+      expect(coordinatorConfig.listen).toBe(`0.0.0.0:${grpcPort}`);
+      expect(coordinatorConfig.metricsListen).toBe(`0.0.0.0:${metricsPort}`);
+      expect(coordinatorConfig.teacherSyncAddress).toBe(`${teacherSyncService}.${NAMESPACE}.svc:${grpcPort}`);
+      expect(coordinatorConfig.logLevel).toBe(valueAt(values, 'logLevel'));
+      if (valueAt(values, 'redis.mode') === 'bundled') {
+        const redisService = nameOf(byComponent(chart, 'Service', 'redis'));
+        const auth = valueAt(values, 'redis.bundled.auth.enabled') === true ? ':correct-horse@' : '';
+        expect(coordinatorConfig.redisUrl).toBe(`redis://${auth}${redisService}.${NAMESPACE}.svc:6379`);
+      } else {
+        expect(coordinator.env?.find((variable) => variable.name === 'DINOFLEET_REDIS_URL')?.valueFrom?.secretKeyRef).toBeDefined();
+      }
+      expect(resolveS3Config({}, coordinatorEnv).endpoint).toBe((valueAt(values, 's3.endpoint') as string) || undefined);
+
+      const teacherSync = containerOf(byComponent(chart, 'Deployment', 'teacher-sync'));
+      const teacherSyncEnv = containerEnv(teacherSync, 'teacher-sync-5c6b-fghij');
+      const { values: teacherSyncFlags } = parseArgs({ args: containerArgs(teacherSync, teacherSyncEnv), options: TEACHER_SYNC_FLAG_OPTIONS, strict: true, allowPositionals: false });
+      const teacherSyncConfig = resolveTeacherSyncConfig(teacherSyncFlags, teacherSyncEnv);
+      expect(teacherSyncConfig.listen).toBe(`0.0.0.0:${grpcPort}`);
+      expect(teacherSyncConfig.metricsListen).toBe(`0.0.0.0:${metricsPort}`);
+      expect(teacherSyncConfig.maxSnapshotBytes).toBe(valueAt(values, 'teacherSync.maxSnapshotBytes') ?? 1024 ** 3);
+      resolveS3Config({}, teacherSyncEnv);
+
+      const workers = byComponent(chart, 'StatefulSet', 'worker');
+      const worker = containerOf(workers);
+      const podName = `${nameOf(workers)}-0`;
+      const workerEnv = containerEnv(worker, podName);
+      const workerConfig = resolveWorkerConfig(containerArgs(worker, workerEnv), workerEnv, 'not-the-pod-name');
+      expect(workerConfig.coordinator).toBe(`${coordinatorService}.${NAMESPACE}.svc:${grpcPort}`);
+      expect(workerConfig.workerId).toBe(podName);
+      expect(workerConfig.listen).toBe(`0.0.0.0:${grpcPort}`);
+      expect(workerConfig.dataListen).toBe(`0.0.0.0:${dataPort}`);
+      expect(workerConfig.metricsListen).toBe(`0.0.0.0:${metricsPort}`);
+      expect(workerConfig.advertiseHost).toBe(
+        valueAt(values, 'workers.advertise') === 'dns' ? `${podName}.${workerService}.${NAMESPACE}.svc.cluster.local` : POD_IP,
+      );
+      expect(workerConfig.backend).toBe(valueAt(values, 'workers.backend'));
+      expect(workerConfig.fetchConcurrency).toBe(valueAt(values, 'workers.fetchConcurrency') ?? 16);
+      const prefetchMb = valueAt(values, 'workers.prefetchMb');
+      expect(workerConfig.prefetchBytes).toBe((typeof prefetchMb === 'number' ? prefetchMb : 512) * 1024 * 1024);
+      if (typeof valueAt(values, 'workers.loaderThreads') === 'number') expect(workerConfig.loaderThreads).toBe(valueAt(values, 'workers.loaderThreads'));
+      resolveS3Config({}, workerEnv);
+    });
+
+    it('sets only environment variables the services read (docs/cluster.md) or that only feed $(VAR) and the runtime', () => {
+      for (const { owner, template } of chartOf(caseName).podTemplates()) {
+        for (const container of template.spec?.containers ?? []) {
+          if (container.name === 'redis') continue;
+          for (const { name } of container.env ?? []) {
+            expect(NON_CONFIG_ENV.has(name) || CLUSTER_DOC.includes(`\`${name}\``), `${owner} sets ${name}`).toBe(true);
+          }
+        }
+      }
+    });
+
+    it('runs every pod as non-root with RuntimeDefault seccomp, a read-only root filesystem and no capabilities', () => {
+      for (const { owner, template } of chartOf(caseName).podTemplates()) {
+        const pod = template.spec;
+        expect(pod?.securityContext?.runAsNonRoot, owner).toBe(true);
+        expect(pod?.securityContext?.seccompProfile?.type, owner).toBe('RuntimeDefault');
+        for (const container of pod?.containers ?? []) {
+          expect(container.securityContext?.readOnlyRootFilesystem, `${owner} ${container.name}`).toBe(true);
+          expect(container.securityContext?.allowPrivilegeEscalation, `${owner} ${container.name}`).toBe(false);
+          expect(container.securityContext?.capabilities?.drop, `${owner} ${container.name}`).toEqual(['ALL']);
+          // The read-only root needs a writable /tmp (tsx's cache, redis-cli).
+          expect(container.volumeMounts?.some((mount) => mount.mountPath === '/tmp'), `${owner} ${container.name}`).toBe(true);
+        }
+      }
+    });
+
+    it("runs the repository's entry points and gives Services selectors and target ports that match pods", () => {
+      const chart = chartOf(caseName);
+      const templates = chart.podTemplates();
+      for (const { owner, template } of templates) {
+        for (const container of template.spec?.containers ?? []) {
+          for (const path of (container.command ?? []).filter((part) => part.startsWith('/app/'))) {
+            expect(existsSync(join(REPO_ROOT, path.slice('/app/'.length))), `${owner} runs ${path}`).toBe(true);
+          }
+        }
+      }
+      for (const service of chart.all('Service')) {
+        const selector = service.spec?.selector ?? {};
+        const pods = templates.filter(({ template }) => Object.entries(selector).every(([key, value]) => template.metadata?.labels?.[key] === value));
+        expect(pods.length, `Service ${nameOf(service)} selects no pod`).toBe(1);
+        const portNames = new Set(pods[0]?.template.spec?.containers.flatMap((container) => (container.ports ?? []).map((port) => port.name)));
+        for (const port of service.spec?.ports ?? []) expect(portNames.has(String(port.targetPort)), `Service ${nameOf(service)} port ${port.name}`).toBe(true);
+      }
+    });
+  });
+
+  it('gives the coordinator a Role on the worker StatefulSet and its scale subresource only, and the scaler its settings', () => {
+    const chart = chartOf('GPU scheduling, Redis password, kubernetes scaler, long names');
+    const workers = byComponent(chart, 'StatefulSet', 'worker');
+    const role = byComponent(chart, 'Role', 'coordinator');
+    expect(role.rules).toEqual([{ apiGroups: ['apps'], resources: ['statefulsets', 'statefulsets/scale'], resourceNames: [nameOf(workers)], verbs: ['get', 'patch', 'update'] }]);
+    expect(chart.all('Role')).toHaveLength(1);
+    expect(chart.objects.some((object) => object.kind.startsWith('Cluster'))).toBe(false);
+
+    const coordinator = byComponent(chart, 'Deployment', 'coordinator');
+    const binding = byComponent(chart, 'RoleBinding', 'coordinator');
+    expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: nameOf(role) });
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: coordinator.spec?.template.spec?.serviceAccountName, namespace: NAMESPACE }]);
+    expect(chart.has('ServiceAccount', coordinator.spec?.template.spec?.serviceAccountName ?? '')).toBe(true);
+    // Nobody else gets the coordinator's account or an API token.
+    for (const { owner, template } of chart.podTemplates()) {
+      if (owner === `Deployment/${nameOf(coordinator)}`) continue;
+      expect(template.spec?.serviceAccountName, owner).not.toBe(coordinator.spec?.template.spec?.serviceAccountName);
+      expect(template.spec?.automountServiceAccountToken, owner).toBe(false);
+    }
+
+    const env = containerEnv(containerOf(coordinator), 'coordinator-0');
+    expect(env).toMatchObject({ DINOFLEET_SCALER: 'kubernetes', DINOFLEET_K8S_STATEFULSET: nameOf(workers), DINOFLEET_K8S_NAMESPACE: NAMESPACE });
+    // Long names are cut so that every name (and the pods' hostnames) stays a DNS label.
+    expect(nameOf(workers).length).toBeLessThanOrEqual(52);
+  });
+
+  it('lets workers reach each other on the gRPC and data ports, the coordinator alone reach Redis, and Prometheus scrape metrics', () => {
+    const chart = chartOf('default');
+    const labelsOf = (component: string): Readonly<Record<string, string>> =>
+      byComponent(chart, component === 'redis' ? 'StatefulSet' : component === 'worker' ? 'StatefulSet' : 'Deployment', component).spec?.template.metadata?.labels ?? {};
+    const selects = (selector: Readonly<Record<string, string>> | undefined, component: string): boolean =>
+      Object.entries(selector ?? {}).every(([key, value]) => labelsOf(component)[key] === value);
+    const ingressOf = (component: string) => {
+      const policy = byComponent(chart, 'NetworkPolicy', component);
+      expect(selects(policy.spec?.podSelector.matchLabels, component)).toBe(true);
+      expect(policy.spec?.policyTypes).toEqual(['Ingress']);
+      return policy.spec?.ingress ?? [];
+    };
+
+    const workerIngress = ingressOf('worker');
+    const ring = workerIngress.find((rule) => rule.ports?.some((port) => port.port === 'data'));
+    expect(ring?.ports).toEqual([
+      { port: 'grpc', protocol: 'TCP' },
+      { port: 'data', protocol: 'TCP' },
+    ]);
+    expect(ring?.from).toHaveLength(1);
+    expect(selects(ring?.from?.[0]?.podSelector?.matchLabels, 'worker')).toBe(true);
+    // The named ports are the worker's fixed --listen and --data-listen ports.
+    const workerPorts = containerOf(byComponent(chart, 'StatefulSet', 'worker')).ports ?? [];
+    expect(workerPorts.map(({ name, containerPort }) => [name, containerPort])).toEqual([
+      ['grpc', 50051],
+      ['metrics', 9090],
+      ['data', 50052],
+    ]);
+
+    for (const component of ['worker', 'coordinator', 'teacher-sync']) {
+      const metrics = ingressOf(component).find((rule) => rule.ports?.some((port) => port.port === 'metrics'));
+      expect(metrics?.from, component).toEqual([{ namespaceSelector: {} }]);
+    }
+    const coordinatorGrpc = ingressOf('coordinator').find((rule) => rule.ports?.some((port) => port.port === 'grpc'));
+    expect(selects(coordinatorGrpc?.from?.[0]?.podSelector?.matchLabels, 'worker')).toBe(true);
+    expect(coordinatorGrpc?.from?.[1]?.podSelector?.matchLabels?.[COMPONENT]).toBe('job-submit');
+    expect(coordinatorGrpc?.from?.[2]).toEqual({ podSelector: {} });
+
+    const redisIngress = ingressOf('redis');
+    expect(redisIngress).toHaveLength(1);
+    expect(redisIngress[0]?.ports).toEqual([{ port: 'redis', protocol: 'TCP' }]);
+    expect(redisIngress[0]?.from).toHaveLength(1);
+    expect(selects(redisIngress[0]?.from?.[0]?.podSelector?.matchLabels, 'coordinator')).toBe(true);
+
+    expect(chartOf('CPU workers, no NetworkPolicy, no PDB, ephemeral Redis, every worker flag').all('NetworkPolicy')).toEqual([]);
+  });
+
+  it('requests GPUs with the node selector and tolerations from values, and none for CPU workers', () => {
+    const resourcesOf = (caseName: string) => containerOf(byComponent(chartOf(caseName), 'StatefulSet', 'worker')).resources;
+    expect(resourcesOf('default')).toEqual({ requests: { cpu: '4', memory: '16Gi', 'nvidia.com/gpu': 1 }, limits: { memory: '32Gi', 'nvidia.com/gpu': 1 } });
+    expect(resourcesOf('GPU scheduling, Redis password, kubernetes scaler, long names')?.limits?.['nvidia.com/gpu']).toBe(2);
+    expect(resourcesOf('GPU scheduling, Redis password, kubernetes scaler, long names')?.requests?.['nvidia.com/gpu']).toBe(2);
+    expect(resourcesOf('CPU workers, no NetworkPolicy, no PDB, ephemeral Redis, every worker flag')).toEqual({ requests: { cpu: '4', memory: '16Gi' }, limits: { memory: '32Gi' } });
+
+    const gpuPods = byComponent(chartOf('GPU scheduling, Redis password, kubernetes scaler, long names'), 'StatefulSet', 'worker');
+    expect(gpuPods.spec?.replicas).toBe(4);
+    expect(gpuPods.spec?.template.spec?.nodeSelector).toEqual({ 'nvidia.com/gpu.product': 'NVIDIA-H100-80GB-HBM3' });
+    expect(gpuPods.spec?.template.spec?.tolerations).toEqual([{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }]);
+    // Only the workers are scheduled onto GPU nodes.
+    const coordinator = byComponent(chartOf('GPU scheduling, Redis password, kubernetes scaler, long names'), 'Deployment', 'coordinator');
+    expect(coordinator.spec?.template.spec?.tolerations).toBeUndefined();
+  });
+
+  it('probes every service on the gRPC health service (start-up, readiness) and /healthz on the metrics port (liveness)', () => {
+    for (const caseName of ['default', 'GPU scheduling, Redis password, kubernetes scaler, long names']) {
+      const chart = chartOf(caseName);
+      const grpcPort = Number(valueAt(valuesOf(caseName), 'ports.grpc'));
+      const containers = [
+        containerOf(byComponent(chart, 'Deployment', 'coordinator')),
+        containerOf(byComponent(chart, 'Deployment', 'teacher-sync')),
+        containerOf(byComponent(chart, 'StatefulSet', 'worker')),
+      ];
+      for (const container of containers) {
+        expect(container.startupProbe?.grpc, container.name).toEqual({ port: grpcPort });
+        expect(container.readinessProbe?.grpc, container.name).toEqual({ port: grpcPort });
+        expect(container.livenessProbe?.httpGet, container.name).toEqual({ path: '/healthz', port: 'metrics' });
+        expect(container.ports?.find((port) => port.name === 'grpc')?.containerPort, container.name).toBe(grpcPort);
+      }
+    }
+  });
+
+  it('gives workers a headless Service that publishes not-ready pods, as the StatefulSet serviceName, and a PodDisruptionBudget', () => {
+    const chart = chartOf('default');
+    const service = byComponent(chart, 'Service', 'worker');
+    const workers = byComponent(chart, 'StatefulSet', 'worker');
+    expect(service.spec?.clusterIP).toBe('None');
+    expect(service.spec?.publishNotReadyAddresses).toBe(true);
+    expect(service.spec?.ports?.map((port) => [port.name, port.port])).toEqual([
+      ['grpc', 50051],
+      ['data', 50052],
+      ['metrics', 9090],
+    ]);
+    expect(workers.spec?.serviceName).toBe(nameOf(service));
+    expect(workers.spec?.podManagementPolicy).toBe('Parallel');
+    expect(workers.spec?.template.spec?.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(40);
+    const budget = byComponent(chart, 'PodDisruptionBudget', 'worker');
+    expect(budget.spec?.maxUnavailable).toBe(1);
+    expect(budget.spec?.selector?.matchLabels).toEqual(workers.spec?.selector.matchLabels);
+    // One coordinator and one teacher-sync, never two during a rollout.
+    for (const component of ['coordinator', 'teacher-sync']) {
+      const deployment = byComponent(chart, 'Deployment', component);
+      expect(deployment.spec?.replicas).toBe(1);
+      expect(deployment.spec?.strategy?.type).toBe('Recreate');
+    }
+  });
+
+  it('runs a bundled Redis with persistence by default, and none with an external URL', () => {
+    const redis = byComponent(chartOf('default'), 'StatefulSet', 'redis');
+    expect(redis.spec?.volumeClaimTemplates?.[0]?.spec?.resources?.requests?.storage).toBe('8Gi');
+    expect(redis.spec?.volumeClaimTemplates?.[0]?.spec?.storageClassName).toBeUndefined();
+    expect(containerOf(redis).args).toContain('--appendonly');
+    const withClass = byComponent(chartOf('GPU scheduling, Redis password, kubernetes scaler, long names'), 'StatefulSet', 'redis');
+    expect(withClass.spec?.volumeClaimTemplates?.[0]?.spec?.storageClassName).toBe('fast-ssd');
+    expect(containerOf(withClass).args).toEqual(expect.arrayContaining(['--requirepass', '$(REDIS_PASSWORD)']));
+    expect(byComponent(chartOf('CPU workers, no NetworkPolicy, no PDB, ephemeral Redis, every worker flag'), 'StatefulSet', 'redis').spec?.volumeClaimTemplates).toBeUndefined();
+    const external = chartOf('external Redis URL, created Secrets, DNS advertise');
+    expect(external.all('StatefulSet').map((set) => set.metadata?.labels?.[COMPONENT])).toEqual(['worker']);
+  });
+
+  it('creates Secrets from values, refers to existing ones by name and key, and mounts TLS and API tokens', () => {
+    expect(chartOf('default').all('Secret')).toEqual([]);
+
+    const created = chartOf('external Redis URL, created Secrets, DNS advertise');
+    const secrets = new Map(created.all('Secret').map((secret) => [nameOf(secret), secret]));
+    expect([...secrets.keys()].sort()).toEqual(['df-dinofleet-api-tokens', 'df-dinofleet-redis-url', 'df-dinofleet-s3', 'df-dinofleet-tls']);
+    expect(secrets.get('df-dinofleet-redis-url')?.stringData).toEqual({ 'redis-url': 'rediss://:pw@redis.example.com:6380/0' });
+    expect(secrets.get('df-dinofleet-tls')?.type).toBe('kubernetes.io/tls');
+    expect(Object.keys(secrets.get('df-dinofleet-api-tokens')?.stringData ?? {}).sort()).toEqual(['alice', 'ci']);
+
+    const existing = chartOf('existing Secrets');
+    expect(existing.all('Secret')).toEqual([]);
+    const refs = (chart: RenderedChart, component: string) =>
+      Object.fromEntries(
+        (containerOf(byComponent(chart, component === 'worker' ? 'StatefulSet' : 'Deployment', component)).env ?? []).flatMap((variable) =>
+          variable.valueFrom?.secretKeyRef === undefined ? [] : [[variable.name, `${variable.valueFrom.secretKeyRef.name}/${variable.valueFrom.secretKeyRef.key}`]],
+        ),
+      );
+    expect(refs(existing, 'coordinator')).toEqual({ DINOFLEET_REDIS_URL: 'shared-redis/url', AWS_ACCESS_KEY_ID: 'shared-s3/id', AWS_SECRET_ACCESS_KEY: 'shared-s3/secret' });
+    expect(refs(existing, 'worker')).toEqual({ AWS_ACCESS_KEY_ID: 'shared-s3/id', AWS_SECRET_ACCESS_KEY: 'shared-s3/secret' });
+    expect(refs(created, 'teacher-sync')).toEqual({ AWS_ACCESS_KEY_ID: 'df-dinofleet-s3/AWS_ACCESS_KEY_ID', AWS_SECRET_ACCESS_KEY: 'df-dinofleet-s3/AWS_SECRET_ACCESS_KEY' });
+
+    for (const [chart, tls, tokens] of [
+      [created, 'df-dinofleet-tls', 'df-dinofleet-api-tokens'],
+      [existing, 'dinofleet-mtls', 'dinofleet-tokens'],
+    ] as const) {
+      for (const { owner, template } of chart.podTemplates()) {
+        const volumes = new Map((template.spec?.volumes ?? []).map((volume) => [volume.name, volume.secret?.secretName]));
+        const mounts = new Map((template.spec?.containers[0]?.volumeMounts ?? []).map((mount) => [mount.name, mount.mountPath]));
+        expect([volumes.get('tls'), mounts.get('tls')], owner).toEqual([tls, '/etc/dinofleet/tls']);
+        // Tokens are for the servers that check them, not for the workers.
+        const wantsTokens = !owner.startsWith('StatefulSet/');
+        expect([volumes.get('api-tokens'), mounts.get('api-tokens')], owner).toEqual(wantsTokens ? [tokens, '/etc/dinofleet/api-tokens'] : [undefined, undefined]);
+      }
+    }
+  });
+
+  it('renders the ServiceMonitor, the PrometheusRule from files/prometheus/rules.yaml and the dashboards ConfigMap when asked', () => {
+    const chart = chartOf('monitoring objects and job submit');
+    const monitor = byComponent(chart, 'ServiceMonitor', 'metrics');
+    expect(monitor.metadata?.labels?.release).toBe('kube-prometheus-stack');
+    expect(monitor.spec.endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '30s' }]);
+    const scraped = chart
+      .all('Service')
+      .filter((service) =>
+        Object.entries(monitor.spec.selector.matchLabels ?? {}).every(([key, value]) => service.metadata?.labels?.[key] === value) &&
+        monitor.spec.selector.matchExpressions?.every((expression) => expression.values?.includes(service.metadata?.labels?.[expression.key] ?? '')),
+      )
+      .map((service) => service.metadata?.labels?.[COMPONENT])
+      .sort();
+    expect(scraped).toEqual(['coordinator', 'teacher-sync', 'worker']);
+
+    const rules = parseYaml(readFileSync(join(CHART_DIR, CHART_RULES_FILE), 'utf8')) as { groups: unknown };
+    expect(byComponent(chart, 'PrometheusRule', 'metrics').spec?.groups).toEqual(rules.groups);
+
+    const dashboards = byComponent(chart, 'ConfigMap', 'metrics');
+    expect(dashboards.metadata?.labels?.grafana_dashboard).toBe('1');
+    expect(dashboards.metadata?.annotations).toEqual({ grafana_folder: 'dinofleet' });
+    const files = readdirSync(join(CHART_DIR, CHART_DASHBOARDS_DIR)).filter((name) => name.endsWith('.json'));
+    expect(Object.keys(dashboards.data ?? {}).sort()).toEqual(files.sort());
+    for (const file of files) expect(JSON.parse(dashboards.data?.[file] ?? '')).toEqual(JSON.parse(readFileSync(join(CHART_DIR, CHART_DASHBOARDS_DIR, file), 'utf8')));
+
+    const plain = chartOf('default');
+    expect(plain.all('ServiceMonitor')).toEqual([]);
+    expect(plain.all('PrometheusRule')).toEqual([]);
+    expect(plain.all('ConfigMap')).toEqual([]);
+  });
+
+  it('submits job.spec from a post-install/upgrade hook with the CLI and an idempotency key that depends only on the spec', async () => {
+    const chart = chartOf('monitoring objects and job submit');
+    const spec = byComponent(chart, 'ConfigMap', 'job-submit').data?.['job.json'] ?? '';
+    expect(parseJobSpec(spec, 'json')).toEqual(resolveJobSpec(valueAt(DEFAULT_VALUES, 'job.spec')));
+    const job = byComponent(chart, 'Job', 'job-submit');
+    expect(job.metadata?.annotations?.['helm.sh/hook']).toBe('post-install,post-upgrade');
+    const container = job.spec?.template.spec?.containers[0];
+    expect(container?.command).toEqual(['node', '/app/packages/cli/bin/dinofleet.mjs']);
+    const [command, fileFlag, file, keyFlag, key] = container?.args ?? [];
+    expect([command, fileFlag, file, keyFlag]).toEqual(['submit', '-f', '/etc/dinofleet/job/job.json', '--idempotency-key']);
+    expect(key).toMatch(/^df-[0-9a-f]{32}$/);
+    expect(containerEnv(container as Container, 'submit').DINOFLEET_COORDINATOR).toBe(`${nameOf(byComponent(chart, 'Service', 'coordinator'))}.${NAMESPACE}.svc:50051`);
+
+    const again = await renderChart({ values: [CASES['monitoring objects and job submit'] ?? {}, { workers: { replicas: 3 } }], releaseName: RELEASE, namespace: NAMESPACE });
+    expect(byComponent(again, 'Job', 'job-submit').spec?.template.spec?.containers[0]?.args?.[4]).toBe(key);
+    const changed = await renderChart({ values: [CASES['monitoring objects and job submit'] ?? {}, { job: { spec: { spec: { training: { seed: 7 } } } } }], releaseName: RELEASE, namespace: NAMESPACE });
+    expect(byComponent(changed, 'Job', 'job-submit').spec?.template.spec?.containers[0]?.args?.[4]).not.toBe(key);
+
+    // values.yaml's way from epochs to steps: null removes the default's key.
+    const bySteps = await renderChart({ values: [{ job: { submit: true, spec: { spec: { training: { steps: 5000, epochs: null }, checkpoint: null } } } }], releaseName: RELEASE, namespace: NAMESPACE });
+    const resolved = parseJobSpec(byComponent(bySteps, 'ConfigMap', 'job-submit').data?.['job.json'] ?? '', 'json');
+    expect([resolved.spec.training.steps, resolved.spec.training.epochs, resolved.spec.checkpoint]).toEqual([5000, null, null]);
+  });
+
+  it('refuses a rendered object that breaks its schema (the validator is not a no-op)', () => {
+    const workers = structuredClone(byComponent(chartOf('default'), 'StatefulSet', 'worker')) as unknown as KubernetesObject & {
+      spec: { template: { spec: { containers: Array<{ ports: Array<{ containerPort: unknown }> }> } } };
+    };
+    const port = workers.spec.template.spec.containers[0]?.ports[0];
+    if (port !== undefined) port.containerPort = 'grpc';
+    expect(() => validateKubernetesObject(workers)).toThrow(/containerPort/);
+  });
+
+  it('refuses Kubernetes older than 1.24 (gRPC probes)', async () => {
+    const result = await helmTemplate({ kubeVersion: '1.23.9' });
+    expect(result.exitCode).not.toBe(0);
+    expect(result.stderr).toContain('kubeVersion');
+  });
+
+  /**
+   * Bad values, and what Helm's message must name. `schema`: refused by values.schema.json
+   * (and by the zod schema it is made from); otherwise by the chart's `dinofleet.checkValues`,
+   * which compares fields (JSON Schema cannot). `helm lint` runs templates in lint mode, where
+   * Helm turns `fail` into an [INFO] line and exits 0, so for those lint only reports it.
+   */
+  const BAD_VALUES: ReadonlyArray<{ name: string; values: Values; message: string | RegExp; schema: boolean }> = [
+    { name: 'an unknown compute backend', values: { workers: { backend: 'cuda' } }, message: 'workers.backend must be one of the following', schema: true },
+    { name: 'an unknown top-level key', values: { replicas: 3 }, message: 'Additional property replicas is not allowed', schema: true },
+    { name: 'a string for an integer', values: { workers: { replicas: 'two' } }, message: 'workers.replicas: Invalid type. Expected: integer', schema: true },
+    { name: 'a scaler the chart does not know', values: { coordinator: { scaler: 'local' } }, message: 'coordinator.scaler must be one of the following', schema: true },
+    { name: 'port 0 for the data listener', values: { ports: { data: 0 } }, message: 'ports.data: Must be greater than or equal to 1', schema: true },
+    { name: 'an invalid job spec field', values: { job: { spec: { spec: { training: { backend: 'tpu' } } } } }, message: 'job.spec.spec.training.backend must be one of the following', schema: true },
+    { name: 'an unknown job spec field', values: { job: { spec: { spec: { fleet: { gpus: 8 } } } } }, message: /job\.spec\.spec\.fleet.*Additional property gpus is not allowed/, schema: true },
+    { name: 'external Redis without a URL', values: { redis: { mode: 'external' } }, message: 'redis.external.url or redis.external.existingSecret is required', schema: false },
+    { name: 'half a set of S3 keys', values: { s3: { credentials: { accessKeyId: 'AKIDEXAMPLE' } } }, message: 's3.credentials.accessKeyId and s3.credentials.secretAccessKey must be set together', schema: false },
+    {
+      name: 'a job with both steps and epochs (values merged over the default spec)',
+      values: { job: { submit: true, spec: { spec: { training: { steps: 1000 } } } } },
+      message: 'job.spec.spec.training sets both steps and epochs',
+      schema: false,
+    },
+    {
+      name: 'a job larger than the fixed worker count',
+      values: { job: { submit: true, spec: { spec: { fleet: { workers: 4 } } } } },
+      message: 'job.spec.spec.fleet.workers (4) is more than workers.replicas (2)',
+      schema: false,
+    },
+  ];
+
+  it.each(BAD_VALUES)('refuses $name (helm template and helm lint name the field)', async ({ values, message, schema }) => {
+    const [template, lint] = await Promise.all([helmTemplate({ values: [values] }), helmLint({ values: [values] })]);
+    expect(template.exitCode).not.toBe(0);
+    expect(template.stderr).toMatch(message);
+    expect(lint.stdout + lint.stderr).toMatch(message);
+    if (schema) {
+      expect(lint.exitCode).not.toBe(0);
+      // The zod schema that values.schema.json is made from refuses them too.
+      expect(CHART_VALUES_SCHEMA.safeParse(mergeValues(DEFAULT_VALUES, values)).success).toBe(false);
+    } else {
+      expect(lint.stderr).toContain('[INFO] Fail: ');
+    }
+  });
+});
