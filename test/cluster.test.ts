@@ -3,9 +3,9 @@
 import { mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { evalKnn } from '@dinofleet/cli';
-import { createS3Client, resolveS3Config } from '@dinofleet/data';
+import { createS3Client, encodeTar, resolveS3Config } from '@dinofleet/data';
 import { startLocalFleet, uploadFashionMnist, type LocalFleet } from '@dinofleet/local';
 import { callUnary, createClient, DinofleetError, JobServiceClient, JobState, TeacherSyncClient, type Job } from '@dinofleet/proto';
 import { status } from '@grpc/grpc-js';
@@ -109,7 +109,7 @@ describe('a local fleet with two workers', { timeout: 240_000 }, () => {
     expect(after).toBe(before);
   });
 
-  it('skips missing and corrupt images, counts them by reason, logs their keys, and finishes the job', async () => {
+  it('skips missing and non-image objects, counts them by reason, logs their keys, and finishes the job', async () => {
     // A manifest of 40 good images plus one whose object is gone and one that is not an image.
     const upload = await uploadFashionMnist(s3, { bucket: BUCKET, prefix: 'damaged/', split: 'train', limit: 40 });
     const missingKey = upload.keys[3] as string;
@@ -122,15 +122,51 @@ describe('a local fleet with two workers', { timeout: 240_000 }, () => {
     const spec = smallJobSpec(upload.manifestUri, { name: 'damaged', steps: 2, globalBatchSize: 16 }) as {
       spec: Record<string, Record<string, unknown>>;
     };
-    spec.spec.data = { ...spec.spec.data, shards: 2 };
+    // Manifest order within a shard (no shuffle window), so the first 16 records are read.
+    spec.spec.data = { ...spec.spec.data, shards: 2, shuffleWindow: 1 };
     const jobId = await submit(spec);
     const job = await waitForJob(client, jobId, isTerminal);
     expect(JobState[job.state], job.error).toBe('JOB_STATE_SUCCEEDED');
     const metrics = await scrape(fleet.coordinator.metricsAddress);
     expect(sampleValue(metrics, 'dinofleet_job_samples_skipped_total', { job: jobId, reason: 'missing' })).toBe(1);
-    expect(sampleValue(metrics, 'dinofleet_job_samples_skipped_total', { job: jobId, reason: 'decode_error' })).toBe(1);
+    // Not a PNG or JPEG at all.
+    expect(sampleValue(metrics, 'dinofleet_job_samples_skipped_total', { job: jobId, reason: 'not_image' })).toBe(1);
     const logs = (await Promise.all((await readdir(logDir)).map((f) => readFile(join(logDir, f), 'utf8')))).join('\n');
     expect(logs).toContain(missingKey);
     expect(logs).toContain(corruptKey);
+  });
+  it('trains on WebDataset tar shards: samples inside the tars, an image-less sample skipped', async () => {
+    // 40 Fashion-MNIST PNGs packed 10 to a tar (png + cls members), plus one sample with
+    // only a caption in the last tar.
+    const upload = await uploadFashionMnist(s3, { bucket: BUCKET, prefix: 'wds-src/', split: 'train', limit: 40 });
+    const tarKeys: string[] = [];
+    for (let t = 0; t < 4; t++) {
+      const members: { name: string; bytes: Uint8Array }[] = [];
+      for (let i = t * 10; i < t * 10 + 10; i++) {
+        const object = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: upload.keys[i] }));
+        members.push({ name: `s${i}.png`, bytes: await (object.Body as { transformToByteArray: () => Promise<Uint8Array> }).transformToByteArray() });
+        members.push({ name: `s${i}.cls`, bytes: new TextEncoder().encode(String(i % 10)) });
+      }
+      if (t === 3) members.push({ name: 'caption-only.txt', bytes: new TextEncoder().encode('no image here') });
+      const key = `wds/shard-${t}.tar`;
+      await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: encodeTar(members) }));
+      tarKeys.push(key);
+    }
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'wds/tars.txt', Body: `${tarKeys.join('\n')}\n` }));
+    // One worker reads its leases one after the other: 6 steps x 8 images (48) go past the
+    // 41 samples of epoch 0, so the image-less sample is met (once, or twice if epoch 1's
+    // first lease is its tar and the shuffle puts it early).
+    const spec = smallJobSpec(`s3://${BUCKET}/wds/tars.txt`, { name: 'webdataset', steps: 6, globalBatchSize: 8, workers: 1 }) as {
+      spec: Record<string, Record<string, unknown>>;
+    };
+    spec.spec.data = { ...spec.spec.data, format: 'webdataset', shards: 4, shuffleWindow: 64 };
+    const jobId = await submit(spec);
+    const job = await waitForJob(client, jobId, isTerminal);
+    expect(JobState[job.state], job.error).toBe('JOB_STATE_SUCCEEDED');
+    expect(job.committedStep).toBe(6);
+    const metrics = await scrape(fleet.coordinator.metricsAddress);
+    const skipped = sampleValue(metrics, 'dinofleet_job_samples_skipped_total', { job: jobId, reason: 'not_image' }) ?? 0;
+    expect(skipped).toBeGreaterThanOrEqual(1);
+    expect(skipped).toBeLessThanOrEqual(2);
   });
 });

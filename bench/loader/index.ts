@@ -22,7 +22,8 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { initComputeBackend, parseComputeBackend } from '@dinofleet/compute';
 import { parseJobSpec, resolveRecipe } from '@dinofleet/config';
-import { CropPool, planManifestSplits } from '@dinofleet/data';
+import { CropPool, planManifestSplits, resolveS3Config } from '@dinofleet/data';
+import type { S3Config } from '@dinofleet/data';
 import { Rng, buildCropBatch, createDinoState, disposeDinoState, trainStep } from '@dinofleet/dino';
 import type { MultiCropConfig } from '@dinofleet/dino';
 import { s3ClientFromEnv } from '@dinofleet/local';
@@ -111,7 +112,7 @@ async function upload(s3: S3Client): Promise<{ manifestBytes: number; jpegBytes:
 }
 
 /** The worker's loader over leases that cycle through the manifest's splits epoch after epoch. */
-function openLoader(s3: S3Client, manifestBytes: number, pool: CropPool, firstStep: number, skips: Map<string, number>): BatchSource {
+function openLoader(s3: S3Client, s3Config: S3Config, manifestBytes: number, pool: CropPool, firstStep: number, skips: Map<string, number>): BatchSource {
   const splits = planManifestSplits({ sizeBytes: manifestBytes, splitCount: SPLITS });
   let taken = 0;
   const lease = (): ShardLease => {
@@ -128,7 +129,7 @@ function openLoader(s3: S3Client, manifestBytes: number, pool: CropPool, firstSt
     batchSize: BATCH,
     concurrency: 16,
     channels: 3,
-    crops: { config: REFERENCE_CROPS, seed: 0, firstStep, batchOffset: 0, pool },
+    crops: { config: REFERENCE_CROPS, seed: 0, firstStep, batchOffset: 0, pool, s3: s3Config },
     onSkip: (skipped) => skips.set(skipped.reason, (skips.get(skipped.reason) ?? 0) + 1),
   });
   return new PrefetchingBatchSource(loader);
@@ -136,6 +137,8 @@ function openLoader(s3: S3Client, manifestBytes: number, pool: CropPool, firstSt
 
 const server = await startS3rverProcess(BUCKET);
 const s3 = s3ClientFromEnv(server.env);
+// The worker's setting: the pool threads GET the images with clients of their own.
+const s3Config = resolveS3Config({}, { ...server.env });
 let pool: CropPool | undefined;
 try {
   const backend = await initComputeBackend(parseComputeBackend(values.backend));
@@ -147,7 +150,7 @@ try {
   const skips = new Map<string, number>();
 
   // 1. The loader alone, after one warm-up batch (thread start-up, first reads).
-  const alone = openLoader(s3, manifestBytes, pool, 0, skips);
+  const alone = openLoader(s3, s3Config, manifestBytes, pool, 0, skips);
   await alone.next();
   const aloneBatches = 3;
   const t0 = performance.now();
@@ -171,7 +174,7 @@ try {
   }));
   const stepBatch = buildCropBatch(own, recipe.crops, rng);
   const state = createDinoState(recipe, 0, { totalSteps: 1000 });
-  const source = openLoader(s3, manifestBytes, pool, 0, skips);
+  const source = openLoader(s3, s3Config, manifestBytes, pool, 0, skips);
   const waits: number[] = [];
   const totals: number[] = [];
   const computes: number[] = [];

@@ -8,14 +8,15 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { CropBatch, MultiCropConfig } from '@dinofleet/dino';
 import type { DecodedImage } from './fashion-mnist.ts';
-import type { CropJobMessage, CropResultMessage, CropTarget } from './crop-pool-protocol.ts';
+import type { CropJobMessage, CropResultMessage, CropTarget, ObjectToFetch } from './crop-pool-protocol.ts';
+import type { FetchSkipReason } from './image-fetcher.ts';
 import { DEFAULT_MAX_DECODE_PIXELS, DecodeError, DecodeErrorCode } from './image-decode.ts';
 
 /** Options of {@link CropPool}. */
 export interface CropPoolOptions {
   /** Threads, 1–256. @default the machine's available parallelism */
   readonly threads?: number;
-  /** Jobs handed to one thread at once (one decodes in libvips while another crops), 1–16. @default 2 */
+  /** Jobs handed to one thread at once (some wait on S3 or decode in libvips while one crops), 1–64. @default 4 */
   readonly jobsPerThread?: number;
   /** Largest accepted width × height, pixels. @default 50,000,000 */
   readonly maxPixels?: number;
@@ -29,7 +30,29 @@ export interface CropJobResult {
   readonly decodeSeconds: number;
   /** Seconds spent cropping, in the thread. */
   readonly cropSeconds: number;
+  /** Encoded bytes read. */
+  readonly bytesRead: number;
+  /** Why each retried GET failed (the thread read the object itself). */
+  readonly retries: readonly string[];
 }
+
+/** The object a job was to read could not be read: missing, too large, or failing after retries. */
+export class ObjectReadError extends Error {
+  override readonly name = 'ObjectReadError';
+  /** Why: `missing`, `decode_error` (larger than allowed), `read_error` (retries used up). */
+  readonly code: FetchSkipReason;
+  /** Why each retried GET failed. */
+  readonly retries: readonly string[];
+
+  constructor(code: FetchSkipReason, message: string, retries: readonly string[]) {
+    super(message);
+    this.code = code;
+    this.retries = retries;
+  }
+}
+
+/** Where a job's encoded image comes from. */
+export type ImageSource = { readonly bytes: Uint8Array } | { readonly fetch: ObjectToFetch };
 
 /** Thrown when the pool is closed while jobs wait, or a thread dies under a job. */
 export class CropPoolError extends Error {
@@ -67,10 +90,10 @@ export class CropPool {
 
   constructor(options: CropPoolOptions = {}) {
     const threads = options.threads ?? availableParallelism();
-    const jobsPerThread = options.jobsPerThread ?? 2;
+    const jobsPerThread = options.jobsPerThread ?? 4;
     if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new RangeError(`threads must be an integer in [1, 256], got ${threads}`);
-    if (!Number.isInteger(jobsPerThread) || jobsPerThread < 1 || jobsPerThread > 16) {
-      throw new RangeError(`jobsPerThread must be an integer in [1, 16], got ${jobsPerThread}`);
+    if (!Number.isInteger(jobsPerThread) || jobsPerThread < 1 || jobsPerThread > 64) {
+      throw new RangeError(`jobsPerThread must be an integer in [1, 64], got ${jobsPerThread}`);
     }
     this.threads = threads;
     this.#jobsPerThread = jobsPerThread;
@@ -89,6 +112,8 @@ export class CropPool {
         job.resolve(result);
       } else if (result.code === 'internal') {
         job.reject(new CropPoolError(`crop thread failed: ${result.message}`));
+      } else if (result.fetchFailed === true) {
+        job.reject(new ObjectReadError(result.code as FetchSkipReason, result.message, result.retries ?? []));
       } else {
         job.reject(new DecodeError(result.code as DecodeErrorCode, result.message));
       }
@@ -120,37 +145,50 @@ export class CropPool {
       best.inFlight.set(job.message.id, job);
       // Keep the thread alive only while it has work: an idle pool must not hold the process open.
       best.worker.ref();
-      best.worker.postMessage(job.message, [job.message.bytes.buffer as ArrayBuffer]);
+      const bytes = job.message.bytes;
+      best.worker.postMessage(job.message, bytes === undefined ? [] : [bytes.buffer as ArrayBuffer]);
     }
     for (const thread of this.#pool) if (thread.inFlight.size === 0) thread.worker.unref();
   }
 
-  #submit(bytes: Uint8Array, channels: 1 | 3, target?: CropTarget): Promise<CropResultMessage & { ok: true }> {
+  #submit(source: ImageSource, channels: 1 | 3, target?: CropTarget): Promise<CropResultMessage & { ok: true }> {
     if (this.#closed) return Promise.reject(new CropPoolError('the crop pool is closed'));
-    // The thread gets its own copy (transferred, not cloned again): the caller keeps its
-    // bytes, e.g. to crop the image again into another slot.
-    const owned = bytes.slice();
-    if (owned.byteLength === 0) return Promise.reject(new DecodeError(DecodeErrorCode.Empty, 'the image has 0 bytes'));
+    let input: Pick<CropJobMessage, 'bytes' | 'fetch'>;
+    if ('bytes' in source) {
+      // The thread gets its own copy (transferred, not cloned again): the caller keeps its
+      // bytes, e.g. to crop the image again into another slot.
+      const owned = source.bytes.slice();
+      if (owned.byteLength === 0) return Promise.reject(new DecodeError(DecodeErrorCode.Empty, 'the image has 0 bytes'));
+      input = { bytes: owned };
+    } else {
+      input = { fetch: source.fetch };
+    }
     return new Promise((resolve, reject) => {
-      const message: CropJobMessage = { id: this.#nextId++, bytes: owned, channels, maxPixels: this.#maxPixels, ...(target !== undefined && { target }) };
+      const message: CropJobMessage = { id: this.#nextId++, ...input, channels, maxPixels: this.#maxPixels, ...(target !== undefined && { target }) };
       this.#queue.push({ message, resolve, reject });
       this.#dispatch();
     });
   }
 
   /**
-   * Decodes `bytes` and writes the image's crops into `target`. Rejects with a
-   * {@link DecodeError} for a bad image, a {@link CropPoolError} if the pool fails.
-   * `bytes` stays the caller's.
+   * Reads the image (the bytes given, or the object, which the thread GETs itself with
+   * retries), decodes it and writes its crops into `target`. Rejects with an
+   * {@link ObjectReadError} when the object cannot be read, a {@link DecodeError} for a bad
+   * image, a {@link CropPoolError} if the pool fails. Bytes given stay the caller's.
    */
-  async decodeAndCrop(bytes: Uint8Array, channels: 1 | 3, target: CropTarget): Promise<CropJobResult> {
-    const { width, height, decodeSeconds, cropSeconds } = await this.#submit(bytes, channels, target);
-    return { width, height, decodeSeconds, cropSeconds };
+  async loadAndCrop(source: ImageSource, channels: 1 | 3, target: CropTarget): Promise<CropJobResult> {
+    const { width, height, decodeSeconds, cropSeconds, bytesRead, retries } = await this.#submit(source, channels, target);
+    return { width, height, decodeSeconds, cropSeconds, bytesRead, retries };
+  }
+
+  /** Decodes `bytes` and writes the image's crops into `target` ({@link loadAndCrop} of bytes). */
+  decodeAndCrop(bytes: Uint8Array, channels: 1 | 3, target: CropTarget): Promise<CropJobResult> {
+    return this.loadAndCrop({ bytes }, channels, target);
   }
 
   /** Decodes `bytes` in a thread (no crops). Same errors as {@link decodeAndCrop}. */
   async decode(bytes: Uint8Array, channels: 1 | 3): Promise<DecodedImage & { readonly decodeSeconds: number }> {
-    const result = await this.#submit(bytes, channels);
+    const result = await this.#submit({ bytes }, channels);
     if (result.pixels === undefined) throw new CropPoolError('the crop thread sent no pixels');
     return { data: result.pixels, width: result.width, height: result.height, channels, decodeSeconds: result.decodeSeconds };
   }

@@ -69,8 +69,8 @@ export {
   type FetchedObject,
   type FetchImagesOptions,
 } from './image-fetcher.ts';
-export { CropPool, CropPoolError, allocateCropBatch, cropBatchBytes, type CropJobResult, type CropPoolOptions } from './crop-pool.ts';
-export type { CropTarget } from './crop-pool-protocol.ts';
+export { CropPool, CropPoolError, ObjectReadError, allocateCropBatch, cropBatchBytes, type CropJobResult, type CropPoolOptions, type ImageSource } from './crop-pool.ts';
+export type { CropTarget, ObjectToFetch } from './crop-pool-protocol.ts';
 export { windowPermutation } from './shuffle-window.ts';
 export {
   decodeSafetensors,

@@ -1,9 +1,9 @@
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CropPool, decodeImage, encodePng, manifestSplit } from '@dinofleet/data';
+import { CropPool, decodeImage, encodePng, manifestSplit, resolveS3Config } from '@dinofleet/data';
 import { FMNIST_MULTI_CROP, Rng, buildCropBatch } from '@dinofleet/dino';
-import { startTestS3 } from '@dinofleet/data/testing';
+import { S3RVER_CREDENTIAL, S3RVER_REGION, startTestS3 } from '@dinofleet/data/testing';
 import type { TestS3 } from '@dinofleet/data/testing';
 import type { ShardLease, SkippedSample } from '@dinofleet/proto';
 import { MemoryBatchSource, PrefetchingBatchSource, S3BatchLoader } from './batch-loader.ts';
@@ -257,7 +257,7 @@ describe('S3BatchLoader on shard leases', () => {
     expect(flaky.gets()).toBe(4);
   });
 
-  it('crops in its thread pool exactly what the step loop would crop, also when a bad image moves the later ones down a slot', async () => {
+  it('crops in its thread pool exactly what the step loop would crop, a bad image leaving its slot to the next sample', async () => {
     await using pool = new CropPool({ threads: 2 });
     const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0, cursorWithin: 0, cursorConsumed: 0 };
     const reader = new LeaseReader({ s3: s3.client, bucket: s3.bucket, key: 'manifest.txt', firstLease: whole, acquireLease: () => Promise.reject(new Error('none')) });
@@ -277,9 +277,11 @@ describe('S3BatchLoader on shard leases', () => {
         const batch = await loader.next();
         expect(batch.images).toEqual([]);
         expect(batch.cropStep).toBe(firstStep + b);
-        // Batch 0 loses record 2 (missing: no slot handed out); batch 1 loses record 5 after
-        // its slot was handed out (it fails to decode in a thread), so 6..9 are cropped again.
+        // Batch 0 loses record 2 (missing), batch 1 record 5 (not an image, found in a
+        // thread): the next record takes the slot, so the ids come in slot order.
         expect(batch.skipped.map((skipped) => skipped.sampleId)).toEqual([lines[b === 0 ? MISSING : CORRUPT]?.offset]);
+        const slotOrder = b === 0 ? [0, 1, 3, 4] : [9, 6, 7, 8];
+        expect(batch.sampleIds).toEqual(slotOrder.map((i) => lines[i]?.offset));
         // The reference: decode the same objects here and crop them as the step loop does.
         const decoded = await Promise.all(
           batch.sampleIds.map(async (id) => {
@@ -292,6 +294,38 @@ describe('S3BatchLoader on shard leases', () => {
         expect(Buffer.from(batch.crops?.global.buffer as ArrayBufferLike).equals(Buffer.from(expected.global.buffer)), `batch ${b} global`).toBe(true);
         expect(Buffer.from(batch.crops?.local.buffer as ArrayBufferLike).equals(Buffer.from(expected.local.buffer)), `batch ${b} local`).toBe(true);
       }
+    } finally {
+      await loader.close();
+    }
+  });
+
+  it('lets the pool threads GET the images themselves (same crops, missing objects skipped)', async () => {
+    await using pool = new CropPool({ threads: 2 });
+    const whole: ShardLease = { leaseId: 'e0-s0', epoch: 0, shard: 0, begin: 0, end: manifestBytes, cursor: 0, cursorWithin: 0, cursorConsumed: 0 };
+    const reader = new LeaseReader({ s3: s3.client, bucket: s3.bucket, key: 'manifest.txt', firstLease: whole, acquireLease: () => Promise.reject(new Error('none')) });
+    const s3Config = resolveS3Config({ endpoint: s3.endpoint, forcePathStyle: true }, { AWS_REGION: S3RVER_REGION, AWS_ACCESS_KEY_ID: S3RVER_CREDENTIAL, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIAL });
+    const loader = new S3BatchLoader({
+      reader,
+      s3: s3.client,
+      bucket: s3.bucket,
+      batchSize: 4,
+      channels: 1,
+      crops: { config: FMNIST_MULTI_CROP, seed: 1, firstStep: 0, batchOffset: 0, pool, s3: s3Config },
+    });
+    try {
+      const batch = await loader.next();
+      // Record 2 is missing: found in a thread, its slot goes to record 4.
+      expect(batch.skipped).toEqual([{ sampleId: lines[MISSING]?.offset, key: lines[MISSING]?.key, reason: 'missing' }]);
+      expect(batch.sampleIds).toEqual([0, 1, 4, 3].map((i) => lines[i]?.offset));
+      const decoded = await Promise.all(
+        [0, 1, 4, 3].map(async (i) => {
+          const body = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: lines[i]?.key }));
+          return decodeImage(await (body.Body as { transformToByteArray: () => Promise<Uint8Array> }).transformToByteArray(), { channels: 1 });
+        }),
+      );
+      const expected = buildCropBatch(decoded, FMNIST_MULTI_CROP, new Rng(1).fork(1), 0);
+      expect(Buffer.from(batch.crops?.global.buffer as ArrayBufferLike).equals(Buffer.from(expected.global.buffer))).toBe(true);
+      expect(Buffer.from(batch.crops?.local.buffer as ArrayBufferLike).equals(Buffer.from(expected.local.buffer))).toBe(true);
     } finally {
       await loader.close();
     }

@@ -10,8 +10,9 @@ import { setMaxListeners } from 'node:events';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { CropBatch, Image, MultiCropConfig } from '@dinofleet/dino';
 import { stepCropSeed } from '@dinofleet/dino';
-import { DEFAULT_FETCH_CONCURRENCY, DecodeError, FetchSkipReason, allocateCropBatch, cropBatchBytes, decodeImage, fetchObjects } from '@dinofleet/data';
-import type { BackoffOptions, CropPool, DecodeErrorCode, FetchedObject } from '@dinofleet/data';
+import { DEFAULT_FETCH_CONCURRENCY, DEFAULT_MAX_IMAGE_OBJECT_BYTES, DecodeError, FetchSkipReason, allocateCropBatch, cropBatchBytes, decodeImage, fetchObjects } from '@dinofleet/data';
+import { ObjectReadError } from '@dinofleet/data';
+import type { BackoffOptions, CropPool, DecodeErrorCode, FetchedObject, ImageSource, S3Config } from '@dinofleet/data';
 import { UnavailableError } from '@dinofleet/proto';
 import type { DataCursor, SkippedSample } from '@dinofleet/proto';
 import { SkipReason } from '@dinofleet/telemetry';
@@ -72,6 +73,11 @@ export interface LoaderCrops {
   readonly batchOffset: number;
   /** The threads that decode and crop. */
   readonly pool: CropPool;
+  /**
+   * Settings of the threads' own S3 clients: with them the threads GET the images too, so
+   * loading goes on while the main thread runs the step. @default the main thread GETs
+   */
+  readonly s3?: S3Config;
 }
 
 /** Settings of {@link S3BatchLoader}. */
@@ -178,6 +184,11 @@ export class S3BatchLoader implements BatchSource {
       sampleEpochs.push(sample.lease.epoch);
       filled++;
     };
+    if (crops !== undefined && target !== undefined && step !== undefined) {
+      const slots = await this.#cropBatch(crops, target, stepCropSeed(crops.seed, step), skip);
+      for (const { sample } of slots) accept(sample);
+      bytesRead = slots.reduce((sum, slot) => sum + slot.bytesRead, 0);
+    }
     while (filled < batchSize) {
       // Read exactly as many samples as images are missing: a replacement is the next
       // sample, so the batch (and the cursor) never runs past what it trains on.
@@ -189,21 +200,17 @@ export class S3BatchLoader implements BatchSource {
       }
       const read = await this.#read(wanted, skip);
       for (const r of read) bytesRead += r.bytes.byteLength;
-      if (crops !== undefined && target !== undefined && step !== undefined) {
-        await this.#cropInto(read, crops, target, stepCropSeed(crops.seed, step), filled, accept, skip);
-      } else {
-        for (const { sample, bytes } of read) {
-          const started = performance.now();
-          try {
-            images.push(await decodeImage(bytes, { channels }));
-          } catch (error) {
-            if (!(error instanceof DecodeError)) throw error;
-            skip(sample, decodeSkipReason(error.code), `${error.code}: ${error.message}`);
-            continue;
-          }
-          this.#options.metrics?.observeImageSeconds('decode', (performance.now() - started) / 1000);
-          accept(sample);
+      for (const { sample, bytes } of read) {
+        const started = performance.now();
+        try {
+          images.push(await decodeImage(bytes, { channels }));
+        } catch (error) {
+          if (!(error instanceof DecodeError)) throw error;
+          skip(sample, decodeSkipReason(error.code), `${error.code}: ${error.message}`);
+          continue;
         }
+        this.#options.metrics?.observeImageSeconds('decode', (performance.now() - started) / 1000);
+        accept(sample);
       }
     }
     this.#options.metrics?.recordLoaded(filled, bytesRead);
@@ -218,41 +225,76 @@ export class S3BatchLoader implements BatchSource {
   }
 
   /**
-   * Decodes and crops `read` in the pool into the slots from `filled` on, in order. Slots
-   * are handed out before decoding, so when an image fails to decode the ones after it
-   * move down a slot and are cropped again there (their random stream depends on the slot).
+   * Fills every slot of `target` in the pool: slot k gets the k-th sample read, and a
+   * sample that turns out missing or undecodable leaves its slot to the next sample read,
+   * so no other image moves (an image's random stream depends on its slot). The samples
+   * come back in slot order, which is the order the step reports them in.
    */
-  async #cropInto(
-    read: readonly ReadSample[],
+  async #cropBatch(
     crops: LoaderCrops,
     target: CropBatch,
     batchSeed: number,
-    filled: number,
-    accept: (sample: LeaseSample) => void,
     skip: (sample: LeaseSample, reason: string, detail: string) => void,
-  ): Promise<void> {
+  ): Promise<{ sample: LeaseSample; bytesRead: number }[]> {
+    const { reader, bucket } = this.#options;
     const { pool, batchOffset, config } = crops;
     const channels = target.channels as 1 | 3;
-    const crop = (bytes: Uint8Array, slot: number): ReturnType<CropPool['decodeAndCrop']> =>
-      pool.decodeAndCrop(bytes, channels, { config, batchSeed, globalIndex: batchOffset + slot, slot, batchSize: target.batchSize, global: target.global, local: target.local });
-    const results = await Promise.allSettled(read.map((r, i) => crop(r.bytes, filled + i)));
-    const again: { r: ReadSample; slot: number }[] = [];
-    let slot = filled;
-    results.forEach((result, i) => {
-      const r = read[i] as ReadSample;
-      if (result.status === 'rejected') {
-        const error: unknown = result.reason;
-        if (!(error instanceof DecodeError)) throw error;
-        skip(r.sample, decodeSkipReason(error.code), `${error.code}: ${error.message}`);
-        return;
+    const retries = this.#options.readRetries ?? READ_RETRIES;
+    const filled = new Array<{ sample: LeaseSample; bytesRead: number } | undefined>(target.batchSize);
+    let holes = Array.from({ length: target.batchSize }, (_, slot) => slot);
+    while (holes.length > 0) {
+      const wanted: LeaseSample[] = [];
+      while (wanted.length < holes.length) {
+        const sample = await reader.next();
+        if (sample.skip !== undefined) skip(sample, sample.skip.reason, sample.skip.detail);
+        else wanted.push(sample);
       }
-      this.#options.metrics?.observeImageSeconds('decode', result.value.decodeSeconds);
-      this.#options.metrics?.observeImageSeconds('augment', result.value.cropSeconds);
-      if (filled + i !== slot) again.push({ r, slot });
-      accept(r.sample);
-      slot++;
-    });
-    await Promise.all(again.map(({ r, slot: s }) => crop(r.bytes, s)));
+      let sources: { sample: LeaseSample; source: ImageSource }[];
+      if (crops.s3 === undefined) {
+        sources = (await this.#read(wanted, skip)).map(({ sample, bytes }) => ({ sample, source: { bytes } }));
+      } else {
+        const s3 = crops.s3;
+        const fetch = (key: string): ImageSource => ({
+          fetch: { s3, bucket, key, retries, backoff: this.#options.readBackoff ?? READ_BACKOFF, maxObjectBytes: DEFAULT_MAX_IMAGE_OBJECT_BYTES },
+        });
+        sources = wanted.map((sample) => ({ sample, source: sample.bytes !== undefined ? { bytes: sample.bytes } : fetch(sample.key) }));
+      }
+      const results = await Promise.allSettled(
+        sources.map(({ source }, i) => {
+          const slot = holes[i] as number;
+          return pool.loadAndCrop(source, channels, { config, batchSeed, globalIndex: batchOffset + slot, slot, batchSize: target.batchSize, global: target.global, local: target.local });
+        }),
+      );
+      const left: number[] = holes.slice(sources.length);
+      let failedRead: { key: string; error: ObjectReadError } | undefined;
+      results.forEach((result, i) => {
+        const { sample } = sources[i] as { sample: LeaseSample };
+        const slot = holes[i] as number;
+        if (result.status === 'fulfilled') {
+          filled[slot] = { sample, bytesRead: result.value.bytesRead };
+          result.value.retries.forEach((detail, attempt) => this.#options.onReadRetry?.(sample.key, attempt + 1, detail));
+          this.#options.metrics?.observeImageSeconds('decode', result.value.decodeSeconds);
+          this.#options.metrics?.observeImageSeconds('augment', result.value.cropSeconds);
+          return;
+        }
+        const error: unknown = result.reason;
+        left.push(slot);
+        if (error instanceof ObjectReadError) {
+          error.retries.forEach((detail, attempt) => this.#options.onReadRetry?.(sample.key, attempt + 1, detail));
+          if (error.code === FetchSkipReason.ReadError) failedRead ??= { key: sample.key, error };
+          else skip(sample, error.code === FetchSkipReason.DecodeError ? SkipReason.TooLarge : error.code, error.message);
+        } else if (error instanceof DecodeError) {
+          skip(sample, decodeSkipReason(error.code), `${error.code}: ${error.message}`);
+        } else {
+          throw error;
+        }
+      });
+      if (failedRead !== undefined) {
+        throw new ImageReadError(`S3 s3://${bucket}/${failedRead.key}: ${failedRead.error.message.replace(/^after \d+ attempt\(s\): /, '')} after ${retries + 1} attempts`);
+      }
+      holes = left.sort((a, b) => a - b);
+    }
+    return filled as { sample: LeaseSample; bytesRead: number }[];
   }
 
   /**

@@ -878,7 +878,16 @@ export class Worker implements AsyncDisposable, StateTransferSource {
       concurrency: this.#options.fetchConcurrency ?? 16,
       channels,
       // Batch k is trained at step held.step + k with the state's seed: the step loop checks.
-      crops: { config: recipe.crops, seed: held.seed, firstStep: held.step, batchOffset: request.batchOffset, pool: this.#cropPool },
+      crops: {
+        config: recipe.crops,
+        seed: held.seed,
+        firstStep: held.step,
+        batchOffset: request.batchOffset,
+        pool: this.#cropPool,
+        // The threads read the images with a client of their own, so loading goes on while
+        // the step holds this thread; a client handed in (tests) is used from here instead.
+        ...(this.#options.s3 === undefined && { s3: resolveWorkerS3Config() }),
+      },
       onSkip: (skipped, detail) => {
         log.warn('sample skipped', { sampleId: skipped.sampleId, key: skipped.key, reason: skipped.reason, detail });
         metrics?.skipSamples(skipReasonOf(skipped.reason));
