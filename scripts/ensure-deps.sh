@@ -39,3 +39,6 @@ if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; 
     echo "dinofleet: redis-server not found; install it (apt-get install redis-server, brew install redis) or pass --redis-url to dinofleet up" >&2
   fi
 fi
+# prometheus and promtool back `dinofleet up --prometheus` and test/monitoring.test.ts; the same
+# policy as redis-server (apt-get as root, else a message), in a script those two also run.
+bash "$root/scripts/ensure-prometheus.sh" || true

@@ -84,6 +84,7 @@ const CASES: Readonly<Record<string, Values>> = {
     networkPolicy: { enabled: false },
     redis: { bundled: { persistence: { enabled: false } } },
     logLevel: 'debug',
+    coordinator: { scaler: 'none' },
   },
   'GPU scheduling, Redis password, kubernetes scaler, long names': {
     fullnameOverride: 'a-very-long-release-name-for-a-dinofleet-training-cluster',
@@ -198,9 +199,6 @@ const NON_CONFIG_ENV = new Set([
   'HOME',
   'TMPDIR',
   'CUDA_CACHE_PATH',
-  // Read by the coordinator's Kubernetes scaler, which a later change adds (values.yaml).
-  'DINOFLEET_K8S_STATEFULSET',
-  'DINOFLEET_K8S_NAMESPACE',
 ]);
 const CLUSTER_DOC = readFileSync(join(REPO_ROOT, 'docs/cluster.md'), 'utf8');
 
@@ -227,14 +225,32 @@ describe('the Helm chart helm/dinofleet', () => {
     expect(spec.spec.fleet.workers).toBeLessThanOrEqual(Number(valueAt(DEFAULT_VALUES, 'workers.replicas')));
   });
 
-  it('keeps valid placeholder dashboards and rules in files/ until deploy/ provides them', () => {
+  it("ships deploy/'s Grafana dashboards (a datasource variable, a uid, PromQL targets on it) and alert rules in files/", () => {
     const dashboards = readdirSync(join(CHART_DIR, CHART_DASHBOARDS_DIR)).filter((name) => name.endsWith('.json'));
-    expect(dashboards.length).toBeGreaterThan(0);
+    expect(dashboards.sort()).toEqual(['collapse.json', 'communication.json', 'data.json', 'fleet.json', 'learning.json', 'throughput.json']);
+    const uids = new Set<string>();
     for (const name of dashboards) {
-      const dashboard = JSON.parse(readFileSync(join(CHART_DIR, CHART_DASHBOARDS_DIR, name), 'utf8')) as { title?: unknown; panels?: unknown };
+      const dashboard = JSON.parse(readFileSync(join(CHART_DIR, CHART_DASHBOARDS_DIR, name), 'utf8')) as {
+        uid?: unknown;
+        title?: unknown;
+        templating?: { list?: Array<{ name?: string; type?: string; query?: unknown }> };
+        panels?: Array<{ id?: number; title?: string; datasource?: { uid?: string }; targets?: Array<{ expr?: string; refId?: string; datasource?: { uid?: string } }> }>;
+      };
       expect(typeof dashboard.title, name).toBe('string');
-      expect(Array.isArray(dashboard.panels), name).toBe(true);
+      expect(dashboard.uid, name).toMatch(/^dinofleet-[a-z]+$/);
+      uids.add(String(dashboard.uid));
+      expect(dashboard.templating?.list?.find((v) => v.name === 'datasource'), name).toMatchObject({ type: 'datasource', query: 'prometheus' });
+      expect(dashboard.panels?.length, name).toBeGreaterThan(3);
+      for (const panel of dashboard.panels ?? []) {
+        expect(panel.datasource?.uid, `${name} / ${panel.title}`).toBe('${datasource}');
+        expect(panel.targets?.length, `${name} / ${panel.title}`).toBeGreaterThan(0);
+        for (const target of panel.targets ?? []) {
+          expect(target.datasource?.uid, `${name} / ${panel.title}`).toBe('${datasource}');
+          expect(target.expr, `${name} / ${panel.title}`).toMatch(/dinofleet_/);
+        }
+      }
     }
+    expect(uids.size).toBe(dashboards.length);
     const rules = parseYaml(readFileSync(join(CHART_DIR, CHART_RULES_FILE), 'utf8')) as { groups?: Array<{ name?: string; rules?: unknown[] }> };
     expect(rules.groups?.length).toBeGreaterThan(0);
     for (const group of rules.groups ?? []) expect(group.rules?.length, group.name).toBeGreaterThan(0);
@@ -266,10 +282,12 @@ describe('the Helm chart helm/dinofleet', () => {
       const coordinator = containerOf(byComponent(chart, 'Deployment', 'coordinator'));
       const coordinatorEnv = containerEnv(coordinator, 'coordinator-7d9f-abcde');
       const { values: coordinatorFlags } = parseArgs({ args: containerArgs(coordinator, coordinatorEnv), options: COORDINATOR_FLAG_OPTIONS, strict: true, allowPositionals: false });
-      // Today's coordinator knows scalers none and local; "kubernetes" is the chart's value for
-      // the scaler a later change adds (values.yaml), so the rest is checked with "none".
-      const scaler = coordinatorEnv.DINOFLEET_SCALER === 'kubernetes' ? 'none' : coordinatorEnv.DINOFLEET_SCALER;
-      const coordinatorConfig = resolveCoordinatorConfig(coordinatorFlags, { ...coordinatorEnv, DINOFLEET_SCALER: scaler });
+      const coordinatorConfig = resolveCoordinatorConfig(coordinatorFlags, coordinatorEnv);
+      // The scaler the values chose; kubernetes scales this release's worker StatefulSet (in-cluster config).
+      expect(coordinatorConfig.scaler).toBe(valueAt(values, 'coordinator.scaler'));
+      expect(coordinatorConfig.kubernetes).toEqual(
+        coordinatorConfig.scaler === 'kubernetes' ? { statefulSet: nameOf(byComponent(chart, 'StatefulSet', 'worker')), namespace: NAMESPACE, kubeconfigPath: undefined } : undefined,
+      );
       expect(coordinatorConfig.listen).toBe(`0.0.0.0:${grpcPort}`);
       expect(coordinatorConfig.metricsListen).toBe(`0.0.0.0:${metricsPort}`);
       expect(coordinatorConfig.teacherSyncAddress).toBe(`${teacherSyncService}.${NAMESPACE}.svc:${grpcPort}`);
@@ -545,7 +563,7 @@ describe('the Helm chart helm/dinofleet', () => {
     const chart = chartOf('monitoring objects and job submit');
     const monitor = byComponent(chart, 'ServiceMonitor', 'metrics');
     expect(monitor.metadata?.labels?.release).toBe('kube-prometheus-stack');
-    expect(monitor.spec.endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '30s' }]);
+    expect(monitor.spec.endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '30s', honorLabels: true }]);
     const scraped = chart
       .all('Service')
       .filter((service) =>
@@ -635,7 +653,7 @@ describe('the Helm chart helm/dinofleet', () => {
     },
     {
       name: 'a job larger than the fixed worker count',
-      values: { job: { submit: true, spec: { spec: { fleet: { workers: 4 } } } } },
+      values: { coordinator: { scaler: 'none' }, job: { submit: true, spec: { spec: { fleet: { workers: 4 } } } } },
       message: 'job.spec.spec.fleet.workers (4) is more than workers.replicas (2)',
       schema: false,
     },

@@ -16,9 +16,10 @@ export const REDIS_MODES = ['bundled', 'external'] as const;
 export type RedisMode = (typeof REDIS_MODES)[number];
 
 /**
- * What the coordinator scales workers with. `kubernetes` (patch `statefulsets/scale` of the
- * worker StatefulSet) comes with a later coordinator; today's accepts only `none` and
- * `local` and exits 2 on anything else, so the chart's default is `none`.
+ * What the coordinator scales workers with: `kubernetes` (the default) sets `spec.replicas`
+ * of the worker StatefulSet through its `scale` subresource (the coordinator's
+ * `KubernetesScaler`); `none` leaves the count to `workers.replicas`. The coordinator's
+ * `local` scaler (worker processes beside it) makes no sense in a pod.
  */
 export const CHART_SCALERS = ['none', 'kubernetes'] as const;
 /** A scaler the chart can select. */
@@ -74,7 +75,7 @@ const POD_PLACEMENT = {
 };
 
 const COORDINATOR = z.strictObject({
-  scaler: z.enum(CHART_SCALERS).describe("DINOFLEET_SCALER: 'kubernetes' lets the coordinator scale the worker StatefulSet (needs a coordinator with the Kubernetes scaler)."),
+  scaler: z.enum(CHART_SCALERS).describe("DINOFLEET_SCALER: 'kubernetes' lets the coordinator scale the worker StatefulSet through its scale subresource; 'none' keeps workers.replicas."),
   redisPrefix: z
     .string()
     .regex(/^[A-Za-z0-9_.{}-]{1,64}$/)

@@ -58,4 +58,47 @@ describe.skipIf(!servicesExist)('dinofleet up', () => {
     expect(started.redis).not.toBeNull();
     expect(isAlive(started.redis!.pid)).toBe(false);
   });
+
+  it('--prometheus starts Prometheus scraping the fleet with the rules, prints its URL, and stops it with the fleet', async () => {
+    await using dir = await tempDir();
+    const controller = new AbortController();
+    const out = new CapturedOutput();
+    let fleet: LocalFleet | undefined;
+    let targets: { labels: Record<string, string>; health: string }[] = [];
+    let ruleCount = 0;
+    const code = await runFleetUp({
+      workers: 0,
+      prometheus: true,
+      cwd: dir.path,
+      env: process.env,
+      out,
+      signal: controller.signal,
+      onReady: (started) => {
+        fleet = started;
+        void (async () => {
+          const url = started.prometheus?.url ?? '';
+          // Scraped every 5 s: wait for the first scrapes of the coordinator and teacher-sync.
+          for (let i = 0; i < 100; i++) {
+            const body = (await (await fetch(`${url}/api/v1/targets`)).json()) as { data: { activeTargets: typeof targets } };
+            targets = body.data.activeTargets;
+            if (targets.length === 2 && targets.every((t) => t.health === 'up')) break;
+            await new Promise((resolve) => setTimeout(resolve, 200));
+          }
+          const rules = (await (await fetch(`${url}/api/v1/rules`)).json()) as { data: { groups: { rules: unknown[] }[] } };
+          ruleCount = rules.data.groups.reduce((n, group) => n + group.rules.length, 0);
+        })().finally(() => controller.abort());
+      },
+    });
+    expect(code).toBe(0);
+    const prometheus = fleet?.prometheus;
+    expect(prometheus).toBeDefined();
+    expect(out.text).toContain(`prometheus    ${prometheus?.url ?? '?'}`);
+    expect(targets.map((t) => [t.labels['component'], t.health]).sort()).toEqual([
+      ['coordinator', 'up'],
+      ['teacher-sync', 'up'],
+    ]);
+    expect(ruleCount).toBeGreaterThanOrEqual(6);
+    expect(isAlive(prometheus?.pid ?? 0)).toBe(false);
+    expect(existsSync(prometheus?.dir ?? '/nonexistent')).toBe(false);
+  });
 });

@@ -4,7 +4,7 @@
  */
 import { relative } from 'node:path';
 
-import { startLocalFleet } from '@dinofleet/local';
+import { ensurePrometheusInstalled, startLocalFleet } from '@dinofleet/local';
 import type { LocalFleet, ServiceProcess } from '@dinofleet/local';
 
 import { CliError, ExitCode } from './cli-error.ts';
@@ -22,6 +22,12 @@ export interface FleetUpOptions {
   readonly backend?: 'wasm' | 'cpu' | 'tensorflow';
   /** Directory for the services' logs. @default none (kept in memory) */
   readonly logDir?: string;
+  /**
+   * Also start Prometheus (Debian's `prometheus`, installed by scripts/ensure-prometheus.sh
+   * when missing) scraping every process of the fleet with deploy/prometheus/rules.yaml;
+   * stopped with the fleet. @default false
+   */
+  readonly prometheus?: boolean;
   /** Where `.dinofleet/fleet.json` goes. */
   readonly cwd: string;
   /** Environment (S3 credentials for `s3Endpoint`). */
@@ -59,12 +65,20 @@ function exitOf(service: ServiceProcess): Promise<string> {
 export async function runFleetUp(options: FleetUpOptions): Promise<number> {
   const { out } = options;
   out.write(`dinofleet: starting a local fleet (${options.workers} workers, backend ${options.backend ?? 'wasm'})\n`);
+  if (options.prometheus === true) {
+    try {
+      ensurePrometheusInstalled(options.env);
+    } catch (error) {
+      throw new CliError(`--prometheus: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
   const fleet = await startLocalFleet({
     workers: options.workers,
     ...(options.redisUrl !== undefined && { redisUrl: options.redisUrl }),
     ...(options.s3Endpoint !== undefined && { s3: { env: s3EnvForEndpoint(options.s3Endpoint, options.env) } }),
     ...(options.backend !== undefined && { backend: options.backend }),
     ...(options.logDir !== undefined && { logDir: options.logDir }),
+    ...(options.prometheus === true && { prometheus: {} }),
   });
   let failure: { readonly error: unknown } | undefined;
   try {
@@ -81,6 +95,7 @@ export async function runFleetUp(options: FleetUpOptions): Promise<number> {
         `  teacher-sync  ${fleet.teacherSyncAddress}`,
         `  redis         ${fleet.redisUrl}${fleet.redis === null ? '' : ' (started here)'}`,
         `  s3            ${fleet.s3Env['DINOFLEET_S3_ENDPOINT'] ?? '(aws)'}${fleet.s3 === null ? '' : ' (s3rver, started here)'}`,
+        ...(fleet.prometheus !== null ? [`  prometheus    ${fleet.prometheus.url} (rules: deploy/prometheus/rules.yaml; dashboards: deploy/grafana)`] : []),
         ...(options.logDir !== undefined ? [`  logs          ${options.logDir}`] : []),
         `wrote ${relative(options.cwd, path) || path}: dinofleet submit/watch/jobs in this directory use it`,
         'press Ctrl-C to stop the fleet',

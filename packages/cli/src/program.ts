@@ -113,7 +113,8 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
     .option('--s3-endpoint <url>', 'use this S3 endpoint (credentials from AWS_*) instead of starting s3rver')
     .addOption(new Option('--backend <name>', 'workers\' compute backend').choices(['wasm', 'cpu', 'tensorflow']).default('wasm'))
     .option('--log-dir <dir>', 'directory for service and worker logs', '.dinofleet/logs')
-    .action(async (options: { workers: number; redisUrl?: string; s3Endpoint?: string; backend: 'wasm' | 'cpu' | 'tensorflow'; logDir: string }) => {
+    .option('--prometheus', 'also start Prometheus scraping the fleet, with the alert rules of deploy/prometheus/rules.yaml (installs Debian\'s prometheus when root)')
+    .action(async (options: { workers: number; redisUrl?: string; s3Endpoint?: string; backend: 'wasm' | 'cpu' | 'tensorflow'; logDir: string; prometheus?: boolean }) => {
       const signal = io.signal ?? new AbortController().signal;
       setExit(
         await runFleetUp({
@@ -122,6 +123,7 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
           ...(options.s3Endpoint !== undefined && { s3Endpoint: options.s3Endpoint }),
           backend: options.backend,
           logDir: resolvePath(io.cwd, options.logDir),
+          ...(options.prometheus === true && { prometheus: true }),
           cwd: io.cwd,
           env: io.env,
           out: io.stdout,

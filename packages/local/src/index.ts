@@ -16,7 +16,22 @@ export {
   type ServiceProcess,
   type SpawnServiceOptions,
 } from './service-process.ts';
-export { startLocalFleet, type LocalFleet, type LocalFleetOptions, type RestartableService } from './local-fleet.ts';
+export { startLocalFleet, type LocalFleet, type LocalFleetOptions, type LocalPrometheusOptions, type RestartableService } from './local-fleet.ts';
+export {
+  DEFAULT_SCRAPE_INTERVAL_SECONDS,
+  defaultRulesFile,
+  ensurePrometheusInstalled,
+  fileSdTargets,
+  findPrometheus,
+  findPromtool,
+  PrometheusNotInstalledError,
+  prometheusConfig,
+  startPrometheus,
+  type MetricsTarget,
+  type PrometheusConfigOptions,
+  type PrometheusServer,
+  type PrometheusServerOptions,
+} from './prometheus-server.ts';
 export { listWorkerProcesses, type WorkerProcess } from './worker-processes.ts';
 export {
   DEFAULT_UPLOAD_CONCURRENCY,

@@ -9,6 +9,8 @@ import { mkdir } from 'node:fs/promises';
 import { join, resolve as resolvePath } from 'node:path';
 
 import { findFreePort } from './free-port.ts';
+import { startPrometheus } from './prometheus-server.ts';
+import type { MetricsTarget, PrometheusServer } from './prometheus-server.ts';
 import { listWorkerProcesses } from './worker-processes.ts';
 import type { WorkerProcess } from './worker-processes.ts';
 import { startRedis } from './redis-server.ts';
@@ -39,6 +41,23 @@ export interface LocalFleetOptions {
   readonly readyTimeoutMs?: number;
   /** Extra coordinator flags (e.g. `['--heartbeat-timeout-seconds', '5']`). @default none */
   readonly coordinatorArgs?: readonly string[];
+  /**
+   * Also start a Prometheus that scrapes every process of the fleet (workers as they come
+   * and go) with the alert rules of `deploy/prometheus/rules.yaml` (`dinofleet up
+   * --prometheus`); stopped with the fleet. Needs Debian's `prometheus`
+   * (`scripts/ensure-prometheus.sh`). @default none
+   */
+  readonly prometheus?: LocalPrometheusOptions;
+}
+
+/** Options of the fleet's Prometheus ({@link LocalFleetOptions.prometheus}). */
+export interface LocalPrometheusOptions {
+  /** Scrape and rule evaluation interval, seconds. @default 5 */
+  readonly scrapeIntervalSeconds?: number;
+  /** Rule files. @default deploy/prometheus/rules.yaml */
+  readonly rulesFiles?: readonly string[];
+  /** Port of its UI and API on 127.0.0.1. @default a free port */
+  readonly port?: number;
 }
 
 /** A service of the fleet that {@link LocalFleet.restart} can kill and start again. */
@@ -70,6 +89,13 @@ export interface LocalFleet {
   restart(service: RestartableService, options?: { signal?: NodeJS.Signals; downMs?: number }): Promise<void>;
   /** Worker processes of this fleet now running (found by their `--coordinator` flag). */
   workers(): Promise<WorkerProcess[]>;
+  /**
+   * Every `/metrics` endpoint of the fleet now: the coordinator, teacher-sync (the newest
+   * after a restart) and each worker that wrote its ready file.
+   */
+  metricsTargets(): Promise<MetricsTarget[]>;
+  /** The fleet's Prometheus, `null` unless {@link LocalFleetOptions.prometheus} asked for one. */
+  readonly prometheus: PrometheusServer | null;
   /**
    * Stops the coordinator (which stops its workers), teacher-sync, then the servers this
    * fleet started; runs every step even if one fails. Idempotent.
@@ -195,6 +221,28 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
       }
     };
 
+    const metricsTargets = async (): Promise<MetricsTarget[]> => [
+      { address: coordinator.metricsAddress, component: 'coordinator' },
+      { address: teacherSync.metricsAddress, component: 'teacher-sync' },
+      ...(await listWorkerProcesses(coordinatorListen)).flatMap((worker) =>
+        worker.metricsAddress === undefined ? [] : [{ address: worker.metricsAddress, component: 'worker', labels: { worker_id: worker.workerId } }],
+      ),
+    ];
+    let prometheus: PrometheusServer | null = null;
+    if (options.prometheus !== undefined) {
+      const settings = options.prometheus;
+      prometheus = await startPrometheus({
+        targets: metricsTargets,
+        ...(settings.scrapeIntervalSeconds !== undefined && { scrapeIntervalSeconds: settings.scrapeIntervalSeconds }),
+        ...(settings.rulesFiles !== undefined && { rulesFiles: settings.rulesFiles }),
+        ...(settings.port !== undefined && { port: settings.port }),
+        ...(logDir !== undefined && { logFile: join(logDir, 'prometheus.log') }),
+      });
+      const started = prometheus;
+      // First to stop: it would only log scrape errors while the rest goes down.
+      cleanups.unshift(() => started.stop());
+    }
+
     let stopping: Promise<void> | undefined;
     const stop = (): Promise<void> => {
       stopping ??= runAll(cleanups, 'stopping the local fleet failed');
@@ -217,6 +265,8 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
       },
       restart,
       workers: () => listWorkerProcesses(coordinatorListen),
+      metricsTargets,
+      prometheus,
       stop,
       [Symbol.asyncDispose]: stop,
     };

@@ -5,12 +5,30 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 
+import type { ServiceReadyFile } from '@dinofleet/proto';
+
 /** A worker process of a local fleet. */
 export interface WorkerProcess {
   /** OS process id. */
   readonly pid: number;
   /** Its `--worker-id`. */
   readonly workerId: string;
+  /**
+   * `host:port` of its `/metrics`, from the ready file named by its `--ready-file` (written
+   * once it serves); undefined before that or when it has none.
+   */
+  readonly metricsAddress?: string;
+}
+
+/** The metrics address in a ready file, undefined when it is not (yet) there. */
+async function readyMetricsAddress(path: string | undefined): Promise<string | undefined> {
+  if (path === undefined) return undefined;
+  try {
+    const ready = JSON.parse(await readFile(path, 'utf8')) as Partial<ServiceReadyFile>;
+    return typeof ready.metricsAddress === 'string' ? ready.metricsAddress : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The value after `flag` in an argv list, if any. */
@@ -41,7 +59,8 @@ export async function listWorkerProcesses(coordinatorAddress: string): Promise<W
     }
     if (!argv.some((arg) => arg.endsWith('services/worker/src/main.ts'))) continue;
     if (flagValue(argv, '--coordinator') !== coordinatorAddress) continue;
-    found.push({ pid: Number(entry), workerId: flagValue(argv, '--worker-id') ?? '' });
+    const metricsAddress = await readyMetricsAddress(flagValue(argv, '--ready-file'));
+    found.push({ pid: Number(entry), workerId: flagValue(argv, '--worker-id') ?? '', ...(metricsAddress !== undefined && { metricsAddress }) });
   }
   return found.sort((a, b) => a.workerId.localeCompare(b.workerId, 'en', { numeric: true }));
 }

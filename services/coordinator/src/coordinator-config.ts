@@ -8,8 +8,23 @@ import { LogLevel } from '@dinofleet/telemetry';
 /** One usage line for errors and `--help`. */
 export const COORDINATOR_USAGE =
   'usage: coordinator --redis-url redis://host:port --teacher-sync-address host:port [--redis-prefix p] [--listen host:port] ' +
-  '[--metrics-listen host:port] [--ready-file path] [--log-level debug|info|warn|error] [--max-running-jobs n] [--scaler none|local] ' +
-  '[--initial-workers n] [--worker-backend wasm|cpu|tensorflow] [--worker-log-dir dir] [--worker-wait-seconds s] [--heartbeat-timeout-seconds s]';
+  '[--metrics-listen host:port] [--ready-file path] [--log-level debug|info|warn|error] [--max-running-jobs n] [--scaler none|local|kubernetes] ' +
+  '[--k8s-statefulset name] [--k8s-namespace ns] [--kubeconfig path] [--initial-workers n] [--worker-backend wasm|cpu|tensorflow] [--worker-log-dir dir] [--worker-wait-seconds s] [--heartbeat-timeout-seconds s]';
+
+/** The scalers `--scaler` selects (docs/cluster.md "coordinator"). */
+export const COORDINATOR_SCALERS = ['none', 'local', 'kubernetes'] as const;
+/** One of {@link COORDINATOR_SCALERS}. */
+export type CoordinatorScalerKind = (typeof COORDINATOR_SCALERS)[number];
+
+/** `--k8s-statefulset`, `--k8s-namespace`, `--kubeconfig`, resolved. */
+export interface CoordinatorKubernetesConfig {
+  /** The worker StatefulSet whose scale subresource the coordinator sets. */
+  readonly statefulSet: string;
+  /** Its namespace. */
+  readonly namespace: string;
+  /** A kubeconfig file instead of the pod's in-cluster configuration; undefined: in-cluster. */
+  readonly kubeconfigPath: string | undefined;
+}
 
 /** The flags as `parseArgs` returns them. */
 export type CoordinatorFlags = Partial<Record<string, string | boolean | undefined>>;
@@ -24,7 +39,9 @@ export interface CoordinatorConfig {
   readonly readyFile: string | undefined;
   readonly logLevel: LogLevel;
   readonly maxRunningJobs: number;
-  readonly scaler: 'none' | 'local';
+  readonly scaler: CoordinatorScalerKind;
+  /** The Kubernetes scaler's settings; undefined unless `scaler` is 'kubernetes'. */
+  readonly kubernetes: CoordinatorKubernetesConfig | undefined;
   readonly initialWorkers: number;
   readonly workerBackend: 'wasm' | 'cpu' | 'tensorflow';
   readonly workerLogDir: string | undefined;
@@ -43,6 +60,9 @@ export const COORDINATOR_FLAG_OPTIONS = {
   'log-level': { type: 'string' },
   'max-running-jobs': { type: 'string' },
   scaler: { type: 'string' },
+  'k8s-statefulset': { type: 'string' },
+  'k8s-namespace': { type: 'string' },
+  kubeconfig: { type: 'string' },
   'initial-workers': { type: 'string' },
   'worker-backend': { type: 'string' },
   'worker-log-dir': { type: 'string' },
@@ -60,7 +80,14 @@ const ENV: Readonly<Record<string, string>> = {
   'ready-file': 'DINOFLEET_READY_FILE',
   'log-level': 'DINOFLEET_LOG_LEVEL',
   scaler: 'DINOFLEET_SCALER',
+  'k8s-statefulset': 'DINOFLEET_K8S_STATEFULSET',
+  'k8s-namespace': 'DINOFLEET_K8S_NAMESPACE',
+  kubeconfig: 'DINOFLEET_KUBECONFIG',
 };
+
+/** A DNS-1123 subdomain (StatefulSet names) and label (namespaces), as Kubernetes checks them. */
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 const HOST_PORT = /^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/;
 
@@ -99,6 +126,26 @@ export function resolveCoordinatorConfig(flags: CoordinatorFlags, env: NodeJS.Pr
   if (!/^rediss?:\/\//.test(redisUrl)) throw new RangeError(`--redis-url must be redis://host:port, got ${JSON.stringify(redisUrl)}`);
   const teacherSyncAddress = required('teacher-sync-address');
   if (!HOST_PORT.test(teacherSyncAddress)) throw new RangeError(`--teacher-sync-address must be host:port, got ${JSON.stringify(teacherSyncAddress)}`);
+  const scaler = oneOf('scaler', COORDINATOR_SCALERS, 'none');
+  let kubernetes: CoordinatorKubernetesConfig | undefined;
+  if (scaler === 'kubernetes') {
+    const needed = (flag: string, what: string): string => {
+      const value = read(flag);
+      if (value === undefined) throw new RangeError(`--${flag} (or ${ENV[flag]}) is required with --scaler kubernetes: ${what}`);
+      return value;
+    };
+    const statefulSet = needed('k8s-statefulset', "the worker StatefulSet's name (the Helm chart sets it)");
+    if (statefulSet.length > 253 || !DNS_SUBDOMAIN.test(statefulSet)) {
+      throw new RangeError(`--k8s-statefulset must be a StatefulSet name (lowercase letters, digits, '-', '.', at most 253), got ${JSON.stringify(statefulSet)}`);
+    }
+    const namespace = needed('k8s-namespace', "the StatefulSet's namespace (the Helm chart sets it from the pod's namespace)");
+    if (namespace.length > 63 || !DNS_LABEL.test(namespace)) {
+      throw new RangeError(`--k8s-namespace must be a namespace name (lowercase letters, digits, '-', at most 63), got ${JSON.stringify(namespace)}`);
+    }
+    kubernetes = { statefulSet, namespace, kubeconfigPath: read('kubeconfig') };
+  } else if (read('kubeconfig') !== undefined && flags['kubeconfig'] !== undefined) {
+    throw new RangeError(`--kubeconfig is for --scaler kubernetes, got --scaler ${scaler}`);
+  }
   const redisPrefix = read('redis-prefix') ?? 'dinofleet';
   if (!/^[A-Za-z0-9_.{}-]{1,64}$/.test(redisPrefix)) throw new RangeError(`--redis-prefix must be 1-64 letters, digits, '_', '.', '-', got ${JSON.stringify(redisPrefix)}`);
   return {
@@ -110,7 +157,8 @@ export function resolveCoordinatorConfig(flags: CoordinatorFlags, env: NodeJS.Pr
     readyFile: read('ready-file'),
     logLevel: oneOf('log-level', [LogLevel.Debug, LogLevel.Info, LogLevel.Warn, LogLevel.Error], LogLevel.Info),
     maxRunningJobs: integer('max-running-jobs', 1, 1, 1000),
-    scaler: oneOf('scaler', ['none', 'local'] as const, 'none'),
+    scaler,
+    kubernetes,
     initialWorkers: integer('initial-workers', 0, 0, 1024),
     workerBackend: oneOf('worker-backend', ['wasm', 'cpu', 'tensorflow'] as const, 'wasm'),
     workerLogDir: read('worker-log-dir'),

@@ -69,6 +69,11 @@ export class LabelledMetric {
 /** Buckets of `dinofleet_job_recovery_seconds`: a recovery takes seconds to a minute. */
 export const RECOVERY_SECONDS_BUCKETS: readonly number[] = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300];
 
+/** The `cause` values of `dinofleet_job_recoveries_total` (job-runner's `RecoveryCause`). */
+export const RECOVERY_CAUSES = ['rank_lost', 'step_failed', 'nonfinite', 'coordinator_restart', 'rollback'] as const;
+/** The `kind` values of `dinofleet_job_reconfigurations_total` (job-runner's `ReconfigurationKind`). */
+export const RECONFIGURATION_KINDS = ['join', 'leave', 'scale'] as const;
+
 /** The coordinator's metrics. */
 export class CoordinatorMetrics {
   readonly jobs: LabelledMetric;
@@ -94,6 +99,18 @@ export class CoordinatorMetrics {
   readonly samplesCommitted = new LabelledMetric('dinofleet_job_samples_committed_total', 'Samples of committed steps.', 'counter');
   readonly nonFiniteSteps = new LabelledMetric('dinofleet_job_nonfinite_steps_total', 'Steps every rank reported non-finite (not committed).', 'counter');
   readonly rollbacks = new LabelledMetric('dinofleet_job_rollbacks_total', 'Rollbacks to a checkpoint after repeated non-finite steps.', 'counter');
+
+  /**
+   * Starts the job's counters at 0 (every recovery cause and reconfiguration kind), so
+   * `increase()` and the alert rules (deploy/prometheus/rules.yaml) see the first event;
+   * a series that appears at 1 has no increase.
+   */
+  startJob(jobId: string): void {
+    const job = { job: jobId };
+    for (const counter of [this.committedSteps, this.samplesCommitted, this.nonFiniteSteps, this.rollbacks, this.stepsLost]) counter.inc(job, 0);
+    for (const cause of RECOVERY_CAUSES) this.recoveries.inc({ ...job, cause }, 0);
+    for (const kind of RECONFIGURATION_KINDS) this.reconfigurations.inc({ ...job, kind }, 0);
+  }
 
   /** `countJobs` is called at each scrape for `dinofleet_jobs{state}`. */
   constructor(registry: Registry, countJobs: () => Promise<Map<JobStateName, number>>) {

@@ -20,6 +20,8 @@ import { jobService } from './job-service.ts';
 import type { QueuedJobData } from './job-service.ts';
 import { JobStore, TERMINAL_STATES } from './job-store.ts';
 import type { JobStateName } from './job-store.ts';
+import { KubernetesScaler, kubeConfigFromFile } from './kubernetes-scaler.ts';
+import type { KubernetesScalerOptions } from './kubernetes-scaler.ts';
 import { LocalProcessScaler } from './local-process-scaler.ts';
 import type { SpawnWorker } from './local-process-scaler.ts';
 import { NoScaler } from './scaler.ts';
@@ -43,9 +45,15 @@ export interface CoordinatorOptions {
   readonly metricsListen?: string;
   /** Jobs run at once. @default 1 */
   readonly maxRunningJobs?: number;
-  /** 'none', 'local', or a Scaler object. @default 'none' */
-  readonly scaler?: 'none' | 'local' | ((coordinatorAddress: string) => Scaler);
-  /** Local scaler: workers started at boot. @default 0 */
+  /**
+   * 'none' (workers are started by someone else), 'local' (worker processes), 'kubernetes'
+   * (the worker StatefulSet's scale subresource, settings in {@link kubernetes}), or a
+   * function making a Scaler. @default 'none'
+   */
+  readonly scaler?: 'none' | 'local' | 'kubernetes' | ((coordinatorAddress: string) => Scaler);
+  /** Kubernetes scaler: the StatefulSet, its namespace, and how to reach the API server. */
+  readonly kubernetes?: CoordinatorKubernetesOptions;
+  /** Workers the scaler makes exist at boot and keeps at least while jobs want fewer. @default 0 */
   readonly initialWorkers?: number;
   /** Local scaler: `--backend` of its workers. @default 'wasm' */
   readonly workerBackend?: string;
@@ -70,6 +78,12 @@ export interface CoordinatorOptions {
   readonly logger?: Logger;
   /** How long close() lets gRPC calls drain, ms. @default 10000 */
   readonly closeGraceMs?: number;
+}
+
+/** Settings of the Kubernetes scaler (`--scaler kubernetes`). */
+export interface CoordinatorKubernetesOptions extends Pick<KubernetesScalerOptions, 'statefulSet' | 'namespace' | 'kubeConfig' | 'callTimeoutMs' | 'operationTimeoutMs' | 'retry'> {
+  /** A kubeconfig file to use instead of the in-cluster configuration (`--kubeconfig`); ignored when `kubeConfig` is given. */
+  readonly kubeconfigPath?: string;
 }
 
 /** A running coordinator. */
@@ -222,6 +236,20 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
         ...(options.workerBackend !== undefined && { backend: options.workerBackend }),
         ...(options.workerLogDir !== undefined && { logDir: options.workerLogDir }),
         ...(options.spawnWorker !== undefined && { spawn: options.spawnWorker }),
+        logger,
+      });
+    } else if (options.scaler === 'kubernetes') {
+      const kubernetes = options.kubernetes;
+      if (kubernetes === undefined) throw new RangeError("scaler 'kubernetes' needs the kubernetes options (statefulSet, namespace)");
+      const kubeConfig = kubernetes.kubeConfig ?? (kubernetes.kubeconfigPath === undefined ? undefined : await kubeConfigFromFile(kubernetes.kubeconfigPath));
+      // Reads the scale once: a missing StatefulSet or Role stops the start with a message.
+      scaler = await KubernetesScaler.connect({
+        statefulSet: kubernetes.statefulSet,
+        namespace: kubernetes.namespace,
+        ...(kubeConfig !== undefined && { kubeConfig }),
+        ...(kubernetes.callTimeoutMs !== undefined && { callTimeoutMs: kubernetes.callTimeoutMs }),
+        ...(kubernetes.operationTimeoutMs !== undefined && { operationTimeoutMs: kubernetes.operationTimeoutMs }),
+        ...(kubernetes.retry !== undefined && { retry: kubernetes.retry }),
         logger,
       });
     } else if (typeof options.scaler === 'function') {

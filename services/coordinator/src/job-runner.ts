@@ -20,7 +20,7 @@ import type { Logger } from '@dinofleet/telemetry';
 import type { Redis } from 'ioredis';
 import { completeCheckpoint, findLatestCheckpoint } from './checkpoint-commit.ts';
 import type { CheckpointData, FoundCheckpoint } from './checkpoint-commit.ts';
-import type { CoordinatorMetrics } from './coordinator-metrics.ts';
+import type { CoordinatorMetrics, RECONFIGURATION_KINDS, RECOVERY_CAUSES } from './coordinator-metrics.ts';
 import type { LeaseAuthority } from './control-stream.ts';
 import { Severity, TERMINAL_STATES } from './job-store.ts';
 import type { JobRecord, JobStore } from './job-store.ts';
@@ -83,10 +83,10 @@ export interface Generation {
 }
 
 /** Why a generation ended, as counted in `dinofleet_job_recoveries_total{cause}`. */
-export type RecoveryCause = 'rank_lost' | 'step_failed' | 'nonfinite' | 'coordinator_restart' | 'rollback';
+export type RecoveryCause = (typeof RECOVERY_CAUSES)[number];
 
 /** A membership change at a step boundary, as counted in `dinofleet_job_reconfigurations_total{kind}`. */
-export type ReconfigurationKind = 'join' | 'leave' | 'scale';
+export type ReconfigurationKind = (typeof RECONFIGURATION_KINDS)[number];
 
 /** Formats the first 4 hex digits of a hash for messages: `3fa2…`. */
 export function hashPrefix(hex: string): string {
@@ -279,6 +279,7 @@ export class JobRunner implements WorkerListener, LeaseAuthority {
     this.#leases = this.#openLeases(this.#record.leaseEpoch);
     // Leases a previous coordinator handed out are nobody's now.
     await this.#leases.recoverOrphans();
+    this.#ctx.metrics.startJob(this.jobId);
     this.#ctx.metrics.totalSteps.set({ job: this.jobId }, this.#record.totalSteps);
     this.#ctx.metrics.step.set({ job: this.jobId }, this.#committedStep);
 

@@ -2,6 +2,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { LocalProcessScaler } from './local-process-scaler.ts';
 import type { SpawnWorker } from './local-process-scaler.ts';
 import { NoScaler } from './scaler.ts';
+import { describeScalerConformance } from './testing/scaler-conformance.ts';
 
 function fakeSpawn(): { spawn: SpawnWorker; started: { args: string[]; logFile?: string }[]; stopped: number[] } {
   const started: { args: string[]; logFile?: string }[] = [];
@@ -19,6 +20,16 @@ function fakeSpawn(): { spawn: SpawnWorker; started: { args: string[]; logFile?:
   };
   return { spawn, started, stopped };
 }
+
+describeScalerConformance('LocalProcessScaler with a fake spawn', () => {
+  const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', spawn: fakeSpawn().spawn });
+  return Promise.resolve({
+    scaler,
+    count: () => Promise.resolve(scaler.size),
+    workerId: (index: number) => `local-${index}`,
+    close: () => Promise.resolve(),
+  });
+});
 
 describe('scalers', () => {
   it('NoScaler accepts any count and closes', async () => {

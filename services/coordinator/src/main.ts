@@ -44,6 +44,13 @@ async function main(): Promise<void> {
       metricsListen: config.metricsListen,
       maxRunningJobs: config.maxRunningJobs,
       scaler: config.scaler,
+      ...(config.kubernetes !== undefined && {
+        kubernetes: {
+          statefulSet: config.kubernetes.statefulSet,
+          namespace: config.kubernetes.namespace,
+          ...(config.kubernetes.kubeconfigPath !== undefined && { kubeconfigPath: config.kubernetes.kubeconfigPath }),
+        },
+      }),
       initialWorkers: config.initialWorkers,
       workerBackend: config.workerBackend,
       ...(config.workerLogDir !== undefined && { workerLogDir: config.workerLogDir }),
