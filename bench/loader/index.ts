@@ -47,7 +47,8 @@ const STEPS = Number(values.steps);
 const BATCH = Number(values.batch);
 const THREADS = Number(values.threads);
 const BUCKET = 'loader-bench';
-const SPLITS = 8;
+const SPLITS = 4;
+const MANIFEST_LINES = 20_000;
 
 /** DINOv2's reference multi-crop (dinov2/data/augmentations.py, ssl_default_config.yaml). */
 const REFERENCE_CROPS: MultiCropConfig = {
@@ -101,9 +102,14 @@ async function upload(s3: S3Client): Promise<{ manifestBytes: number; jpegBytes:
     }
   };
   await Promise.all(Array.from({ length: 4 }, worker));
-  for (let i = 0; i < IMAGES; i++) lines.push(`photos/${String(i).padStart(6, '0')}.jpg\t${i % 1000}`);
-  // Two bad entries, as a real corpus has: a missing object and a truncated JPEG.
-  lines.splice(IMAGES >> 1, 0, 'photos/missing.jpg\t0', 'photos/truncated.jpg\t0');
+  // A manifest of MANIFEST_LINES lines naming the photographs in turn (a shard of a real
+  // manifest holds thousands of lines, so a worker reads its manifest a block at a time,
+  // not a GET per window), with a bad entry every 1000 lines as a real corpus has: a
+  // missing object or a truncated JPEG.
+  for (let i = 0; i < MANIFEST_LINES; i++) {
+    if (i % 1000 === 500) lines.push(i % 2000 === 500 ? 'photos/missing.jpg\t0' : 'photos/truncated.jpg\t0');
+    lines.push(`photos/${String(i % IMAGES).padStart(6, '0')}.jpg\t${i % 1000}`);
+  }
   const truncated = (await photo(0)).subarray(0, 5000);
   await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'photos/truncated.jpg', Body: truncated }));
   const manifest = `${lines.join('\n')}\n`;
@@ -184,8 +190,10 @@ try {
     const waited = performance.now() - started;
     if (batch.crops?.batchSize !== BATCH) throw new Error(`step ${step}: the loader gave ${batch.crops?.batchSize ?? 0} images`);
     const computeStart = performance.now();
+    const queued = pool.pending;
     await trainStep(state, stepBatch);
     const computed = performance.now() - computeStart;
+    if (queued === 0) log(`  step ${step}: no loader job was queued when the step started (the loader waited on the main thread)`);
     waits.push(waited);
     computes.push(computed);
     totals.push(performance.now() - started);
