@@ -24,8 +24,7 @@ import { initComputeBackend, parseComputeBackend } from '@dinofleet/compute';
 import { parseJobSpec, resolveRecipe } from '@dinofleet/config';
 import { CropPool, planManifestSplits, resolveS3Config } from '@dinofleet/data';
 import type { S3Config } from '@dinofleet/data';
-import { Rng, buildCropBatch, createDinoState, disposeDinoState, trainStep } from '@dinofleet/dino';
-import type { MultiCropConfig } from '@dinofleet/dino';
+import { REFERENCE_MULTI_CROP, Rng, buildCropBatch, createDinoState, disposeDinoState, trainStep } from '@dinofleet/dino';
 import { s3ClientFromEnv } from '@dinofleet/local';
 import type { ShardLease } from '@dinofleet/proto';
 import { LeaseReader, PrefetchingBatchSource, S3BatchLoader } from '@dinofleet/worker';
@@ -50,21 +49,6 @@ const BUCKET = 'loader-bench';
 const SPLITS = 4;
 const MANIFEST_LINES = 20_000;
 
-/** DINOv2's reference multi-crop (dinov2/data/augmentations.py, ssl_default_config.yaml). */
-const REFERENCE_CROPS: MultiCropConfig = {
-  globalSize: 224,
-  localSize: 96,
-  nLocal: 8,
-  globalScale: [0.32, 1],
-  localScale: [0.05, 0.32],
-  flipProbability: 0.5,
-  colorJitter: { probability: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1 },
-  grayscaleProbability: 0.2,
-  blur: { globalProbabilities: [1.0, 0.1], localProbability: 0.5, sigma: [0.1, 2.0] },
-  solarizeProbability: [0, 0.2],
-  mean: [0.485, 0.456, 0.406],
-  std: [0.229, 0.224, 0.225],
-};
 
 /** A photograph-like JPEG: smooth colour fields, a few shapes' edges, sensor-like noise. */
 async function photo(index: number): Promise<Buffer> {
@@ -135,7 +119,7 @@ function openLoader(s3: S3Client, s3Config: S3Config, manifestBytes: number, poo
     batchSize: BATCH,
     concurrency: 16,
     channels: 3,
-    crops: { config: REFERENCE_CROPS, seed: 0, firstStep, batchOffset: 0, pool, s3: s3Config },
+    crops: { config: REFERENCE_MULTI_CROP, seed: 0, firstStep, batchOffset: 0, pool, s3: s3Config },
     onSkip: (skipped) => skips.set(skipped.reason, (skips.get(skipped.reason) ?? 0) + 1),
   });
   return new PrefetchingBatchSource(loader);

@@ -59,6 +59,7 @@ export {
   multiCrop,
   normalizeImage,
   randomResizedCrop,
+  REFERENCE_MULTI_CROP,
   stackCrops,
   type Image,
   type MultiCropConfig,

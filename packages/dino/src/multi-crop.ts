@@ -119,6 +119,29 @@ export const FMNIST_MULTI_CROP: MultiCropConfig = {
   std: [0.353],
 };
 
+/**
+ * DINOv2's reference multi-crop for ImageNet-sized RGB photographs
+ * (`dinov2/data/augmentations.py` with `ssl_default_config.yaml`): 2 global crops of 224 px
+ * (scale 0.32-1), 8 local crops of 96 px (0.05-0.32), flip, colour jitter 0.8, grayscale
+ * 0.2, blur (1.0 / 0.1 on the globals, 0.5 on the locals), solarisation 0.2 on the second
+ * global crop, ImageNet mean and std. The shipped presets are sized for Fashion-MNIST; a
+ * recipe override (`crops`) or the loader benchmark uses this one.
+ */
+export const REFERENCE_MULTI_CROP: MultiCropConfig = {
+  globalSize: 224,
+  localSize: 96,
+  nLocal: 8,
+  globalScale: [0.32, 1],
+  localScale: [0.05, 0.32],
+  flipProbability: 0.5,
+  colorJitter: { probability: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1 },
+  grayscaleProbability: 0.2,
+  blur: { globalProbabilities: [1.0, 0.1], localProbability: 0.5, sigma: [0.1, 2.0] },
+  solarizeProbability: [0, 0.2],
+  mean: [0.485, 0.456, 0.406],
+  std: [0.229, 0.224, 0.225],
+};
+
 /** torchvision's default aspect-ratio range for {@link randomResizedCrop}. */
 const DEFAULT_RATIO: readonly [number, number] = [3 / 4, 4 / 3];
 
