@@ -17,9 +17,14 @@ import { isTerminal, sampleValue, scrape, waitForJob } from './support/cluster.t
 import { checkLedger, elasticJobSpec, submitJob, waitForStep } from './support/elastic.ts';
 
 const BUCKET = 'itest-elastic';
-/** 400 images at 8 per step: 50 steps an epoch; jobs run 60 steps over 40 shards of 10 records. */
+/**
+ * 400 images at 8 per step: 50 steps an epoch; jobs run 70 steps over 40 shards of 10
+ * records. Epochs overlap at their boundary (a rank whose lease runs out takes one of the
+ * next epoch while others still hold this one's, and each rank loads up to 4 batches
+ * ahead), so 20 steps past the epoch leave room for epoch 0 to finish.
+ */
 const IMAGES = 400;
-const RUN = { steps: 60, shards: 40 };
+const RUN = { steps: 70, shards: 40 };
 
 async function expectExactlyOnce(fleet: LocalFleet, jobId: string, manifestUri: string): Promise<void> {
   const ledger = await checkLedger(fleet, jobId, manifestUri);
