@@ -121,9 +121,6 @@ export const READ_BACKOFF: BackoffOptions = { baseMs: 500, capMs: 5_000 };
 /** A batch could not be read: an object kept failing (not missing, not undecodable). */
 export class ImageReadError extends UnavailableError {}
 
-/** Reason of a manifest line that is not a valid entry. */
-export const INVALID_RECORD_REASON = SkipReason.InvalidRecord;
-
 /** The skip reason of an image that does not decode. */
 export function decodeSkipReason(code: DecodeErrorCode): SkipReason {
   switch (code) {

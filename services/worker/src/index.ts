@@ -35,7 +35,6 @@ export {
   READ_BACKOFF,
   READ_RETRIES,
   S3BatchLoader,
-  INVALID_RECORD_REASON,
   batchBytes,
   batchImageCount,
 } from './batch-loader.ts';
