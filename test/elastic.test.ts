@@ -28,7 +28,7 @@ const RUN = { steps: 70, shards: 40 };
 
 async function expectExactlyOnce(fleet: LocalFleet, jobId: string, manifestUri: string): Promise<void> {
   const ledger = await checkLedger(fleet, jobId, manifestUri);
-  expect(ledger.epochsComplete).toBeGreaterThanOrEqual(1);
+  expect(ledger.epochsComplete, JSON.stringify(ledger)).toBeGreaterThanOrEqual(1);
   expect(ledger.lost).toBe(0);
   expect(ledger.duplicated).toBe(0);
 }

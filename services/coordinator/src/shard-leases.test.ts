@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
 import { FailedPreconditionError, JobState } from '@dinofleet/proto';
+import { ShardLeases } from './shard-leases.ts';
 import { epochShardOrder, perRankBatch, planShards } from './shard-plan.ts';
 import { jobSpec, startTestCoordinator, startTestEnv } from './testing/test-env.ts';
 import type { TestEnv } from './testing/test-env.ts';
@@ -24,6 +26,39 @@ describe('shard plan arithmetic', () => {
     expect([...order].sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(epochShardOrder(7, 0, 10)).toEqual(order);
     expect(epochShardOrder(7, 1, 10)).not.toEqual(order);
+  });
+});
+
+describe('ShardLeases', () => {
+  it('hands back a lease still being taken when every lease is released (a generation ending mid-AcquireLease)', async () => {
+    const connection = new Redis(env.redis.url, { maxRetriesPerRequest: null });
+    const leases = new ShardLeases({
+      connection,
+      prefix: 'release-race',
+      jobId: 'race',
+      shards: planShards(30, 3),
+      seed: 1,
+      leaseEpoch: -1,
+      saveLeaseEpoch: () => Promise.resolve(),
+    });
+    try {
+      // Rank 1 of the ending generation asks; the next generation is formed before its
+      // lease is taken. The release must wait for that lease and hand it back.
+      const stale = leases.acquire(1);
+      const released = leases.release();
+      const first = await leases.acquire(0);
+      await Promise.all([stale, released]);
+      // Handed back at the front of the queue, it is the next generation's first lease;
+      // nothing stays held by the ending generation's rank 1.
+      expect(first.leaseId).toBe((await stale).leaseId);
+      expect(leases.held().map((h) => [h.leaseId, h.rank])).toEqual([[first.leaseId, 0]]);
+      const states = await leases.snapshot();
+      expect(states.filter((l) => l.state === 'active').map((l) => l.id)).toEqual([first.leaseId]);
+      expect(states.filter((l) => l.state === 'waiting')).toHaveLength(2);
+    } finally {
+      await leases.obliterate();
+      connection.disconnect();
+    }
   });
 });
 

@@ -256,8 +256,19 @@ export class ShardLeases {
     }
   }
 
-  /** Moves every lease of `rank` (or of every rank) back to waiting at its committed cursor. */
-  async release(rank?: number): Promise<void> {
+  /**
+   * Moves every lease of `rank` (or of every rank) back to waiting at its committed cursor.
+   * Queued behind acquisitions in flight: an AcquireLease of an ending generation that was
+   * still taking its lease is handed back too, not left held by a rank number that the next
+   * generation gives to someone who never heard of it (its records would be skipped).
+   */
+  release(rank?: number): Promise<void> {
+    const next = this.#serial.then(() => this.#release(rank));
+    this.#serial = next.catch(() => undefined);
+    return next;
+  }
+
+  async #release(rank: number | undefined): Promise<void> {
     for (const [id, held] of [...this.#held]) {
       if (rank !== undefined && held.rank !== rank) continue;
       this.#held.delete(id);
