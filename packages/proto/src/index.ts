@@ -21,3 +21,5 @@ export * from './handlers.ts';
 export * from './health.ts';
 export * from './server.ts';
 export * from './service-process.ts';
+export * from './transport-security.ts';
+export * from './api-tokens.ts';
