@@ -7,7 +7,7 @@ import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client 
 import { evalKnn } from '@dinofleet/cli';
 import { createS3Client, encodeTar, resolveS3Config } from '@dinofleet/data';
 import { startLocalFleet, uploadFashionMnist, type LocalFleet } from '@dinofleet/local';
-import { callUnary, createClient, DinofleetError, JobServiceClient, JobState, TeacherSyncClient, type Job } from '@dinofleet/proto';
+import { callUnary, channelCredentials, createClient, DinofleetError, JobServiceClient, JobState, TeacherSyncClient, type Job } from '@dinofleet/proto';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTerminal, sampleValue, scrape, smallJobSpec, waitForJob } from './support/cluster.ts';
@@ -26,7 +26,8 @@ describe('a local fleet with two workers', { timeout: 240_000 }, () => {
     fleet = await startLocalFleet({ workers: 2, backend: 'wasm', logDir });
     s3 = createS3Client(resolveS3Config({}, { ...process.env, ...fleet.s3Env }));
     manifestUri = (await uploadFashionMnist(s3, { bucket: BUCKET, split: 'train', limit: 200 })).manifestUri;
-    client = createClient(JobServiceClient, fleet.coordinatorAddress);
+    // The fleet is secure by default: TLS against its CA and its admin token.
+    client = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions());
   }, 180_000);
 
   afterAll(async () => {
@@ -59,7 +60,8 @@ describe('a local fleet with two workers', { timeout: 240_000 }, () => {
     expect(sampleValue(metrics, 'dinofleet_job_committed_steps_total', { job: jobId })).toBe(3);
     expect(sampleValue(metrics, 'dinofleet_job_step', { job: jobId })).toBe(3);
     // teacher-sync holds the final teacher, and `dinofleet eval knn` reads it.
-    const teacherSync = createClient(TeacherSyncClient, fleet.teacherSyncAddress);
+    // TeacherSync serves fleet members only: connect with the fleet certificate.
+    const teacherSync = createClient(TeacherSyncClient, fleet.teacherSyncAddress, { credentials: channelCredentials(fleet.security) });
     try {
       const knn = await evalKnn({ jobId, jobs: client, teacher: { kind: 'snapshot', client: teacherSync }, train: 200, test: 100 });
       expect(knn.step).toBe(3);

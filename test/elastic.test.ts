@@ -44,7 +44,7 @@ describe('an elastic fleet of three workers', { timeout: 300_000 }, () => {
     fleet = await startLocalFleet({ workers: 3, backend: 'wasm', logDir });
     s3 = createS3Client(resolveS3Config({}, { ...process.env, ...fleet.s3Env }));
     manifestUri = (await uploadFashionMnist(s3, { bucket: BUCKET, split: 'train', limit: IMAGES })).manifestUri;
-    client = createClient(JobServiceClient, fleet.coordinatorAddress);
+    client = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions());
   }, 180_000);
 
   afterAll(async () => {
@@ -175,7 +175,7 @@ describe('non-finite steps', { timeout: 300_000 }, () => {
     fleet = await startLocalFleet({ workers: 2, backend: 'wasm', logDir, env: { DINOFLEET_FAULT_NONFINITE_STEPS: '3,12,12,12' } });
     s3 = createS3Client(resolveS3Config({}, { ...process.env, ...fleet.s3Env }));
     manifestUri = (await uploadFashionMnist(s3, { bucket: `${BUCKET}-nan`, split: 'train', limit: 160 })).manifestUri;
-    client = createClient(JobServiceClient, fleet.coordinatorAddress);
+    client = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions());
   }, 180_000);
 
   afterAll(async () => {

@@ -1,18 +1,26 @@
 // The Helm chart (helm/dinofleet): rendered with the pinned Helm for the default values and
 // combinations of them, every object checked against the Kubernetes OpenAPI schemas
 // (kubernetes-models), every service flag resolved by the service's own config code, and what
-// the objects mean (RBAC, NetworkPolicy ports, GPUs, probes, the headless Service) asserted.
-// Bad values must be refused by Helm itself (values.schema.json, or the chart's checks).
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+// the objects mean (RBAC, NetworkPolicy ports, GPUs, probes, the headless Service, TLS and
+// API tokens) asserted. Bad values must be refused by Helm itself (values.schema.json, or the
+// chart's checks).
+import { X509Certificate } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseJobSpec, resolveJobSpec } from '@dinofleet/config';
 import { COORDINATOR_FLAG_OPTIONS, resolveCoordinatorConfig } from '@dinofleet/coordinator';
 import { resolveS3Config } from '@dinofleet/data';
+import { API_SCOPES, generateApiToken, hashApiToken, loadApiTokens, loadTlsDir, parseApiTokens } from '@dinofleet/proto';
+import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
 import {
+  CHART_API_SCOPES,
+  CHART_API_TOKENS_DIR,
   CHART_DASHBOARDS_DIR,
   CHART_DIR,
   CHART_RULES_FILE,
+  CHART_TLS_DIR,
   CHART_VALUES_SCHEMA,
   REPO_ROOT,
   helmLint,
@@ -27,7 +35,7 @@ import {
 } from '@dinofleet/helm-chart';
 import { resolveTeacherSyncConfig, type TeacherSyncFlags } from '@dinofleet/teacher-sync';
 import { resolveWorkerConfig } from '@dinofleet/worker';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 
 const RELEASE = 'df';
@@ -52,33 +60,63 @@ function isMap(value: unknown): value is Values {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-const PEM = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+/**
+ * Tokens whose hashes the cases put into values. The tokens themselves must appear nowhere in
+ * what the chart renders (nor in its error messages).
+ */
+const RAW_TOKENS = { ops: generateApiToken(), ci: generateApiToken() } as const;
+/** Anything shaped like a dinofleet API token. */
+const RAW_TOKEN_PATTERN = /dft_[A-Za-z0-9_-]{43}/;
+/** apiTokens.tokens of the cases: one hash as `dinofleet token create` prints it, one as bare hex (the chart adds `sha256:`). */
+const TOKEN_ENTRIES = [
+  { name: 'ops', scope: 'admin', sha256: hashApiToken(RAW_TOKENS.ops) },
+  { name: 'ci', scope: 'submit', sha256: hashApiToken(RAW_TOKENS.ci).slice('sha256:'.length) },
+] as const;
+/** TLS is on by default, so the coordinator needs a tokens file: the least a release needs. */
+const WITH_TOKENS: Values = { apiTokens: { tokens: TOKEN_ENTRIES } };
+
+/** A real CA and fleet certificate (what `dinofleet certs` writes) for the PEM-in-values case. */
+const DEV_TLS_DIR = mkdtempSync(join(tmpdir(), 'dinofleet-helm-tls-'));
+await createDevCertificates(DEV_TLS_DIR);
+const DEV_PEM = {
+  cert: readFileSync(join(DEV_TLS_DIR, 'tls.crt'), 'utf8'),
+  key: readFileSync(join(DEV_TLS_DIR, 'tls.key'), 'utf8'),
+  ca: readFileSync(join(DEV_TLS_DIR, 'ca.crt'), 'utf8'),
+};
 
 /** The combinations every structural check runs on. */
 const CASES: Readonly<Record<string, Values>> = {
-  default: {},
+  default: WITH_TOKENS,
   'external Redis URL, created Secrets, DNS advertise': {
     redis: { mode: 'external', external: { url: 'rediss://:pw@redis.example.com:6380/0' } },
     s3: { endpoint: 'http://minio.storage.svc:9000', region: 'eu-west-1', forcePathStyle: true, credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'wJalrXUtnFEMI' } },
-    tls: { enabled: true, cert: PEM, key: 'KEY', ca: PEM },
-    apiTokens: { enabled: true, tokens: { ci: 'token-1', alice: 'token-2' } },
+    tls: { enabled: true, ...DEV_PEM },
+    ...WITH_TOKENS,
     workers: { advertise: 'dns' },
   },
-  'existing Secrets': {
+  'existing Secrets: cert-manager TLS, a tokens file, a submit token': {
     redis: { mode: 'external', external: { existingSecret: 'shared-redis', existingSecretKey: 'url' } },
     s3: { credentials: { existingSecret: 'shared-s3', accessKeyIdKey: 'id', secretAccessKeyKey: 'secret' } },
+    // A cert-manager Certificate's secretName: ca.crt, tls.crt, tls.key.
     tls: { enabled: true, existingSecret: 'dinofleet-mtls' },
-    apiTokens: { enabled: true, existingSecret: 'dinofleet-tokens' },
+    apiTokens: { existingSecret: 'dinofleet-tokens', existingSecretKey: 'tokens.txt' },
+    job: { submit: true, tokenSecret: 'ci-submit-token', tokenSecretKey: 'dinofleet-token' },
   },
   'monitoring objects and job submit': {
+    ...WITH_TOKENS,
     metrics: {
       serviceMonitor: { enabled: true, labels: { release: 'kube-prometheus-stack' } },
       prometheusRule: { enabled: true, labels: { release: 'kube-prometheus-stack' } },
       grafanaDashboards: { enabled: true, annotations: { grafana_folder: 'dinofleet' } },
     },
+    job: { submit: true, tokenSecret: 'df-submit-token' },
+  },
+  'TLS off (insecure acknowledged), job submit': {
+    tls: { enabled: false, insecureAcknowledged: true },
     job: { submit: true },
   },
   'CPU workers, no NetworkPolicy, no PDB, ephemeral Redis, every worker flag': {
+    ...WITH_TOKENS,
     workers: { backend: 'wasm', gpu: { enabled: false }, fetchConcurrency: 64, loaderThreads: 6, prefetchMb: 1_048_576, podDisruptionBudget: { enabled: false } },
     teacherSync: { maxSnapshotBytes: 4_294_967_296 },
     networkPolicy: { enabled: false },
@@ -87,6 +125,7 @@ const CASES: Readonly<Record<string, Values>> = {
     coordinator: { scaler: 'none' },
   },
   'GPU scheduling, Redis password, kubernetes scaler, long names': {
+    ...WITH_TOKENS,
     fullnameOverride: 'a-very-long-release-name-for-a-dinofleet-training-cluster',
     workers: {
       replicas: 4,
@@ -138,6 +177,36 @@ function containerOf(workload: ChartKinds['Deployment'] | ChartKinds['StatefulSe
   return container;
 }
 
+/** The release's fullname, as the chart's resource names start with it. */
+function chartFullname(chart: RenderedChart): string {
+  return nameOf(byComponent(chart, 'Deployment', 'coordinator')).replace(/-coordinator$/, '');
+}
+
+/** The key of the tokens file in the API tokens Secret (and its file name under CHART_API_TOKENS_DIR). */
+function tokensKeyOf(values: Values): string {
+  return valueAt(values, 'apiTokens.existingSecret') ? String(valueAt(values, 'apiTokens.existingSecretKey')) : 'api-tokens';
+}
+
+/** A kubernetes.io/tls Secret's files as text, from data (base64) or stringData. */
+function tlsFilesOf(secret: ChartKinds['Secret']): Record<'ca.crt' | 'tls.crt' | 'tls.key', string> {
+  const file = (key: 'ca.crt' | 'tls.crt' | 'tls.key'): string => {
+    const encoded = secret.data?.[key];
+    return encoded === undefined ? (secret.stringData?.[key] ?? '') : Buffer.from(encoded, 'base64').toString('utf8');
+  };
+  return { 'ca.crt': file('ca.crt'), 'tls.crt': file('tls.crt'), 'tls.key': file('tls.key') };
+}
+
+/** What a service's loadTlsDir makes of a TLS Secret once the kubelet has mounted it. */
+function loadMountedTlsSecret(secret: ChartKinds['Secret']): ReturnType<typeof loadTlsDir> {
+  const dir = mkdtempSync(join(tmpdir(), 'dinofleet-helm-mounted-'));
+  try {
+    for (const [name, text] of Object.entries(tlsFilesOf(secret))) writeFileSync(join(dir, name), text);
+    return loadTlsDir(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // What a container sees at run time: the kubelet's expansion of env and args.
 
@@ -171,20 +240,74 @@ function containerEnv(container: Container, podName: string): Record<string, str
   return env;
 }
 
-function containerArgs(container: Container, env: Readonly<Record<string, string>>): string[] {
-  const args = (container.args ?? []).map((arg) => expand(arg, env));
+/**
+ * The container's args as the process gets them; with `mounts` (from {@link mountSecretVolumes}),
+ * `--flag=<mount path>...` points at the directory standing in for the mount.
+ */
+function containerArgs(container: Container, env: Readonly<Record<string, string>>, mounts: ReadonlyMap<string, string> = new Map()): string[] {
+  const args = (container.args ?? []).map((arg) => {
+    const expanded = expand(arg, env);
+    for (const [mountPath, dir] of mounts) {
+      const [flag, value] = [expanded.slice(0, expanded.indexOf('=') + 1), expanded.slice(expanded.indexOf('=') + 1)];
+      if (flag !== '' && (value === mountPath || value.startsWith(`${mountPath}/`))) return flag + dir + value.slice(mountPath.length);
+    }
+    return expanded;
+  });
   for (const arg of args) expect(arg, `${container.name}: unexpanded reference in ${arg}`).not.toMatch(/\$\(/);
   return args;
 }
 
-/** teacher-sync's flags, keyed by its exported flag type: a flag added or renamed there breaks this table. */
+/** Directories made by {@link mountSecretVolumes}, removed after the tests. */
+const MOUNT_DIRS: string[] = [];
+
+/**
+ * The files of Secret `secretName` as a pod sees them: the chart's own Secret when it renders
+ * one, else (a Secret the values name) a stand-in: the dev CA's files for TLS, the cases'
+ * token hashes as the tokens file.
+ */
+function secretFiles(chart: RenderedChart, secretName: string, volumeName: string, keys: readonly string[]): Record<string, string> {
+  if (chart.has('Secret', secretName)) {
+    const secret = chart.get('Secret', secretName);
+    return {
+      ...Object.fromEntries(Object.entries(secret.data ?? {}).map(([key, encoded]) => [key, Buffer.from(encoded, 'base64').toString('utf8')])),
+      ...secret.stringData,
+    };
+  }
+  if (volumeName === 'tls') return { 'ca.crt': DEV_PEM.ca, 'tls.crt': DEV_PEM.cert, 'tls.key': DEV_PEM.key };
+  if (volumeName === 'api-tokens') {
+    const tokensFile = TOKEN_ENTRIES.map(({ name, scope, sha256 }) => `${name} ${scope} ${sha256.startsWith('sha256:') ? sha256 : `sha256:${sha256}`}`).join('\n');
+    return Object.fromEntries(keys.map((key) => [key, tokensFile]));
+  }
+  throw new Error(`no stand-in for the files of Secret ${secretName} (volume ${volumeName})`);
+}
+
+/** The kubelet's Secret volumes of `container`: mount path -> a directory with the files it would see there. */
+function mountSecretVolumes(chart: RenderedChart, workload: ChartKinds['Deployment'] | ChartKinds['StatefulSet'], container: Container): Map<string, string> {
+  const mounts = new Map<string, string>();
+  for (const mount of container.volumeMounts ?? []) {
+    const secret = workload.spec?.template.spec?.volumes?.find((volume) => volume.name === mount.name)?.secret;
+    if (secret?.secretName === undefined) continue;
+    const items = secret.items?.map((item) => [item.key, item.path] as const);
+    const all = secretFiles(chart, secret.secretName, mount.name, items?.map(([key]) => key) ?? []);
+    const files = items === undefined ? Object.entries(all) : items.map(([key, path]) => [path, all[key] ?? ''] as const);
+    const dir = mkdtempSync(join(tmpdir(), `dinofleet-helm-${mount.name}-`));
+    MOUNT_DIRS.push(dir);
+    for (const [name, text] of files) writeFileSync(join(dir, name), text);
+    mounts.set(mount.mountPath, dir);
+  }
+  return mounts;
+}
+
+/** teacher-sync's flags, keyed by its exported flag type: a flag added or renamed there (or a change of its type) breaks this table. */
 const TEACHER_SYNC_FLAG_OPTIONS = {
   listen: { type: 'string' },
   'metrics-listen': { type: 'string' },
   'ready-file': { type: 'string' },
   'log-level': { type: 'string' },
   'max-snapshot-bytes': { type: 'string' },
-} as const satisfies Record<keyof TeacherSyncFlags, { type: 'string' }>;
+  'tls-dir': { type: 'string' },
+  insecure: { type: 'boolean' },
+} as const satisfies { [K in keyof TeacherSyncFlags]-?: NonNullable<TeacherSyncFlags[K]> extends boolean ? { type: 'boolean' } : { type: 'string' } };
 
 /**
  * Environment variables the chart may set: those docs/cluster.md names (checked against its
@@ -200,11 +323,16 @@ const NON_CONFIG_ENV = new Set([
   'TMPDIR',
   'CUDA_CACHE_PATH',
 ]);
-const CLUSTER_DOC = readFileSync(join(REPO_ROOT, 'docs/cluster.md'), 'utf8');
+/** The docs that name the services' and the CLI's settings (docs/security.md: the TLS and token ones). */
+const CLUSTER_DOC = ['docs/cluster.md', 'docs/security.md'].map((path) => readFileSync(join(REPO_ROOT, path), 'utf8')).join('\n');
 
 // ---------------------------------------------------------------------------------------
 
 describe('the Helm chart helm/dinofleet', () => {
+  afterAll(() => {
+    for (const dir of [DEV_TLS_DIR, ...MOUNT_DIRS]) rmSync(dir, { recursive: true, force: true });
+  });
+
   beforeAll(async () => {
     await Promise.all(
       Object.entries(CASES).map(async ([name, values]) => {
@@ -279,9 +407,18 @@ describe('the Helm chart helm/dinofleet', () => {
       const teacherSyncService = nameOf(byComponent(chart, 'Service', 'teacher-sync'));
       const workerService = nameOf(byComponent(chart, 'Service', 'worker'));
 
-      const coordinator = containerOf(byComponent(chart, 'Deployment', 'coordinator'));
+      // The Secrets mounted as the kubelet would (--tls-dir, --api-tokens point into them).
+      const tlsOn = valueAt(values, 'tls.enabled') === true;
+      const coordinatorDeployment = byComponent(chart, 'Deployment', 'coordinator');
+      const coordinator = containerOf(coordinatorDeployment);
       const coordinatorEnv = containerEnv(coordinator, 'coordinator-7d9f-abcde');
-      const { values: coordinatorFlags } = parseArgs({ args: containerArgs(coordinator, coordinatorEnv), options: COORDINATOR_FLAG_OPTIONS, strict: true, allowPositionals: false });
+      const coordinatorMounts = mountSecretVolumes(chart, coordinatorDeployment, coordinator);
+      const { values: coordinatorFlags } = parseArgs({
+        args: containerArgs(coordinator, coordinatorEnv, coordinatorMounts),
+        options: COORDINATOR_FLAG_OPTIONS,
+        strict: true,
+        allowPositionals: false,
+      });
       const coordinatorConfig = resolveCoordinatorConfig(coordinatorFlags, coordinatorEnv);
       // The scaler the values chose; kubernetes scales this release's worker StatefulSet (in-cluster config).
       expect(coordinatorConfig.scaler).toBe(valueAt(values, 'coordinator.scaler'));
@@ -292,6 +429,12 @@ describe('the Helm chart helm/dinofleet', () => {
       expect(coordinatorConfig.metricsListen).toBe(`0.0.0.0:${metricsPort}`);
       expect(coordinatorConfig.teacherSyncAddress).toBe(`${teacherSyncService}.${NAMESPACE}.svc:${grpcPort}`);
       expect(coordinatorConfig.logLevel).toBe(valueAt(values, 'logLevel'));
+      // --tls-dir and --api-tokens (a file of the mounted tokens Secret), or --insecure alone;
+      // main.ts then loads both as here.
+      expect([coordinatorConfig.tlsDir, coordinatorConfig.insecure]).toEqual(tlsOn ? [coordinatorMounts.get(CHART_TLS_DIR), false] : [undefined, true]);
+      expect(coordinatorConfig.apiTokensFile).toBe(tlsOn ? `${coordinatorMounts.get(CHART_API_TOKENS_DIR)}/${tokensKeyOf(values)}` : undefined);
+      if (coordinatorConfig.tlsDir !== undefined) expect(loadTlsDir(coordinatorConfig.tlsDir).cert).toBeDefined();
+      if (coordinatorConfig.apiTokensFile !== undefined) expect(loadApiTokens(coordinatorConfig.apiTokensFile).map(({ name, scope }) => `${name} ${scope}`)).toEqual(['ops admin', 'ci submit']);
       if (valueAt(values, 'redis.mode') === 'bundled') {
         const redisService = nameOf(byComponent(chart, 'Service', 'redis'));
         const auth = valueAt(values, 'redis.bundled.auth.enabled') === true ? ':correct-horse@' : '';
@@ -301,20 +444,31 @@ describe('the Helm chart helm/dinofleet', () => {
       }
       expect(resolveS3Config({}, coordinatorEnv).endpoint).toBe((valueAt(values, 's3.endpoint') as string) || undefined);
 
-      const teacherSync = containerOf(byComponent(chart, 'Deployment', 'teacher-sync'));
+      const teacherSyncDeployment = byComponent(chart, 'Deployment', 'teacher-sync');
+      const teacherSync = containerOf(teacherSyncDeployment);
       const teacherSyncEnv = containerEnv(teacherSync, 'teacher-sync-5c6b-fghij');
-      const { values: teacherSyncFlags } = parseArgs({ args: containerArgs(teacherSync, teacherSyncEnv), options: TEACHER_SYNC_FLAG_OPTIONS, strict: true, allowPositionals: false });
+      const teacherSyncMounts = mountSecretVolumes(chart, teacherSyncDeployment, teacherSync);
+      const { values: teacherSyncFlags } = parseArgs({
+        args: containerArgs(teacherSync, teacherSyncEnv, teacherSyncMounts),
+        options: TEACHER_SYNC_FLAG_OPTIONS,
+        strict: true,
+        allowPositionals: false,
+      });
       const teacherSyncConfig = resolveTeacherSyncConfig(teacherSyncFlags, teacherSyncEnv);
       expect(teacherSyncConfig.listen).toBe(`0.0.0.0:${grpcPort}`);
       expect(teacherSyncConfig.metricsListen).toBe(`0.0.0.0:${metricsPort}`);
       expect(teacherSyncConfig.maxSnapshotBytes).toBe(valueAt(values, 'teacherSync.maxSnapshotBytes') ?? 1024 ** 3);
+      expect([teacherSyncConfig.tlsDir, teacherSyncConfig.insecure]).toEqual(tlsOn ? [teacherSyncMounts.get(CHART_TLS_DIR), false] : [undefined, true]);
       resolveS3Config({}, teacherSyncEnv);
 
       const workers = byComponent(chart, 'StatefulSet', 'worker');
       const worker = containerOf(workers);
       const podName = `${nameOf(workers)}-0`;
       const workerEnv = containerEnv(worker, podName);
-      const workerConfig = resolveWorkerConfig(containerArgs(worker, workerEnv), workerEnv, 'not-the-pod-name');
+      const workerMounts = mountSecretVolumes(chart, workers, worker);
+      const workerConfig = resolveWorkerConfig(containerArgs(worker, workerEnv, workerMounts), workerEnv, 'not-the-pod-name');
+      // The worker loads its TLS directory while resolving its flags: the mounted Secret's files.
+      expect(workerConfig.security.kind === 'mtls' ? workerConfig.security.material.dir : 'insecure').toBe(tlsOn ? workerMounts.get(CHART_TLS_DIR) : 'insecure');
       expect(workerConfig.coordinator).toBe(`${coordinatorService}.${NAMESPACE}.svc:${grpcPort}`);
       expect(workerConfig.workerId).toBe(podName);
       expect(workerConfig.listen).toBe(`0.0.0.0:${grpcPort}`);
@@ -340,6 +494,48 @@ describe('the Helm chart helm/dinofleet', () => {
           }
         }
       }
+    });
+
+    it('gives every service --tls-dir on the mounted TLS Secret (--insecure with TLS off), the coordinator alone --api-tokens on its mounted tokens file', () => {
+      const chart = chartOf(caseName);
+      const values = valuesOf(caseName);
+      const tlsOn = valueAt(values, 'tls.enabled') === true;
+      const tlsSecret = (valueAt(values, 'tls.existingSecret') as string) || `${chartFullname(chart)}-tls`;
+      const tokensSecret = (valueAt(values, 'apiTokens.existingSecret') as string) || `${chartFullname(chart)}-api-tokens`;
+      const tokensFile = `${CHART_API_TOKENS_DIR}/${tokensKeyOf(values)}`;
+      const services = [byComponent(chart, 'Deployment', 'coordinator'), byComponent(chart, 'Deployment', 'teacher-sync'), byComponent(chart, 'StatefulSet', 'worker')];
+      for (const workload of services) {
+        const container = containerOf(workload);
+        const pod = workload.spec?.template.spec;
+        const args = container.args ?? [];
+        const isCoordinator = workload.metadata?.labels?.[COMPONENT] === 'coordinator';
+        const security = args.filter((arg) => /^--(tls-dir|insecure|api-tokens)\b/.test(arg));
+        expect(security, container.name).toEqual(
+          tlsOn ? [`--tls-dir=${CHART_TLS_DIR}`, ...(isCoordinator ? [`--api-tokens=${tokensFile}`] : [])] : ['--insecure'],
+        );
+        const mounts = new Map((container.volumeMounts ?? []).map((mount) => [mount.name, mount]));
+        const volumes = new Map((pod?.volumes ?? []).map((volume) => [volume.name, volume]));
+        if (tlsOn) {
+          // The whole Secret: each member presents the fleet certificate and holds its key.
+          expect(mounts.get('tls'), container.name).toEqual({ name: 'tls', mountPath: CHART_TLS_DIR, readOnly: true });
+          expect(volumes.get('tls')?.secret, container.name).toEqual({ secretName: tlsSecret, defaultMode: 0o440 });
+        } else {
+          expect([mounts.has('tls'), volumes.has('tls')], container.name).toEqual([false, false]);
+        }
+        if (tlsOn && isCoordinator) {
+          expect(mounts.get('api-tokens')).toEqual({ name: 'api-tokens', mountPath: CHART_API_TOKENS_DIR, readOnly: true });
+          // Only the tokens file, whatever else the Secret holds.
+          expect(volumes.get('api-tokens')?.secret).toEqual({ secretName: tokensSecret, defaultMode: 0o440, items: [{ key: tokensKeyOf(values), path: tokensKeyOf(values) }] });
+        } else {
+          expect([mounts.has('api-tokens'), volumes.has('api-tokens')], container.name).toEqual([false, false]);
+        }
+      }
+    });
+
+    it('renders no API token anywhere: only hashes, and only where the tokens file is', () => {
+      const rendered = JSON.stringify(chartOf(caseName).objects);
+      for (const token of Object.values(RAW_TOKENS)) expect(rendered.includes(token)).toBe(false);
+      expect(rendered).not.toMatch(RAW_TOKEN_PATTERN);
     });
 
     it('runs every pod as non-root with RuntimeDefault seccomp, a read-only root filesystem and no capabilities', () => {
@@ -466,8 +662,8 @@ describe('the Helm chart helm/dinofleet', () => {
     expect(coordinator.spec?.template.spec?.tolerations).toBeUndefined();
   });
 
-  it('probes every service on the gRPC health service (start-up, readiness) and /healthz on the metrics port (liveness)', () => {
-    for (const caseName of ['default', 'GPU scheduling, Redis password, kubernetes scaler, long names']) {
+  it('probes every service on its gRPC port (start-up, readiness: TCP under mutual TLS, the gRPC health service when insecure) and /healthz on the metrics port (liveness)', () => {
+    for (const caseName of ['default', 'GPU scheduling, Redis password, kubernetes scaler, long names', 'TLS off (insecure acknowledged), job submit']) {
       const chart = chartOf(caseName);
       const grpcPort = Number(valueAt(valuesOf(caseName), 'ports.grpc'));
       const containers = [
@@ -476,8 +672,10 @@ describe('the Helm chart helm/dinofleet', () => {
         containerOf(byComponent(chart, 'StatefulSet', 'worker')),
       ];
       for (const container of containers) {
-        expect(container.startupProbe?.grpc, container.name).toEqual({ port: grpcPort });
-        expect(container.readinessProbe?.grpc, container.name).toEqual({ port: grpcPort });
+        // The kubelet's gRPC probe speaks plaintext; under mutual TLS it would never pass.
+        const probe = valueAt(valuesOf(caseName), 'tls.enabled') === false ? { grpc: { port: grpcPort } } : { tcpSocket: { port: 'grpc' } };
+        expect({ grpc: container.startupProbe?.grpc, tcpSocket: container.startupProbe?.tcpSocket }, container.name).toEqual({ grpc: undefined, tcpSocket: undefined, ...probe });
+        expect({ grpc: container.readinessProbe?.grpc, tcpSocket: container.readinessProbe?.tcpSocket }, container.name).toEqual({ grpc: undefined, tcpSocket: undefined, ...probe });
         expect(container.livenessProbe?.httpGet, container.name).toEqual({ path: '/healthz', port: 'metrics' });
         expect(container.ports?.find((port) => port.name === 'grpc')?.containerPort, container.name).toBe(grpcPort);
       }
@@ -523,16 +721,27 @@ describe('the Helm chart helm/dinofleet', () => {
   });
 
   it('creates Secrets from values, refers to existing ones by name and key, and mounts TLS and API tokens', () => {
-    expect(chartOf('default').all('Secret')).toEqual([]);
+    // Secure by default: a generated TLS Secret and a tokens file from apiTokens.tokens.
+    expect(chartOf('default').all('Secret').map(nameOf).sort()).toEqual(['df-dinofleet-api-tokens', 'df-dinofleet-tls']);
 
     const created = chartOf('external Redis URL, created Secrets, DNS advertise');
     const secrets = new Map(created.all('Secret').map((secret) => [nameOf(secret), secret]));
     expect([...secrets.keys()].sort()).toEqual(['df-dinofleet-api-tokens', 'df-dinofleet-redis-url', 'df-dinofleet-s3', 'df-dinofleet-tls']);
     expect(secrets.get('df-dinofleet-redis-url')?.stringData).toEqual({ 'redis-url': 'rediss://:pw@redis.example.com:6380/0' });
-    expect(secrets.get('df-dinofleet-tls')?.type).toBe('kubernetes.io/tls');
-    expect(Object.keys(secrets.get('df-dinofleet-api-tokens')?.stringData ?? {}).sort()).toEqual(['alice', 'ci']);
+    // PEM from values, as given, in the layout the services load.
+    const tls = secrets.get('df-dinofleet-tls');
+    expect(tls?.type).toBe('kubernetes.io/tls');
+    expect(tls?.stringData).toEqual({ 'tls.crt': DEV_PEM.cert, 'tls.key': DEV_PEM.key, 'ca.crt': DEV_PEM.ca });
+    expect(loadMountedTlsSecret(tls as ChartKinds['Secret']).cert?.toString('utf8')).toBe(DEV_PEM.cert);
+    // The tokens file the coordinator parses: the hashes of apiTokens.tokens, `sha256:` added to bare hex.
+    const tokensFile = secrets.get('df-dinofleet-api-tokens')?.stringData?.['api-tokens'] ?? '';
+    expect(parseApiTokens(tokensFile, 'the chart\'s api-tokens Secret')).toEqual([
+      { name: 'ops', scope: 'admin', hash: hashApiToken(RAW_TOKENS.ops) },
+      { name: 'ci', scope: 'submit', hash: hashApiToken(RAW_TOKENS.ci) },
+    ]);
+    expect(CHART_API_SCOPES).toEqual(API_SCOPES);
 
-    const existing = chartOf('existing Secrets');
+    const existing = chartOf('existing Secrets: cert-manager TLS, a tokens file, a submit token');
     expect(existing.all('Secret')).toEqual([]);
     const refs = (chart: RenderedChart, component: string) =>
       Object.fromEntries(
@@ -543,20 +752,65 @@ describe('the Helm chart helm/dinofleet', () => {
     expect(refs(existing, 'coordinator')).toEqual({ DINOFLEET_REDIS_URL: 'shared-redis/url', AWS_ACCESS_KEY_ID: 'shared-s3/id', AWS_SECRET_ACCESS_KEY: 'shared-s3/secret' });
     expect(refs(existing, 'worker')).toEqual({ AWS_ACCESS_KEY_ID: 'shared-s3/id', AWS_SECRET_ACCESS_KEY: 'shared-s3/secret' });
     expect(refs(created, 'teacher-sync')).toEqual({ AWS_ACCESS_KEY_ID: 'df-dinofleet-s3/AWS_ACCESS_KEY_ID', AWS_SECRET_ACCESS_KEY: 'df-dinofleet-s3/AWS_SECRET_ACCESS_KEY' });
+    expect(containerArgs(containerOf(byComponent(existing, 'Deployment', 'coordinator')), {})).toContain(`--api-tokens=${CHART_API_TOKENS_DIR}/tokens.txt`);
 
-    for (const [chart, tls, tokens] of [
+    for (const [chart, tlsSecret, tokensSecret] of [
       [created, 'df-dinofleet-tls', 'df-dinofleet-api-tokens'],
       [existing, 'dinofleet-mtls', 'dinofleet-tokens'],
     ] as const) {
       for (const { owner, template } of chart.podTemplates()) {
         const volumes = new Map((template.spec?.volumes ?? []).map((volume) => [volume.name, volume.secret?.secretName]));
         const mounts = new Map((template.spec?.containers[0]?.volumeMounts ?? []).map((mount) => [mount.name, mount.mountPath]));
-        expect([volumes.get('tls'), mounts.get('tls')], owner).toEqual([tls, '/etc/dinofleet/tls']);
-        // Tokens are for the servers that check them, not for the workers.
-        const wantsTokens = !owner.startsWith('StatefulSet/');
-        expect([volumes.get('api-tokens'), mounts.get('api-tokens')], owner).toEqual(wantsTokens ? [tokens, '/etc/dinofleet/api-tokens'] : [undefined, undefined]);
+        expect([volumes.get('tls'), mounts.get('tls')], owner).toEqual([tlsSecret, CHART_TLS_DIR]);
+        // The hashes are for the server that checks tokens, nobody else.
+        const wantsTokens = owner.endsWith('-coordinator');
+        expect([volumes.get('api-tokens'), mounts.get('api-tokens')], owner).toEqual(wantsTokens ? [tokensSecret, CHART_API_TOKENS_DIR] : [undefined, undefined]);
       }
     }
+  });
+
+  it('generates a CA and a fleet certificate for server and client auth that the services load, and every pod rolls with them', async () => {
+    const chart = chartOf('default');
+    const secret = chart.get('Secret', 'df-dinofleet-tls');
+    expect(secret.type).toBe('kubernetes.io/tls');
+    expect(Object.keys(secret.data ?? {}).sort()).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
+    expect(secret.metadata?.annotations?.['dinofleet.io/tls-generated']).toBe('true');
+    const files = tlsFilesOf(secret);
+    const ca = new X509Certificate(files['ca.crt']);
+    const cert = new X509Certificate(files['tls.crt']);
+    expect(ca.ca).toBe(true);
+    expect(cert.ca).toBe(false);
+    expect(cert.checkIssued(ca) && cert.verify(ca.publicKey)).toBe(true);
+    // One certificate for every member: servers (teacher-sync, workers, the coordinator) and clients of each other.
+    expect(cert.keyUsage).toEqual(expect.arrayContaining(['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2']));
+    const names = (cert.subjectAltName ?? '').split(', ');
+    expect(names).toEqual(
+      expect.arrayContaining([
+        'DNS:df-dinofleet-coordinator.train.svc',
+        'DNS:df-dinofleet-coordinator.train.svc.cluster.local',
+        'DNS:df-dinofleet-teacher-sync.train.svc',
+        'DNS:*.df-dinofleet-worker.train.svc',
+        'DNS:*.df-dinofleet-worker.train.svc.cluster.local',
+      ]),
+    );
+    const validDays = (Date.parse(cert.validTo) - Date.parse(cert.validFrom)) / 86_400_000;
+    expect(Math.round(validDays)).toBe(valueAt(DEFAULT_VALUES, 'tls.generated.validityDays'));
+    // What the services do at start with the mounted directory: chain, key, validity.
+    const material = loadMountedTlsSecret(secret);
+    expect(material.caCerts.map((c) => c.fingerprint256)).toEqual([ca.fingerprint256]);
+
+    // The Secret and the pods' checksum see the same material (generated once per render); a
+    // new CA (a fresh install here: no cluster to look the Secret up in) rolls every pod.
+    const checksums = (rendered: RenderedChart): Set<string> => {
+      const found = rendered.podTemplates().flatMap(({ template }) => template.metadata?.annotations?.['checksum/secrets'] ?? []);
+      expect(found).toHaveLength(3); // coordinator, teacher-sync, workers
+      return new Set(found);
+    };
+    expect(checksums(chart).size).toBe(1);
+    const again = await renderChart({ values: [CASES.default ?? {}], releaseName: RELEASE, namespace: NAMESPACE });
+    expect(checksums(again).size).toBe(1);
+    expect([...checksums(again)]).not.toEqual([...checksums(chart)]);
+    expect(tlsFilesOf(again.get('Secret', 'df-dinofleet-tls'))['ca.crt']).not.toBe(files['ca.crt']);
   });
 
   it('renders the ServiceMonitor, the PrometheusRule from files/prometheus/rules.yaml and the dashboards ConfigMap when asked', () => {
@@ -601,7 +855,26 @@ describe('the Helm chart helm/dinofleet', () => {
     const [command, fileFlag, file, keyFlag, key] = container?.args ?? [];
     expect([command, fileFlag, file, keyFlag]).toEqual(['submit', '-f', '/etc/dinofleet/job/job.json', '--idempotency-key']);
     expect(key).toMatch(/^df-[0-9a-f]{32}$/);
+    expect(container?.args).toHaveLength(5);
     expect(containerEnv(container as Container, 'submit').DINOFLEET_COORDINATOR).toBe(`${nameOf(byComponent(chart, 'Service', 'coordinator'))}.${NAMESPACE}.svc:50051`);
+    // A client of the job API: a token with submit scope from the Secret named in values, and
+    // the fleet CA alone (not the fleet's certificate and key) to verify the coordinator.
+    const submitEnv = new Map((container?.env ?? []).map((variable) => [variable.name, variable]));
+    expect(submitEnv.get('DINOFLEET_TOKEN')?.valueFrom).toEqual({ secretKeyRef: { name: 'df-submit-token', key: 'token' } });
+    expect(submitEnv.get('DINOFLEET_TLS_DIR')?.value).toBe(CHART_TLS_DIR);
+    expect(container?.volumeMounts?.find((mount) => mount.name === 'tls')?.mountPath).toBe(CHART_TLS_DIR);
+    const volumes = job.spec?.template.spec?.volumes ?? [];
+    expect(volumes.find((volume) => volume.name === 'tls')?.secret).toEqual({ secretName: 'df-dinofleet-tls', defaultMode: 0o440, items: [{ key: 'ca.crt', path: 'ca.crt' }] });
+    expect(volumes.some((volume) => volume.name === 'api-tokens')).toBe(false);
+    const existing = byComponent(chartOf('existing Secrets: cert-manager TLS, a tokens file, a submit token'), 'Job', 'job-submit').spec?.template.spec?.containers[0]?.env;
+    expect(existing?.find((variable) => variable.name === 'DINOFLEET_TOKEN')?.valueFrom).toEqual({ secretKeyRef: { name: 'ci-submit-token', key: 'dinofleet-token' } });
+    // With TLS off: plaintext, no token sent, no TLS mounted.
+    const plain = byComponent(chartOf('TLS off (insecure acknowledged), job submit'), 'Job', 'job-submit');
+    const plainContainer = plain.spec?.template.spec?.containers[0];
+    expect(plainContainer?.args?.slice(5)).toEqual(['--insecure']);
+    expect(plainContainer?.env?.map((variable) => variable.name)).not.toEqual(expect.arrayContaining(['DINOFLEET_TOKEN']));
+    expect(plainContainer?.env?.map((variable) => variable.name)).not.toEqual(expect.arrayContaining(['DINOFLEET_TLS_DIR']));
+    expect(plain.spec?.template.spec?.volumes?.some((volume) => volume.name === 'tls')).toBe(false);
 
     const again = await renderChart({ values: [CASES['monitoring objects and job submit'] ?? {}, { workers: { replicas: 3 } }], releaseName: RELEASE, namespace: NAMESPACE });
     expect(byComponent(again, 'Job', 'job-submit').spec?.template.spec?.containers[0]?.args?.[4]).toBe(key);
@@ -609,7 +882,11 @@ describe('the Helm chart helm/dinofleet', () => {
     expect(byComponent(changed, 'Job', 'job-submit').spec?.template.spec?.containers[0]?.args?.[4]).not.toBe(key);
 
     // values.yaml's way from epochs to steps: null removes the default's key.
-    const bySteps = await renderChart({ values: [{ job: { submit: true, spec: { spec: { training: { steps: 5000, epochs: null }, checkpoint: null } } } }], releaseName: RELEASE, namespace: NAMESPACE });
+    const bySteps = await renderChart({
+      values: [{ ...WITH_TOKENS, job: { submit: true, tokenSecret: 'df-submit-token', spec: { spec: { training: { steps: 5000, epochs: null }, checkpoint: null } } } }],
+      releaseName: RELEASE,
+      namespace: NAMESPACE,
+    });
     const resolved = parseJobSpec(byComponent(bySteps, 'ConfigMap', 'job-submit').data?.['job.json'] ?? '', 'json');
     expect([resolved.spec.training.steps, resolved.spec.training.epochs, resolved.spec.checkpoint]).toEqual([5000, null, null]);
   });
@@ -657,6 +934,68 @@ describe('the Helm chart helm/dinofleet', () => {
       message: 'job.spec.spec.fleet.workers (4) is more than workers.replicas (2)',
       schema: false,
     },
+    {
+      name: 'TLS on (the default) without API tokens',
+      values: {},
+      message: /apiTokens\.tokens or apiTokens\.existingSecret is required when tls\.enabled is true.*`dinofleet token create --name NAME --scope admin`.*apiTokens\.tokens/,
+      schema: false,
+    },
+    {
+      name: 'a raw API token in place of its hash',
+      values: { apiTokens: { tokens: [{ name: 'ops', scope: 'admin', sha256: RAW_TOKENS.ops }] } },
+      message: /apiTokens\.tokens\[0\]\.sha256 holds an API token itself.*treat this token as leaked/,
+      schema: false,
+    },
+    {
+      name: 'a raw API token elsewhere in values (an extra env var)',
+      values: { ...WITH_TOKENS, coordinator: { extraEnv: [{ name: 'DINOFLEET_TOKEN', value: RAW_TOKENS.ci }] } },
+      message: 'the values hold an API token itself',
+      schema: false,
+    },
+    {
+      name: 'a token hash that is not sha256:<hex>',
+      values: { apiTokens: { tokens: [{ name: 'ops', scope: 'admin', sha256: 'sha256:3F0C' }] } },
+      message: 'apiTokens.tokens[0].sha256 (token ops) must be sha256: and 64 lowercase hex digits',
+      schema: false,
+    },
+    {
+      name: 'two tokens of one name',
+      values: { apiTokens: { tokens: [TOKEN_ENTRIES[0], { ...TOKEN_ENTRIES[1], name: 'ops' }] } },
+      message: 'apiTokens.tokens[1]: the name ops appears twice',
+      schema: false,
+    },
+    { name: 'a token scope that does not exist', values: { apiTokens: { tokens: [{ ...TOKEN_ENTRIES[0], scope: 'root' }] } }, message: 'apiTokens.tokens.0.scope must be one of the following', schema: true },
+    { name: 'the old tokens map (raw tokens by name)', values: { apiTokens: { enabled: true, tokens: { ci: 'token-1' } } }, message: 'apiTokens: Additional property enabled is not allowed', schema: true },
+    {
+      name: 'a job-submit hook without a token Secret',
+      values: { ...WITH_TOKENS, job: { submit: true } },
+      message: /job\.submit needs job\.tokenSecret when tls\.enabled is true.*--scope submit/,
+      schema: false,
+    },
+    {
+      name: 'TLS off without acknowledging plaintext',
+      values: { tls: { enabled: false } },
+      message: /tls\.enabled is false: every service would run with --insecure.*tls\.insecureAcknowledged=true/,
+      schema: false,
+    },
+    {
+      name: 'API tokens with TLS off (the coordinator would ignore them)',
+      values: { ...WITH_TOKENS, tls: { enabled: false, insecureAcknowledged: true } },
+      message: 'apiTokens has no effect with tls.enabled false',
+      schema: false,
+    },
+    {
+      name: 'half of the PEM material',
+      values: { ...WITH_TOKENS, tls: { cert: DEV_PEM.cert, key: DEV_PEM.key } },
+      message: 'tls.cert, tls.key and tls.ca go together',
+      schema: false,
+    },
+    {
+      name: 'PEM material and an existing Secret',
+      values: { ...WITH_TOKENS, tls: { existingSecret: 'dinofleet-mtls', ...DEV_PEM } },
+      message: 'tls.existingSecret and tls.cert/tls.key/tls.ca exclude each other',
+      schema: false,
+    },
   ];
 
   it.each(BAD_VALUES)('refuses $name (helm template and helm lint name the field)', async ({ values, message, schema }) => {
@@ -664,6 +1003,8 @@ describe('the Helm chart helm/dinofleet', () => {
     expect(template.exitCode).not.toBe(0);
     expect(template.stderr).toMatch(message);
     expect(lint.stdout + lint.stderr).toMatch(message);
+    // Messages name the value, never repeat a token.
+    expect(template.stderr + lint.stdout + lint.stderr).not.toMatch(RAW_TOKEN_PATTERN);
     if (schema) {
       expect(lint.exitCode).not.toBe(0);
       // The zod schema that values.schema.json is made from refuses them too.

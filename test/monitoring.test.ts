@@ -133,7 +133,7 @@ describe('Prometheus scraping a local fleet that runs a job', { timeout: 240_000
     // Entries whose objects are gone: skipped with reason "missing" wherever the shards put them.
     for (const index of [2, 21, 40, 59]) await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: upload.keys[index] }));
     manifestUri = upload.manifestUri;
-    client = createClient(JobServiceClient, fleet.coordinatorAddress);
+    client = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions());
   }, 180_000);
 
   afterAll(async () => {

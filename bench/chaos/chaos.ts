@@ -182,7 +182,7 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosResult>
   const offsets = await manifestOffsets(uploaded.manifestUri);
   log(`manifest ${uploaded.manifestUri}: ${offsets.length} records`);
 
-  const client = createClient(JobServiceClient, fleet.coordinatorAddress);
+  const client = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions());
   const spec = {
     apiVersion: 'dinofleet/v1',
     kind: 'TrainingJob',

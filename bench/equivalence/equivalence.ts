@@ -215,7 +215,7 @@ export async function runEquivalence(options: EquivalenceOptions = {}): Promise<
     log(`uploaded ${upload.count} images, manifest ${upload.manifestUri}`);
     const specObject = equivalenceSpec(upload.manifestUri, o, options.collective);
     const spec = resolveJobSpec(specObject);
-    const client = createClient(JobServiceClient, fleet.coordinatorAddress);
+    const client = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions());
     const started = performance.now();
     try {
       const { jobId } = await callUnary(client, 'submitJob', { spec: JSON.stringify(specObject), idempotencyKey: '' }, { deadlineMs: 30_000 });

@@ -177,25 +177,58 @@ const S3 = z
   })
   .describe("S3 for every service; without credentials the AWS SDK's default chain applies (e.g. a role on the service account).");
 
+/** A key of a Secret (a file name once mounted). */
+const SECRET_KEY = z.string().regex(/^[-._a-zA-Z0-9]+$/).max(253);
+
+/** Where every pod mounts its TLS directory: `--tls-dir` of the services, `DINOFLEET_TLS_DIR` of the job-submit hook. */
+export const CHART_TLS_DIR = '/etc/dinofleet/tls';
+/** Where the coordinator mounts the API tokens Secret; `--api-tokens` is this directory and the Secret's key. */
+export const CHART_API_TOKENS_DIR = '/etc/dinofleet/api-tokens';
+
 const TLS = z
   .strictObject({
-    enabled: z.boolean().describe('Mount TLS material at /etc/dinofleet/tls in every pod.'),
-    existingSecret: SECRET_NAME.describe('Secret with tls.crt, tls.key and ca.crt.'),
-    cert: z.string().describe('PEM certificate for a created Secret.'),
-    key: z.string().describe('PEM private key for a created Secret.'),
-    ca: z.string().describe('PEM CA bundle for a created Secret.'),
+    enabled: z
+      .boolean()
+      .describe(
+        `Mutual TLS between the services and TLS for clients: every service gets --tls-dir ${CHART_TLS_DIR} (ca.crt, tls.crt, tls.key from the Secret below). false: every service gets --insecure (plaintext, no authentication), which the chart refuses unless tls.insecureAcknowledged is true.`,
+      ),
+    insecureAcknowledged: z.boolean().describe('With tls.enabled false: accept plaintext without authentication (anyone who reaches the pods can join the fleet and submit jobs). Ignored when TLS is on.'),
+    existingSecret: SECRET_NAME.describe("Secret with ca.crt, tls.crt and tls.key (a cert-manager Certificate's Secret); the certificate needs server and client auth usages."),
+    cert: z.string().describe('PEM fleet certificate (server and client auth, issued by tls.ca) for a Secret the chart creates; with tls.key and tls.ca.'),
+    key: z.string().describe('PEM private key of tls.cert.'),
+    ca: z.string().describe('PEM CA certificate(s) that issued tls.cert: what every service trusts.'),
+    generated: z
+      .strictObject({
+        validityDays: z.int().min(1).max(36_500).describe('Days the generated CA and fleet certificate are valid.'),
+      })
+      .describe('With neither existingSecret nor PEM: the chart generates a CA and a fleet certificate once (genCA, genSignedCert) and keeps them across upgrades.'),
   })
-  .describe('TLS material for mTLS between the services (the services read it once mTLS lands).');
+  .describe('TLS of every dinofleet connection, mounted read-only in every dinofleet pod.');
+
+/** The scopes of an API token, weakest first (`ApiScope` of @dinofleet/proto: each includes the ones before it). */
+export const CHART_API_SCOPES = ['read', 'submit', 'admin'] as const;
+
+const API_TOKEN = z.strictObject({
+  name: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/)
+    .describe('Who holds the token: names the caller in logs, events and per-caller limits.'),
+  scope: z.enum(CHART_API_SCOPES).describe('read: GetJob, ListJobs, WatchJob; submit: also SubmitJob; admin: also ScaleJob, CancelJob.'),
+  // Checked by the templates (dinofleet.checkValues), not by a pattern here, so that a raw
+  // token gets a message saying what to do instead of "does not match pattern".
+  sha256: z
+    .string()
+    .min(1)
+    .describe('The hash of the token as `dinofleet token create` prints it: sha256:<64 lowercase hex> (or the 64 hex digits alone). Never the token itself.'),
+});
 
 const API_TOKENS = z
   .strictObject({
-    enabled: z.boolean().describe('Mount API tokens at /etc/dinofleet/api-tokens in the coordinator and teacher-sync.'),
-    existingSecret: SECRET_NAME.describe('Secret whose keys are token names and values tokens.'),
-    tokens: z
-      .record(z.string().regex(/^[-._a-zA-Z0-9]+$/), z.string().min(1))
-      .describe('Token name (a Secret key: letters, digits, -, _, .) -> token, for a created Secret.'),
+    existingSecret: SECRET_NAME.describe('Secret holding a tokens file (lines "name scope sha256:<hex>") under existingSecretKey.'),
+    existingSecretKey: SECRET_KEY.describe('Key of the tokens file in existingSecret.'),
+    tokens: z.array(API_TOKEN).describe('Tokens (hashes only) for a tokens file in a Secret the chart creates.'),
   })
-  .describe('API tokens for JobService clients (the services read them once token auth lands).');
+  .describe(`API tokens of the job API: the coordinator gets --api-tokens ${CHART_API_TOKENS_DIR}/<key> whenever TLS is on; one of existingSecret or tokens is then required.`);
 
 const NETWORK_PEER = kubernetesObject.describe('A NetworkPolicyPeer (podSelector, namespaceSelector, ipBlock).');
 
@@ -232,6 +265,8 @@ const SERVICE_ACCOUNT = z.strictObject({
 const JOB = z
   .strictObject({
     submit: z.boolean().describe('Submit job.spec after every install and upgrade (a Helm hook running `dinofleet submit`); the same spec is submitted once.'),
+    tokenSecret: SECRET_NAME.describe('Secret holding an API token with submit scope for the hook (env DINOFLEET_TOKEN); required when submit and TLS are on.'),
+    tokenSecretKey: SECRET_KEY.describe('Key of the token in tokenSecret.'),
     spec: JOB_SPEC_SCHEMA,
   })
   .describe('A training job to submit with the release.');

@@ -4,8 +4,11 @@
  * the chart with the pinned Helm and validate what it renders against the Kubernetes schemas.
  */
 export {
+  CHART_API_SCOPES,
+  CHART_API_TOKENS_DIR,
   CHART_LOG_LEVELS,
   CHART_SCALERS,
+  CHART_TLS_DIR,
   CHART_VALUES_SCHEMA,
   REDIS_MODES,
   WORKER_ADVERTISE_MODES,

@@ -107,12 +107,6 @@ that `helm template` and `helm install` stop with a message naming the values.
 {{- if and (not .Values.s3.credentials.existingSecret) (ne (empty .Values.s3.credentials.accessKeyId) (empty .Values.s3.credentials.secretAccessKey)) -}}
 {{- fail "s3.credentials.accessKeyId and s3.credentials.secretAccessKey must be set together (or use s3.credentials.existingSecret)" -}}
 {{- end -}}
-{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (or (not .Values.tls.cert) (not .Values.tls.key)) -}}
-{{- fail "tls.cert and tls.key (or tls.existingSecret) are required when tls.enabled is true" -}}
-{{- end -}}
-{{- if and .Values.apiTokens.enabled (not .Values.apiTokens.existingSecret) (empty .Values.apiTokens.tokens) -}}
-{{- fail "apiTokens.tokens (or apiTokens.existingSecret) is required when apiTokens.enabled is true" -}}
-{{- end -}}
 {{- if .Values.job.submit -}}
 {{- $training := .Values.job.spec.spec.training -}}
 {{- if and $training.steps $training.epochs -}}
@@ -121,6 +115,143 @@ that `helm template` and `helm install` stop with a message naming the values.
 {{- end -}}
 {{- if and .Values.job.submit (eq .Values.coordinator.scaler "none") (gt (int .Values.job.spec.spec.fleet.workers) (int .Values.workers.replicas)) -}}
 {{- fail (printf "job.spec.spec.fleet.workers (%d) is more than workers.replicas (%d) and coordinator.scaler is none: the job would wait for workers that never come" (int .Values.job.spec.spec.fleet.workers) (int .Values.workers.replicas)) -}}
+{{- end -}}
+{{- include "dinofleet.checkSecurity" . -}}
+{{- end -}}
+
+{{/*
+Checks of tls, apiTokens and the job-submit hook's token (part of dinofleet.checkValues).
+Messages name values and say what to do; they never echo a token or a key.
+*/}}
+{{- define "dinofleet.checkSecurity" -}}
+{{- $tls := .Values.tls -}}
+{{- $tokens := .Values.apiTokens -}}
+{{- range $i, $token := $tokens.tokens -}}
+{{- range $field := list "name" "scope" "sha256" -}}
+{{- if hasPrefix "dft_" (toString (index $token $field)) -}}
+{{- fail (printf "apiTokens.tokens[%d].%s holds an API token itself (dft_...): only its hash goes into values. Put the sha256:<hex> that `dinofleet token create` prints there, and treat this token as leaked (it is in your values and maybe in Helm's release history): create a new one" $i $field) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if regexMatch "dft_[A-Za-z0-9_-]{43}" (toJson .Values) -}}
+{{- fail "the values hold an API token itself (dft_ and 43 characters): tokens never go into values (Helm keeps values in its release history). Put only the token's hash in apiTokens.tokens, the token in a Secret (job.tokenSecret for the job-submit hook), and treat this token as leaked: create a new one with `dinofleet token create`" -}}
+{{- end -}}
+{{- if $tls.enabled -}}
+{{- $pem := compact (list $tls.cert $tls.key $tls.ca) -}}
+{{- if and $tls.existingSecret $pem -}}
+{{- fail "tls.existingSecret and tls.cert/tls.key/tls.ca exclude each other: name a Secret or give PEM, not both" -}}
+{{- end -}}
+{{- if and $pem (ne (len $pem) 3) -}}
+{{- fail "tls.cert, tls.key and tls.ca go together (the fleet certificate, its private key and the CA that issued it); leave all three empty for a CA the chart generates, or name a Secret in tls.existingSecret" -}}
+{{- end -}}
+{{- if $pem -}}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" $tls.cert) -}}
+{{- fail "tls.cert is not a PEM certificate (no -----BEGIN CERTIFICATE----- line)" -}}
+{{- end -}}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" $tls.ca) -}}
+{{- fail "tls.ca is not a PEM certificate (no -----BEGIN CERTIFICATE----- line)" -}}
+{{- end -}}
+{{- if not (regexMatch "-----BEGIN [A-Z ]*PRIVATE KEY-----" $tls.key) -}}
+{{- fail "tls.key is not a PEM private key (no -----BEGIN ... PRIVATE KEY----- line)" -}}
+{{- end -}}
+{{- end -}}
+{{- else if not $tls.insecureAcknowledged -}}
+{{- fail "tls.enabled is false: every service would run with --insecure (plaintext, no authentication: anyone who reaches the pods can join the fleet, read gradients and submit jobs). Keep tls.enabled true (the chart can generate the certificates), or set tls.insecureAcknowledged=true to accept that on a trusted test network" -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $i, $token := $tokens.tokens -}}
+{{- if not (regexMatch "^(sha256:)?[0-9a-f]{64}$" $token.sha256) -}}
+{{- fail (printf "apiTokens.tokens[%d].sha256 (token %s) must be sha256: and 64 lowercase hex digits, as `dinofleet token create` prints it" $i $token.name) -}}
+{{- end -}}
+{{- $hash := include "dinofleet.apiTokenHash" $token -}}
+{{- if hasKey $seen (printf "name %s" $token.name) -}}
+{{- fail (printf "apiTokens.tokens[%d]: the name %s appears twice (the coordinator refuses a tokens file with a repeated name)" $i $token.name) -}}
+{{- end -}}
+{{- if hasKey $seen (printf "hash %s" $hash) -}}
+{{- fail (printf "apiTokens.tokens[%d] (token %s): the same hash appears twice (the coordinator refuses a tokens file with a repeated hash)" $i $token.name) -}}
+{{- end -}}
+{{- $_ := set $seen (printf "name %s" $token.name) true -}}
+{{- $_ := set $seen (printf "hash %s" $hash) true -}}
+{{- end -}}
+{{- if and $tokens.existingSecret $tokens.tokens -}}
+{{- fail "apiTokens.existingSecret and apiTokens.tokens exclude each other: name a Secret holding a tokens file, or list the tokens, not both" -}}
+{{- end -}}
+{{- $hasTokens := or (not (empty $tokens.existingSecret)) (not (empty $tokens.tokens)) -}}
+{{- if and $tls.enabled (not $hasTokens) -}}
+{{- fail "apiTokens.tokens or apiTokens.existingSecret is required when tls.enabled is true: the coordinator's job API accepts only bearer tokens. Create one with `dinofleet token create --name NAME --scope admin`, keep the token it prints (clients send it as DINOFLEET_TOKEN), and put the printed line's name, scope and sha256 into apiTokens.tokens (e.g. --set apiTokens.tokens[0].name=NAME,apiTokens.tokens[0].scope=admin,apiTokens.tokens[0].sha256=sha256:...) or the line into a Secret named by apiTokens.existingSecret (key apiTokens.existingSecretKey)" -}}
+{{- end -}}
+{{- if and (not $tls.enabled) $hasTokens -}}
+{{- fail "apiTokens has no effect with tls.enabled false (plaintext carries no authentication: the coordinator runs with --insecure and every caller is admin): drop apiTokens.tokens/apiTokens.existingSecret, or enable TLS" -}}
+{{- end -}}
+{{- if and .Values.job.submit $tls.enabled (not .Values.job.tokenSecret) -}}
+{{- fail "job.submit needs job.tokenSecret when tls.enabled is true: the name of a Secret holding an API token with submit scope under job.tokenSecretKey. Create the token with `dinofleet token create --name helm-submit --scope submit`, add its sha256 line to apiTokens.tokens, and store the token itself with `kubectl create secret generic NAME --from-literal=token=<token>`" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The stored form of an apiTokens.tokens entry's hash: sha256:<hex>. */}}
+{{- define "dinofleet.apiTokenHash" -}}
+{{- if hasPrefix "sha256:" .sha256 -}}{{ .sha256 }}{{- else -}}sha256:{{ .sha256 }}{{- end -}}
+{{- end -}}
+
+{{/* Where the TLS Secret comes from: "existing" (tls.existingSecret), "values" (PEM) or "generated". */}}
+{{- define "dinofleet.tlsSource" -}}
+{{- if .Values.tls.existingSecret -}}existing
+{{- else if or .Values.tls.cert .Values.tls.key .Values.tls.ca -}}values
+{{- else -}}generated
+{{- end -}}
+{{- end -}}
+
+{{/*
+The data (base64) of the TLS Secret the chart generates (tls.enabled, neither existingSecret
+nor PEM): the Secret already in the cluster when it holds all three files, so that an upgrade
+keeps the CA that running pods trust; else a new CA and one fleet certificate for every member
+(genSignedCert: RSA 2048, server and client auth). The CA's key is dropped: nobody can issue
+more certificates of this CA. SANs name the Services and the workers' stable names, although
+members check the chain only (ring peers dial pod IPs). Computed once per render and kept on
+the root context, so that the Secret and the pods' checksum annotation see the same material.
+Returns JSON.
+*/}}
+{{- define "dinofleet.generatedTlsData" -}}
+{{- if not (hasKey . "dinofleetGeneratedTlsData") -}}
+{{- $existing := (lookup "v1" "Secret" .Release.Namespace (include "dinofleet.tlsSecretName" .)).data | default dict -}}
+{{- $data := dict -}}
+{{- if and (index $existing "ca.crt") (index $existing "tls.crt") (index $existing "tls.key") -}}
+{{- $data = pick $existing "ca.crt" "tls.crt" "tls.key" -}}
+{{- else -}}
+{{- $fullname := include "dinofleet.fullname" . -}}
+{{- $namespace := .Release.Namespace -}}
+{{- $domain := .Values.workers.clusterDomain -}}
+{{- $hosts := list -}}
+{{- range $service := list (include "dinofleet.coordinatorName" .) (include "dinofleet.teacherSyncName" .) -}}
+{{- $hosts = concat $hosts (list $service (printf "%s.%s" $service $namespace) (printf "%s.%s.svc" $service $namespace) (printf "%s.%s.svc.%s" $service $namespace $domain)) -}}
+{{- end -}}
+{{- $workers := include "dinofleet.workerName" . -}}
+{{- $hosts = concat $hosts (list (printf "*.%s.%s.svc" $workers $namespace) (printf "*.%s.%s.svc.%s" $workers $namespace $domain)) -}}
+{{- $days := int .Values.tls.generated.validityDays -}}
+{{- $ca := genCA (printf "%s fleet CA" $fullname) $days -}}
+{{- $cert := genSignedCert $fullname nil $hosts $days $ca -}}
+{{- $data = dict "ca.crt" (b64enc $ca.Cert) "tls.crt" (b64enc $cert.Cert) "tls.key" (b64enc $cert.Key) -}}
+{{- end -}}
+{{- $_ := set . "dinofleetGeneratedTlsData" $data -}}
+{{- end -}}
+{{- toJson (index . "dinofleetGeneratedTlsData") -}}
+{{- end -}}
+
+{{/* Where the TLS Secret is mounted: --tls-dir of the services, DINOFLEET_TLS_DIR of the CLI. */}}
+{{- define "dinofleet.tlsDir" -}}/etc/dinofleet/tls{{- end -}}
+
+{{/* The key of the tokens file in the API tokens Secret, and where the coordinator reads it. */}}
+{{- define "dinofleet.apiTokensKey" -}}
+{{- if .Values.apiTokens.existingSecret -}}{{ .Values.apiTokens.existingSecretKey }}{{- else -}}api-tokens{{- end -}}
+{{- end -}}
+{{- define "dinofleet.apiTokensFile" -}}/etc/dinofleet/api-tokens/{{ include "dinofleet.apiTokensKey" . }}{{- end -}}
+
+{{/* The transport security flag every service gets: --tls-dir, or --insecure with tls off. */}}
+{{- define "dinofleet.tlsArgs" -}}
+{{- if .Values.tls.enabled -}}
+- --tls-dir={{ include "dinofleet.tlsDir" . }}
+{{- else -}}
+- --insecure
 {{- end -}}
 {{- end -}}
 
@@ -162,9 +293,10 @@ that `helm template` and `helm install` stop with a message naming the values.
 {{- end -}}
 
 {{/*
-Volumes and mounts of a dinofleet pod; call with (dict "root" $ "apiTokens" true|false), and
-"tmpSize" for more than 1Gi of /tmp.
-/tmp is writable (the root filesystem is read-only); TLS and API tokens are mounted when on.
+Volumes and mounts of a dinofleet pod; call with (dict "root" $), plus "apiTokens" true for the
+coordinator (the tokens file), "caOnly" true for a client that must not hold the fleet's
+certificate and key (the job-submit hook), "tmpSize" for more than 1Gi of /tmp.
+/tmp is writable (the root filesystem is read-only); TLS and API tokens are mounted with TLS on.
 */}}
 {{- define "dinofleet.volumes" -}}
 - name: tmp
@@ -174,13 +306,22 @@ Volumes and mounts of a dinofleet pod; call with (dict "root" $ "apiTokens" true
 - name: tls
   secret:
     secretName: {{ include "dinofleet.tlsSecretName" .root }}
-    defaultMode: 0440
-{{- end }}
-{{- if and .apiTokens .root.Values.apiTokens.enabled }}
+    defaultMode: 288  # 0440 (the pod's fsGroup reads), in decimal: YAML 1.1 and 1.2 read 0440 differently
+    {{- if .caOnly }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+    {{- end }}
+{{- if .apiTokens }}
 - name: api-tokens
   secret:
     secretName: {{ include "dinofleet.apiTokensSecretName" .root }}
-    defaultMode: 0440
+    defaultMode: 288  # 0440 (the pod's fsGroup reads), in decimal: YAML 1.1 and 1.2 read 0440 differently
+    # Only the tokens file, whatever else an existing Secret holds.
+    items:
+      - key: {{ include "dinofleet.apiTokensKey" .root }}
+        path: {{ include "dinofleet.apiTokensKey" .root }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -189,19 +330,23 @@ Volumes and mounts of a dinofleet pod; call with (dict "root" $ "apiTokens" true
   mountPath: /tmp
 {{- if .root.Values.tls.enabled }}
 - name: tls
-  mountPath: /etc/dinofleet/tls
+  mountPath: {{ include "dinofleet.tlsDir" .root }}
   readOnly: true
-{{- end }}
-{{- if and .apiTokens .root.Values.apiTokens.enabled }}
+{{- if .apiTokens }}
 - name: api-tokens
   mountPath: /etc/dinofleet/api-tokens
   readOnly: true
 {{- end }}
+{{- end }}
 {{- end -}}
 
-{{/* Checksums of the Secrets the chart creates, so that changing one rolls the pods. */}}
+{{/* Checksums of the Secrets the chart creates (and of a generated CA), so that changing one rolls the pods. */}}
 {{- define "dinofleet.secretChecksum" -}}
 {{- $parts := list .Values.s3.credentials .Values.tls .Values.apiTokens .Values.redis.external .Values.redis.bundled.auth -}}
+{{- if and .Values.tls.enabled (eq (include "dinofleet.tlsSource" .) "generated") -}}
+{{- /* A new generated CA (first install, or its Secret deleted to rotate) restarts every pod onto it. */ -}}
+{{- $parts = append $parts (omit (include "dinofleet.generatedTlsData" . | fromJson) "tls.key") -}}
+{{- end -}}
 {{- toJson $parts | sha256sum -}}
 {{- end -}}
 
@@ -212,15 +357,27 @@ readiness (NOT_SERVING while draining), GET /healthz on the metrics port for liv
 compute backend first), M is how long /healthz may go unanswered (a long synchronous step blocks
 a worker's event loop) before the container is restarted.
 */}}
+{{- /*
+Start-up and readiness: with TLS on, a TCP check of the gRPC port (the kubelet's gRPC probe
+speaks plaintext only, and the port requires mutual TLS); insecure, the gRPC health service.
+*/ -}}
+{{- define "dinofleet.grpcProbe" -}}
+{{- if .Values.tls.enabled }}
+tcpSocket:
+  port: grpc
+{{- else }}
+grpc:
+  port: {{ .Values.ports.grpc }}
+{{- end }}
+{{- end -}}
+
 {{- define "dinofleet.probes" -}}
 startupProbe:
-  grpc:
-    port: {{ .root.Values.ports.grpc }}
+  {{- include "dinofleet.grpcProbe" .root | nindent 2 }}
   periodSeconds: 5
   failureThreshold: {{ div .startupSeconds 5 }}
 readinessProbe:
-  grpc:
-    port: {{ .root.Values.ports.grpc }}
+  {{- include "dinofleet.grpcProbe" .root | nindent 2 }}
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 3

@@ -2,13 +2,15 @@
 // Fashion-MNIST to S3 as PNG objects plus a manifest, starts a coordinator (whose local
 // scaler starts the worker processes) and a teacher-sync, submits a DINOv2 job over gRPC,
 // shows its progress, evaluates the trained teacher with k-NN beside a random-init one,
-// stops everything it started and prints one JSON line.
+// stops everything it started and prints one JSON line. The fleet is secure as by default:
+// mutual TLS with a CA made for it, and the job submitted with its submit token.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
 import { findRepoRoot, startLocalFleet, uploadFashionMnist } from '@dinofleet/local';
-import { callUnary, createClient, JobServiceClient, JobState, TeacherSyncClient } from '@dinofleet/proto';
+import { callUnary, channelCredentials, createClient, JobServiceClient, JobState, TeacherSyncClient } from '@dinofleet/proto';
+import { CLI_CHANNEL_OPTIONS } from './connection-settings.ts';
 import { evalKnn } from './eval-knn.ts';
 import { watchJob } from './watch-job.ts';
 
@@ -50,10 +52,12 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   await mkdir(options.logDir, { recursive: true });
   say(`dinofleet demo: starting Redis, s3rver, teacher-sync, a coordinator and ${options.workers} workers (logs in ${options.logDir})`);
   await using fleet = await startLocalFleet({ workers: options.workers, backend: 'wasm', logDir: options.logDir });
-  say(`  coordinator ${fleet.coordinatorAddress}, teacher-sync ${fleet.teacherSyncAddress}, Redis ${fleet.redisUrl}`);
+  say(`  coordinator ${fleet.coordinatorAddress}, teacher-sync ${fleet.teacherSyncAddress}, Redis ${fleet.redisUrl} (mutual TLS, API tokens)`);
   const s3 = createS3Client(resolveS3Config({}, { ...process.env, ...fleet.s3Env }));
-  const jobs = createClient(JobServiceClient, fleet.coordinatorAddress);
-  const teacherSync = createClient(TeacherSyncClient, fleet.teacherSyncAddress);
+  // Submitting and reading a job needs no more than the submit scope.
+  const jobs = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions('submit'));
+  // TeacherSync serves fleet members only: connect with the fleet certificate (no token).
+  const teacherSync = createClient(TeacherSyncClient, fleet.teacherSyncAddress, { credentials: channelCredentials(fleet.security), channelOptions: CLI_CHANNEL_OPTIONS });
   try {
     let lastShown = 0;
     const upload = await uploadFashionMnist(s3, {

@@ -12,19 +12,30 @@ import {
   createClient,
   GrpcServer,
   NotFoundError,
+  serverCredentials,
   serverStreamHandler,
   TeacherSyncClient,
   TeacherSyncService,
   unaryHandler,
   UnimplementedError,
 } from '@dinofleet/proto';
-import type { GetTeacherSnapshotRequest, GetTeacherSnapshotResponse, TeacherSyncServer } from '@dinofleet/proto';
-import { describe, expect, it } from 'vitest';
+import type { GetTeacherSnapshotRequest, GetTeacherSnapshotResponse, TeacherSyncServer, TransportSecurity } from '@dinofleet/proto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { evalKnn } from './eval-knn.ts';
 import { runCli } from './program.ts';
 import { CapturedOutput, tempDir, VALID_SPEC } from './testing/capture.ts';
 import { fakeJob, JobState, startFakeJobService } from './testing/fake-job-service.ts';
+import { createFleetSecurity } from './testing/fleet-security.ts';
+import type { FleetSecurityFixture } from './testing/fleet-security.ts';
+
+let fleet: FleetSecurityFixture;
+beforeAll(async () => {
+  fleet = await createFleetSecurity();
+});
+afterAll(async () => {
+  await fleet[Symbol.asyncDispose]();
+});
 
 const SPEC = parseJobSpec(VALID_SPEC); // seed 7
 const OTHER_SEED_SPEC = parseJobSpec(VALID_SPEC.replace('seed: 7', 'seed: 8'));
@@ -43,8 +54,17 @@ function teacherTensors(seed: number, prefix = ''): Record<string, NamedTensor> 
   }
 }
 
-/** A TeacherSync serving `bytes` as job `jobId`'s snapshot at `step` (with `sha256`, by default the right one). */
-async function startFakeTeacherSync(jobId: string, step: number, bytes: Uint8Array, sha256?: Buffer): Promise<{ address: string } & AsyncDisposable> {
+/**
+ * A TeacherSync serving `bytes` as job `jobId`'s snapshot at `step` (with `sha256`, by
+ * default the right one); with `security`, for fleet members only as the real one.
+ */
+async function startFakeTeacherSync(
+  jobId: string,
+  step: number,
+  bytes: Uint8Array,
+  sha256?: Buffer,
+  security?: TransportSecurity,
+): Promise<{ address: string } & AsyncDisposable> {
   const unimplemented = unaryHandler<unknown, never>(() => Promise.reject(new UnimplementedError('not scripted')));
   const implementation: TeacherSyncServer = {
     pushTeacherSums: unimplemented,
@@ -70,7 +90,7 @@ async function startFakeTeacherSync(jobId: string, step: number, bytes: Uint8Arr
     }),
     putTeacherSnapshot: (_call, callback) => callback(new UnimplementedError('not scripted') as never, null),
   };
-  const server = new GrpcServer();
+  const server = new GrpcServer(security !== undefined ? { credentials: serverCredentials(security, { clientCertificate: 'require' }) } : {});
   server.addService(TeacherSyncService, implementation);
   const { address } = await server.start();
   return { address, [Symbol.asyncDispose]: () => server.close(100) };
@@ -97,18 +117,27 @@ describe('evalKnn', () => {
     }
   });
 
-  it('prints one JSON line from `dinofleet eval knn`, with the spec read by GetJob', async () => {
-    await using teacherSync = await startFakeTeacherSync('job-b', 12, encodeSafetensors(teacherTensors(7)));
-    await using jobs = await startFakeJobService({ jobs: { 'job-b': fakeJob({ jobId: 'job-b', state: JobState.JOB_STATE_RUNNING, spec: VALID_SPEC }) } });
+  it('prints one JSON line from `dinofleet eval knn`, with the spec read by GetJob (read token) and the snapshot over mutual TLS', async () => {
+    await using teacherSync = await startFakeTeacherSync('job-b', 12, encodeSafetensors(teacherTensors(7)), undefined, fleet.security);
+    await using jobs = await startFakeJobService(
+      { jobs: { 'job-b': fakeJob({ jobId: 'job-b', state: JobState.JOB_STATE_RUNNING, spec: VALID_SPEC }) } },
+      { security: fleet.security, tokens: fleet.entries },
+    );
     await using dir = await tempDir();
     const stdout = new CapturedOutput();
     const stderr = new CapturedOutput();
-    const env = { DINOFLEET_COORDINATOR: jobs.address, DINOFLEET_TEACHER_SYNC: teacherSync.address };
+    const env = {
+      DINOFLEET_COORDINATOR: jobs.address,
+      DINOFLEET_TEACHER_SYNC: teacherSync.address,
+      DINOFLEET_TLS_DIR: fleet.tlsDir,
+      DINOFLEET_TOKEN_FILE: fleet.tokenFiles.read,
+    };
     const code = await runCli(['eval', 'knn', '--job', 'job-b', '--train', '120', '--test', '40'], { stdout, stderr, env, cwd: dir.path });
     expect(stderr.text).toBe('');
     expect(code).toBe(0);
     const baseline = await evalKnn({ jobId: 'job-b', spec: SPEC, teacher: { kind: 'random-init' }, ...COUNTS });
     expect(stdout.text).toBe(`${JSON.stringify({ job: 'job-b', knn_top1: baseline.knn_top1, train: 120, test: 40, step: 12, verified: true })}\n`);
+    expect(jobs.callers).toEqual([{ name: 't-read', scope: 'read' }]);
 
     // --random-init with --spec needs neither server.
     const randomOut = new CapturedOutput();
@@ -129,9 +158,31 @@ describe('evalKnn', () => {
     await writeFile(join(dir.path, 'job.yaml'), VALID_SPEC);
     const stdout = new CapturedOutput();
     const stderr = new CapturedOutput();
-    const code = await runCli(['eval', 'knn', '--job', 'job-c', '--spec', 'job.yaml', '--teacher-sync', teacherSync.address], { stdout, stderr, env: {}, cwd: dir.path });
+    const argv = ['eval', 'knn', '--job', 'job-c', '--spec', 'job.yaml', '--teacher-sync', teacherSync.address, '--insecure'];
+    const code = await runCli(argv, { stdout, stderr, env: {}, cwd: dir.path });
     expect(code).toBe(1);
     expect(stderr.text).toMatch(/^error: DATA_LOSS: teacher snapshot SHA-256 [0-9a-f]{64} does not match its header's (ab){32}\n$/);
+  });
+
+  it('needs a fleet certificate for the snapshot, and says so when the TLS directory holds only ca.crt', async () => {
+    await using teacherSync = await startFakeTeacherSync('job-f', 5, encodeSafetensors(teacherTensors(7)), undefined, fleet.security);
+    await using dir = await tempDir();
+    await writeFile(join(dir.path, 'job.yaml'), VALID_SPEC);
+    const stdout = new CapturedOutput();
+    const stderr = new CapturedOutput();
+    const argv = ['eval', 'knn', '--job', 'job-f', '--spec', 'job.yaml', '--teacher-sync', teacherSync.address, '--tls-dir', fleet.caOnlyDir];
+    const code = await runCli(argv, { stdout, stderr, env: {}, cwd: dir.path });
+    expect(code).toBe(2);
+    expect(stderr.text).toBe(
+      `error: eval knn (without --checkpoint or --random-init) talks to teacher-sync, which serves fleet members only: it needs a TLS directory with tls.crt and tls.key of the fleet CA besides ca.crt, but --tls-dir ${fleet.caOnlyDir} holds only ca.crt. ` +
+        'Pass --tls-dir DIR with all three (the .dinofleet/tls of `dinofleet up` has them)\n',
+    );
+    // A certificate of another CA: teacher-sync's own refusal, explained.
+    const rogue = new CapturedOutput();
+    const rogueCode = await runCli([...argv.slice(0, -1), fleet.rogueDir], { stdout, stderr: rogue, env: {}, cwd: dir.path });
+    expect(rogueCode).toBe(1);
+    expect(rogue.text).toMatch(new RegExp(`^error: could not connect securely to ${teacherSync.address.replace(/[.[\]]/g, '\\$&')}: its certificate was not issued by the CA in .*rogue/ca\\.crt`));
+    expect(stdout.text).toBe('');
   });
 
   it('says which parameters a snapshot lacks or has in the wrong shape', async () => {

@@ -87,12 +87,17 @@ function checkCount(name: string, value: number, max: number): number {
   return value;
 }
 
+/** The spec of job `jobId`, read with GetJob. */
+export async function fetchJobSpec(jobs: JobServiceClient, jobId: string): Promise<JobSpec> {
+  const { job } = await callUnary(jobs, 'getJob', { jobId }, { deadlineMs: UNARY_DEADLINE_MS });
+  if (job === undefined) throw new CliError(`GetJob returned no job for ${jobId}`);
+  return parseJobSpec(job.spec);
+}
+
 async function specOf(options: EvalKnnOptions): Promise<JobSpec> {
   if (options.spec !== undefined) return options.spec;
   if (options.jobs === undefined) throw new CliError('evalKnn needs the job spec or a JobService client', ExitCode.Usage);
-  const { job } = await callUnary(options.jobs, 'getJob', { jobId: options.jobId }, { deadlineMs: UNARY_DEADLINE_MS });
-  if (job === undefined) throw new CliError(`GetJob returned no job for ${options.jobId}`);
-  return parseJobSpec(job.spec);
+  return fetchJobSpec(options.jobs, options.jobId);
 }
 
 /** Teacher tensors from a checkpoint's `model.safetensors` (its `teacher/` entries, prefix removed). */

@@ -1,6 +1,7 @@
 /**
  * `.dinofleet/fleet.json`: what `dinofleet up` leaves behind so that later commands in the
- * same directory find the fleet, and the order in which addresses are looked up.
+ * same directory find the fleet (its addresses, TLS directory and admin token file), and the
+ * order in which addresses are looked up.
  */
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -24,6 +25,15 @@ export interface FleetRecord {
   readonly s3Env: Readonly<Record<string, string>>;
   /** Process id of `dinofleet up`. */
   readonly pid: number;
+  /**
+   * The fleet's TLS directory (absolute; ca.crt, tls.crt, tls.key), which later commands
+   * use when neither `--tls-dir` nor `DINOFLEET_TLS_DIR` is given. Absent for an insecure fleet.
+   */
+  readonly tlsDir?: string;
+  /** A file holding the fleet's admin API token (absolute, mode 0600). Absent for an insecure fleet. */
+  readonly tokenFile?: string;
+  /** The fleet was started with `--insecure`: later commands connect in plaintext. */
+  readonly insecure?: boolean;
 }
 
 /** Path of the fleet record for working directory `cwd`. */
@@ -71,6 +81,9 @@ export async function readFleetFile(cwd: string): Promise<FleetRecord | undefine
     redisUrl: typeof parsed.redisUrl === 'string' ? parsed.redisUrl : '',
     s3Env: typeof parsed.s3Env === 'object' && parsed.s3Env !== null ? parsed.s3Env : {},
     pid: typeof parsed.pid === 'number' ? parsed.pid : 0,
+    ...(typeof parsed.tlsDir === 'string' && parsed.tlsDir !== '' && { tlsDir: parsed.tlsDir }),
+    ...(typeof parsed.tokenFile === 'string' && parsed.tokenFile !== '' && { tokenFile: parsed.tokenFile }),
+    ...(parsed.insecure === true && { insecure: true }),
   };
 }
 

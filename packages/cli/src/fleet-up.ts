@@ -1,14 +1,17 @@
 /**
  * `dinofleet up`: a local fleet in the foreground. Writes `.dinofleet/fleet.json` so later
- * commands in the same directory find it, and stops everything on SIGINT/SIGTERM.
+ * commands in the same directory find it, and stops everything on SIGINT/SIGTERM. Secure
+ * unless `insecure`: the fleet's certificates (`.dinofleet/tls`) and API tokens
+ * (`.dinofleet/api-tokens`, the admin token in `.dinofleet/token`) are made once and reused.
  */
-import { relative } from 'node:path';
+import { join, relative } from 'node:path';
 
 import { ensurePrometheusInstalled, startLocalFleet } from '@dinofleet/local';
 import type { LocalFleet, ServiceProcess } from '@dinofleet/local';
+import { INSECURE_WARNING } from '@dinofleet/proto';
 
 import { CliError, ExitCode } from './cli-error.ts';
-import { removeFleetFile, writeFleetFile } from './fleet-file.ts';
+import { FLEET_DIR_NAME, removeFleetFile, writeFleetFile } from './fleet-file.ts';
 
 /** Options of {@link runFleetUp}. */
 export interface FleetUpOptions {
@@ -28,7 +31,12 @@ export interface FleetUpOptions {
    * stopped with the fleet. @default false
    */
   readonly prometheus?: boolean;
-  /** Where `.dinofleet/fleet.json` goes. */
+  /**
+   * Plaintext without tokens (`--insecure` to every service). @default false: mutual TLS
+   * with `.dinofleet/tls` and API tokens in `.dinofleet/api-tokens`
+   */
+  readonly insecure?: boolean;
+  /** Where `.dinofleet/` (fleet.json, tls/, api-tokens, token) goes. */
   readonly cwd: string;
   /** Environment (S3 credentials for `s3Endpoint`). */
   readonly env: NodeJS.ProcessEnv;
@@ -64,7 +72,9 @@ function exitOf(service: ServiceProcess): Promise<string> {
  */
 export async function runFleetUp(options: FleetUpOptions): Promise<number> {
   const { out } = options;
-  out.write(`dinofleet: starting a local fleet (${options.workers} workers, backend ${options.backend ?? 'wasm'})\n`);
+  const insecure = options.insecure === true;
+  out.write(`dinofleet: starting a local fleet (${options.workers} workers, backend ${options.backend ?? 'wasm'}${insecure ? ', insecure' : ', mutual TLS'})\n`);
+  if (insecure) out.write(`warning: ${INSECURE_WARNING}\n`);
   if (options.prometheus === true) {
     try {
       ensurePrometheusInstalled(options.env);
@@ -79,6 +89,7 @@ export async function runFleetUp(options: FleetUpOptions): Promise<number> {
     ...(options.backend !== undefined && { backend: options.backend }),
     ...(options.logDir !== undefined && { logDir: options.logDir }),
     ...(options.prometheus === true && { prometheus: {} }),
+    ...(insecure ? { insecure: true } : { credentialsDir: join(options.cwd, FLEET_DIR_NAME) }),
   });
   let failure: { readonly error: unknown } | undefined;
   try {
@@ -88,7 +99,11 @@ export async function runFleetUp(options: FleetUpOptions): Promise<number> {
       redisUrl: fleet.redisUrl,
       s3Env: fleet.s3Env,
       pid: process.pid,
+      ...(fleet.tlsDir !== undefined && { tlsDir: fleet.tlsDir }),
+      ...(fleet.tokenFiles !== undefined && { tokenFile: fleet.tokenFiles.admin }),
+      ...(insecure && { insecure: true }),
     });
+    const shown = (path: string): string => relative(options.cwd, path) || path;
     out.write(
       [
         `  coordinator   ${fleet.coordinatorAddress}`,
@@ -97,7 +112,11 @@ export async function runFleetUp(options: FleetUpOptions): Promise<number> {
         `  s3            ${fleet.s3Env['DINOFLEET_S3_ENDPOINT'] ?? '(aws)'}${fleet.s3 === null ? '' : ' (s3rver, started here)'}`,
         ...(fleet.prometheus !== null ? [`  prometheus    ${fleet.prometheus.url} (rules: deploy/prometheus/rules.yaml; dashboards: deploy/grafana)`] : []),
         ...(options.logDir !== undefined ? [`  logs          ${options.logDir}`] : []),
-        `wrote ${relative(options.cwd, path) || path}: dinofleet submit/watch/jobs in this directory use it`,
+        ...(fleet.tlsDir !== undefined ? [`  tls           ${shown(fleet.tlsDir)} (this fleet's development CA; clients need its ca.crt)`] : ['  tls           none: plaintext (--insecure)']),
+        ...(fleet.tokenFiles !== undefined && fleet.apiTokensFile !== undefined
+          ? [`  api tokens    ${shown(fleet.apiTokensFile)}; admin token in ${shown(fleet.tokenFiles.admin)} (submit: ${shown(fleet.tokenFiles.submit)}, read: ${shown(fleet.tokenFiles.read)})`]
+          : []),
+        `wrote ${shown(path)}: dinofleet submit/watch/jobs in this directory use it (addresses, TLS and token)`,
         'press Ctrl-C to stop the fleet',
         '',
       ].join('\n'),

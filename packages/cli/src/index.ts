@@ -1,13 +1,31 @@
 /**
  * @dinofleet/cli: the `dinofleet` command and the functions behind it, for the demo and
- * tests (watch a job, evaluate a teacher, run a local fleet).
+ * tests (watch a job, evaluate a teacher, run a local fleet, certificates and API tokens,
+ * the connection settings of a fleet).
  */
+export { createApiToken, isApiScope, readApiToken, tokensFileLine, type CreateApiTokenOptions, type CreatedApiToken } from './api-token-commands.ts';
+export { certificatesNote, writeDevCertificates, type WriteDevCertificatesOptions } from './certs-command.ts';
 export { CliError, ExitCode, reportError, type ErrorReport } from './cli-error.ts';
+export { explainConnectionError, isTlsFailure, probeTls, tlsErrorDetail, type TlsProbe } from './connection-errors.ts';
+export {
+  CLI_CHANNEL_OPTIONS,
+  resolveApiToken,
+  resolveFleetMemberConnection,
+  resolveJobApiConnection,
+  resolveTransportSecurity,
+  type ConnectionContext,
+  type ConnectionFlags,
+  type FleetMemberConnection,
+  type JobApiConnection,
+  type ResolvedToken,
+  type ResolvedTransport,
+} from './connection-settings.ts';
 export { SNAPSHOT_DEADLINE_MS, UNARY_DEADLINE_MS } from './deadlines.ts';
 export {
   DEFAULT_KNN_TEST,
   DEFAULT_KNN_TRAIN,
   evalKnn,
+  fetchJobSpec,
   loadCheckpointTeacher,
   type EvalKnnOptions,
   type EvalKnnResult,

@@ -1,22 +1,40 @@
 import { InvalidArgumentError } from '@dinofleet/proto';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runCli } from './program.ts';
 import { CapturedOutput, tempDir } from './testing/capture.ts';
 import { fakeJob, JobState, startFakeJobService } from './testing/fake-job-service.ts';
+import type { FakeJobServiceScript } from './testing/fake-job-service.ts';
+import { createFleetSecurity } from './testing/fleet-security.ts';
+import type { FleetSecurityFixture } from './testing/fleet-security.ts';
 
+let fleet: FleetSecurityFixture;
+beforeAll(async () => {
+  fleet = await createFleetSecurity();
+});
+afterAll(async () => {
+  await fleet[Symbol.asyncDispose]();
+});
+
+/** A fake coordinator as the real one: TLS, tokens, scopes. */
+function startSecureFake(script: FakeJobServiceScript): ReturnType<typeof startFakeJobService> {
+  return startFakeJobService(script, { security: fleet.security, tokens: fleet.entries });
+}
+
+/** `dinofleet <argv>` with the fleet's CA and the admin token. */
 async function run(argv: string[], address: string): Promise<{ code: number; stdout: string; stderr: string }> {
   await using dir = await tempDir();
   const stdout = new CapturedOutput();
   const stderr = new CapturedOutput();
-  const code = await runCli([...argv, '--coordinator', address], { stdout, stderr, env: {}, cwd: dir.path });
+  const env = { DINOFLEET_TOKEN: fleet.tokens.admin };
+  const code = await runCli([...argv, '--coordinator', address, '--tls-dir', fleet.caOnlyDir], { stdout, stderr, env, cwd: dir.path });
   return { code, stdout: stdout.text, stderr: stderr.text };
 }
 
 describe('dinofleet jobs / cancel / scale', () => {
   it('lists every page of jobs as a table, filtered by state', async () => {
     const now = Date.now();
-    await using server = await startFakeJobService({
+    await using server = await startSecureFake({
       list: (request) =>
         request.pageToken === ''
           ? {
@@ -35,7 +53,7 @@ describe('dinofleet jobs / cancel / scale', () => {
 
   it('cancels with a reason and prints the state', async () => {
     const requests: unknown[] = [];
-    await using server = await startFakeJobService({
+    await using server = await startSecureFake({
       cancel: (request) => {
         requests.push(request);
         return { jobId: request.jobId, state: JobState.JOB_STATE_CANCELLED };
@@ -48,7 +66,7 @@ describe('dinofleet jobs / cancel / scale', () => {
   });
 
   it('scales and maps INVALID_ARGUMENT to exit 2', async () => {
-    await using server = await startFakeJobService({
+    await using server = await startSecureFake({
       scale: (request) => {
         if (request.workers > 8) {
           throw new InvalidArgumentError(`workers must be <= spec.fleet.maxWorkers (8), got ${request.workers}`);

@@ -9,12 +9,17 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { parseComputeBackend } from '@dinofleet/compute';
 import type { ComputeBackend } from '@dinofleet/compute';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
-import { callUnary, createClient, JobServiceClient, TeacherSyncClient } from '@dinofleet/proto';
-import type { JobState } from '@dinofleet/proto';
+import { API_SCOPES, callUnary, hashApiToken, createClient, ErrorCode, fromServiceError, isDinofleetError, isServiceError, JobServiceClient, TeacherSyncClient } from '@dinofleet/proto';
+import type { ApiScope, JobState, TransportSecurity } from '@dinofleet/proto';
 
+import { createApiToken, readApiToken, tokensFileLine } from './api-token-commands.ts';
+import { certificatesNote, writeDevCertificates } from './certs-command.ts';
 import { CliError, ExitCode, reportError } from './cli-error.ts';
+import { explainConnectionError } from './connection-errors.ts';
+import { resolveFleetMemberConnection, resolveJobApiConnection } from './connection-settings.ts';
+import type { ConnectionFlags, ResolvedToken } from './connection-settings.ts';
 import { UNARY_DEADLINE_MS } from './deadlines.ts';
-import { evalKnn } from './eval-knn.ts';
+import { evalKnn, fetchJobSpec } from './eval-knn.ts';
 import type { TeacherSource } from './eval-knn.ts';
 import { readFleetFile, resolveAddress } from './fleet-file.ts';
 import { uploadFashionMnist } from '@dinofleet/local';
@@ -30,8 +35,10 @@ export interface CliIo {
   readonly stdout: NodeJS.WritableStream;
   /** Errors and notes. */
   readonly stderr: NodeJS.WritableStream;
-  /** Environment (addresses, S3 settings). */
+  /** Environment (addresses, TLS directory, token, S3 settings). */
   readonly env: NodeJS.ProcessEnv;
+  /** Input (`token hash` reads the token here). @default process.stdin */
+  readonly stdin?: NodeJS.ReadableStream;
   /** Working directory (`.dinofleet/fleet.json`, relative paths). */
   readonly cwd: string;
   /** SIGINT/SIGTERM: `up` stops the fleet, `watch` stops watching. */
@@ -68,17 +75,50 @@ function collectStates(value: string, previous: JobState[] = []): JobState[] {
   return states;
 }
 
-interface GlobalOptions {
+function collectStrings(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+interface GlobalOptions extends ConnectionFlags {
   readonly coordinator?: string;
   readonly teacherSync?: string;
 }
 
+/** Runs `use`, turning a connection failure into a message that says what to fix. */
+async function explained<T>(address: string, security: TransportSecurity, token: ResolvedToken | undefined, use: () => Promise<T>): Promise<T> {
+  try {
+    return await use();
+  } catch (error) {
+    if (token !== undefined && (isDinofleetError(error) || isServiceError(error)) && fromServiceError(error).code === ErrorCode.Unauthenticated) {
+      // The server's message stays; where the token came from is what the user can check.
+      throw new CliError(`${ErrorCode.Unauthenticated}: ${fromServiceError(error).message} (the token came from ${token.origin})`, ExitCode.Failure, { cause: error });
+    }
+    throw await explainConnectionError(error, address, security);
+  }
+}
+
+const CONNECTION_HELP = `
+Connecting to a fleet:
+  address   --coordinator / --teacher-sync, else $DINOFLEET_COORDINATOR / $DINOFLEET_TEACHER_SYNC,
+            else .dinofleet/fleet.json (written by \`dinofleet up\` in this directory)
+  TLS       --tls-dir DIR (ca.crt; tls.crt and tls.key too for eval knn's teacher snapshot)
+            or --insecure, else $DINOFLEET_TLS_DIR, else .dinofleet/fleet.json
+  token     $DINOFLEET_TOKEN (the token itself), else --token-file FILE, else $DINOFLEET_TOKEN_FILE,
+            else .dinofleet/fleet.json (the admin token of \`dinofleet up\`, .dinofleet/token);
+            never sent in plaintext. Scopes: read (jobs, watch, eval) < submit < admin (scale, cancel).
+`;
+
 /** Builds the program; `setExit` receives each command's exit code. */
 function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
   const program = new Command('dinofleet')
-    .description('Distributed DINO pretraining: run a local fleet, submit and follow jobs, evaluate teachers.')
+    .description('Distributed DINO pretraining: run a local fleet, submit and follow jobs, evaluate teachers, make certificates and API tokens.')
     .option('--coordinator <host:port>', 'coordinator (JobService) address; else $DINOFLEET_COORDINATOR, else .dinofleet/fleet.json')
     .option('--teacher-sync <host:port>', 'teacher-sync address; else $DINOFLEET_TEACHER_SYNC, else .dinofleet/fleet.json')
+    .option('--tls-dir <dir>', "TLS directory with the fleet's ca.crt (and tls.crt/tls.key); else $DINOFLEET_TLS_DIR, else .dinofleet/fleet.json")
+    .option('--insecure', 'plaintext without a token, for a fleet started with --insecure (with `up`: start one)')
+    .option('--token-file <file>', 'file holding the API token (unless $DINOFLEET_TOKEN holds one); else $DINOFLEET_TOKEN_FILE, else .dinofleet/fleet.json')
+    .addHelpText('after', CONNECTION_HELP)
+    .configureHelp({ showGlobalOptions: true })
     .exitOverride()
     .showSuggestionAfterError(true)
     .configureOutput({
@@ -87,11 +127,17 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
     });
 
   const globals = (): GlobalOptions => program.opts<GlobalOptions>();
-  const jobClient = async <T>(use: (client: JobServiceClient) => Promise<T>): Promise<T> => {
+  const jobApi = async (): Promise<{ client: JobServiceClient; run: <T>(use: () => Promise<T>) => Promise<T> }> => {
     const { address } = await resolveAddress('coordinator', { flag: globals().coordinator, env: io.env, cwd: io.cwd });
-    const client = createClient(JobServiceClient, address);
+    const connection = await resolveJobApiConnection(globals(), io);
+    if (connection.token?.warning !== undefined) io.stderr.write(`warning: ${connection.token.warning}\n`);
+    const client = createClient(JobServiceClient, address, connection.clientOptions);
+    return { client, run: (use) => explained(address, connection.transport.security, connection.token, use) };
+  };
+  const jobClient = async <T>(use: (client: JobServiceClient) => Promise<T>): Promise<T> => {
+    const { client, run } = await jobApi();
     try {
-      return await use(client);
+      return await run(() => use(client));
     } finally {
       client.close();
     }
@@ -114,7 +160,19 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
     .addOption(new Option('--backend <name>', 'workers\' compute backend').choices(['wasm', 'cpu', 'tensorflow']).default('wasm'))
     .option('--log-dir <dir>', 'directory for service and worker logs', '.dinofleet/logs')
     .option('--prometheus', 'also start Prometheus scraping the fleet, with the alert rules of deploy/prometheus/rules.yaml (installs Debian\'s prometheus when root)')
+    .addHelpText(
+      'after',
+      `
+Security: the fleet uses mutual TLS with its own development CA in .dinofleet/tls (created once,
+then reused) and API tokens: .dinofleet/api-tokens is the coordinator's tokens file, .dinofleet/token
+holds the admin token (token.submit and token.read the others), all mode 0600. .dinofleet/fleet.json
+names them, so later commands in this directory need no flags. Global --insecure starts the fleet in
+plaintext without tokens instead (every service logs a warning).`,
+    )
     .action(async (options: { workers: number; redisUrl?: string; s3Endpoint?: string; backend: 'wasm' | 'cpu' | 'tensorflow'; logDir: string; prometheus?: boolean }) => {
+      if (globals().tlsDir !== undefined || globals().tokenFile !== undefined) {
+        throw new CliError('up makes (and reuses) its own certificates and tokens in .dinofleet; --tls-dir and --token-file are for the commands that connect to a fleet', ExitCode.Usage);
+      }
       const signal = io.signal ?? new AbortController().signal;
       setExit(
         await runFleetUp({
@@ -124,6 +182,7 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
           backend: options.backend,
           logDir: resolvePath(io.cwd, options.logDir),
           ...(options.prometheus === true && { prometheus: true }),
+          ...(globals().insecure === true && { insecure: true }),
           cwd: io.cwd,
           env: io.env,
           out: io.stdout,
@@ -270,14 +329,9 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
 
         const closers: (() => void)[] = [];
         try {
-          let jobs: JobServiceClient | undefined;
-          if (spec === undefined) {
-            const { address } = await resolveAddress('coordinator', { flag: globals().coordinator, env: io.env, cwd: io.cwd });
-            jobs = createClient(JobServiceClient, address);
-            const opened = jobs;
-            closers.push(() => opened.close());
-          }
           let teacher: TeacherSource;
+          // Wraps the call that reads the teacher (teacher-sync's errors explained for its address).
+          let teacherCall: <T>(use: () => Promise<T>) => Promise<T> = (use) => use();
           if (options.randomInit === true) {
             teacher = { kind: 'random-init' };
           } else if (options.checkpoint !== undefined) {
@@ -286,26 +340,101 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
             teacher = { kind: 'checkpoint', s3, uri: options.checkpoint };
           } else {
             const { address } = await resolveAddress('teacherSync', { flag: globals().teacherSync, env: io.env, cwd: io.cwd });
-            const client = createClient(TeacherSyncClient, address);
+            const connection = await resolveFleetMemberConnection(globals(), io, 'eval knn (without --checkpoint or --random-init)');
+            const client = createClient(TeacherSyncClient, address, connection.clientOptions);
             closers.push(() => client.close());
             teacher = { kind: 'snapshot', client, step: options.step };
+            teacherCall = (use) => explained(address, connection.transport.security, undefined, use);
           }
-          const result = await evalKnn({
-            jobId,
-            ...(spec !== undefined && { spec }),
-            ...(jobs !== undefined && { jobs }),
-            teacher,
-            train: options.train,
-            test: options.test,
-            k: options.k,
-            backend: options.backend,
-          });
+          let jobSpec = spec;
+          if (jobSpec === undefined) {
+            const { client, run } = await jobApi();
+            closers.push(() => client.close());
+            jobSpec = await run(() => fetchJobSpec(client, jobId));
+          }
+          const evalSpec = jobSpec;
+          const result = await teacherCall(() =>
+            evalKnn({
+              jobId,
+              spec: evalSpec,
+              teacher,
+              train: options.train,
+              test: options.test,
+              k: options.k,
+              backend: options.backend,
+            }),
+          );
           io.stdout.write(`${JSON.stringify(result)}\n`);
         } finally {
           for (const close of closers) close();
         }
       },
     );
+
+  program
+    .command('certs')
+    .description('write development certificates for --tls-dir: a new CA (ca.crt, ca.key) and one fleet certificate (tls.crt, tls.key)')
+    .requiredOption('--out <dir>', 'directory to write (created if missing)')
+    .option('--host <name>', 'DNS name or IP address the fleet certificate is also for, besides localhost, 127.0.0.1 and ::1 (repeatable)', collectStrings)
+    .option('--days <n>', 'days the certificates are valid (1-3650)', positiveInteger, 365)
+    .option('--force', 'replace certificates that exist in the directory')
+    .addHelpText(
+      'after',
+      `
+Prints the paths written on stdout and a note on stderr. ca.key signs new fleet members: keep it off
+the fleet's machines. These certificates are for development; in production use cert-manager or your
+own PKI, with the same file names.`,
+    )
+    .action(async (options: { out: string; host?: string[]; days: number; force?: boolean }) => {
+      const paths = await writeDevCertificates({
+        out: resolvePath(io.cwd, options.out),
+        ...(options.host !== undefined && { hosts: options.host }),
+        days: options.days,
+        ...(options.force === true && { force: true }),
+      });
+      io.stdout.write(paths.map((path) => `${path}\n`).join(''));
+      io.stderr.write(certificatesNote(paths, options.days));
+    });
+
+  const tokenCommand = program.command('token').description('job API tokens: create one, or hash one made elsewhere');
+  const scopeOption = (): Option => new Option('--scope <scope>', 'what the token may do: read (get, list, watch) < submit < admin (scale, cancel)').choices([...API_SCOPES]);
+  tokenCommand
+    .command('create')
+    .description('generate a token: the token alone on stdout (shown once), its tokens-file line on stderr')
+    .requiredOption('--name <name>', 'who holds it (1-64 of A-Z a-z 0-9 . _ @ -): named in the coordinator\'s logs and per-caller limits')
+    .addOption(scopeOption().makeOptionMandatory())
+    .option('--tokens-file <file>', 'also append the line to this tokens file (the coordinator\'s --api-tokens; created mode 0600)')
+    .addHelpText(
+      'after',
+      `
+Output: stdout is the token and a newline, nothing else, so TOKEN=$(dinofleet token create ...)
+captures it; everything else goes to stderr. The coordinator stores only the line
+"name scope sha256:<hex>" (in its --api-tokens file); dinofleet keeps no copy of the token.`,
+    )
+    .action(async (options: { name: string; scope: ApiScope; tokensFile?: string }) => {
+      const tokensFile = options.tokensFile !== undefined ? resolvePath(io.cwd, options.tokensFile) : undefined;
+      const created = await createApiToken({ name: options.name, scope: options.scope, ...(tokensFile !== undefined && { tokensFile }) });
+      io.stdout.write(`${created.token}\n`);
+      io.stderr.write(
+        tokensFile !== undefined
+          ? `appended to ${options.tokensFile ?? tokensFile}:\n${created.line}\nthe coordinator reads its tokens file at start: restart it to accept this token.\n`
+          : `add this line to the coordinator's tokens file (--api-tokens):\n${created.line}\n`,
+      );
+      io.stderr.write('the token is shown only this once: keep it secret, e.g. in a file of mode 0600 for --token-file.\n');
+    });
+  tokenCommand
+    .command('hash')
+    .description('read a token on stdin and print its hash (sha256:<hex>), or its tokens-file line with --name and --scope')
+    .option('--name <name>', 'print the whole tokens-file line for this name (needs --scope)')
+    .addOption(scopeOption())
+    .action(async (options: { name?: string; scope?: ApiScope }) => {
+      if ((options.name === undefined) !== (options.scope === undefined)) throw new CliError('--name and --scope go together', ExitCode.Usage);
+      const stdin = io.stdin ?? process.stdin;
+      if ((stdin as { isTTY?: boolean }).isTTY === true) io.stderr.write('paste the token, then press Enter and Ctrl-D\n');
+      const token = await readApiToken(stdin);
+      const hash = hashApiToken(token);
+      io.stdout.write(`${options.name !== undefined && options.scope !== undefined ? tokensFileLine({ name: options.name, scope: options.scope, hash }) : hash}\n`);
+    });
 
   return program;
 }
@@ -324,6 +453,7 @@ export async function runCli(argv: readonly string[], io: Partial<CliIo> = {}): 
     stderr: io.stderr ?? process.stderr,
     env: io.env ?? process.env,
     cwd: io.cwd ?? process.cwd(),
+    ...(io.stdin !== undefined && { stdin: io.stdin }),
     ...(io.signal !== undefined && { signal: io.signal }),
   };
   let exitCode: number = ExitCode.Ok;

@@ -29,7 +29,7 @@ async function watchCli(address: string, jobId: string): Promise<{ code: number;
   await using dir = await tempDir();
   const stdout = new CapturedOutput();
   const stderr = new CapturedOutput();
-  const code = await runCli(['watch', jobId, '--coordinator', address], { stdout, stderr, env: {}, cwd: dir.path });
+  const code = await runCli(['watch', jobId, '--coordinator', address, '--insecure'], { stdout, stderr, env: {}, cwd: dir.path });
   return { code, stdout: stdout.text, stderr: stderr.text };
 }
 
@@ -167,9 +167,12 @@ describe('dinofleet submit against a server', () => {
     await writeFile(`${dir.path}/job.yaml`, VALID_SPEC);
     const stdout = new CapturedOutput();
     const stderr = new CapturedOutput();
-    const env = { DINOFLEET_COORDINATOR: server.address };
-    const code = await runCli(['submit', '-f', 'job.yaml', '--idempotency-key', 'k1', '--watch'], { stdout, stderr, env, cwd: dir.path });
+    const env = { DINOFLEET_COORDINATOR: server.address, DINOFLEET_TOKEN: 'dft_ignored-because-plaintext-xxxxxxxxxxxxxxxxxxx' };
+    const code = await runCli(['submit', '-f', 'job.yaml', '--idempotency-key', 'k1', '--watch', '--insecure'], { stdout, stderr, env, cwd: dir.path });
     expect(server.submitRequests).toEqual([{ spec: VALID_SPEC, idempotencyKey: 'k1' }]);
+    // Plaintext: the token in the environment is not even looked at, let alone sent.
+    expect(server.authorizationSent.length).toBeGreaterThan(0);
+    expect(server.authorizationSent.every((sent) => !sent)).toBe(true);
     expect(stdout.text.split('\n')[0]).toBe('fmnist-test-abcdefgh');
     expect(code).toBe(1);
     expect(stderr.text).toBe('error: job fmnist-test-abcdefgh: FAILED at step 0/3: boom\n');

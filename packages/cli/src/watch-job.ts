@@ -8,6 +8,7 @@ import { callUnary, ErrorCode, fromServiceError, JobEvent_Severity, JobState } f
 import type { Job, JobEvent, JobProgress, JobServiceClient, JobStateChange, WatchJobResponse } from '@dinofleet/proto';
 
 import { CliError, ExitCode } from './cli-error.ts';
+import { isTlsFailure } from './connection-errors.ts';
 import { UNARY_DEADLINE_MS } from './deadlines.ts';
 import { isTerminalJobState, jobStateName } from './job-state.ts';
 
@@ -242,7 +243,8 @@ export async function watchJob(client: JobServiceClient, jobId: string, options:
         if (error instanceof CliError) throw error;
         const known = fromServiceError(error);
         if (known.code === ErrorCode.DeadlineExceeded) continue;
-        if (known.code === ErrorCode.Unavailable && failuresInRow < MAX_WATCH_RECONNECTS) {
+        // A TLS failure will not go away by waiting; report it at once.
+        if (known.code === ErrorCode.Unavailable && failuresInRow < MAX_WATCH_RECONNECTS && !isTlsFailure(known)) {
           failuresInRow++;
           await sleep(Math.min(5_000, firstBackoffMs * 2 ** (failuresInRow - 1)), signal);
           continue;

@@ -130,7 +130,11 @@ export interface RingAllReduceOptions {
   stallTimeoutMs?: number;
   /** Time to open a data link (OpenDataLink plus TCP connect and hello), in ms. Range 1..600000. @default 10000 */
   connectTimeoutMs?: number;
-  /** Channel settings of the gRPC clients to peers. @default createClient's */
+  /**
+   * Channel settings of the gRPC clients to peers. Without `credentials` the clients use
+   * the endpoint's (`endpoint.clientCredentials`: this rank's fleet certificate under mTLS).
+   * @default createClient's, with the endpoint's credentials
+   */
   client?: CreateClientOptions;
   /** Called with the figures of every successful call (also kept as `lastStats`). */
   onStats?: (stats: AllReduceStats) => void;
@@ -229,6 +233,14 @@ export function resolveRingAllReduceConfig(
     connectTimeoutMs,
     client: options.client ?? {},
   };
+}
+
+/**
+ * The options of the gRPC clients a collective opens to its peers: `config.client`, with
+ * the endpoint's credentials unless it names its own.
+ */
+export function peerClientOptions(config: RingAllReduceConfig, endpoint: Pick<CollectiveEndpoint, 'clientCredentials'>): CreateClientOptions {
+  return config.client.credentials === undefined ? { ...config.client, credentials: endpoint.clientCredentials } : config.client;
 }
 
 /** Names one collective of a step; every rank runs the same tags in the same order. */

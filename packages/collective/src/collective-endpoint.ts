@@ -8,15 +8,26 @@
  * the other ranks). So the endpoint is registered once, and routes each inbound Exchange
  * stream, by the job and generation of its first chunk, to the RingAllReduce registered
  * for them.
+ *
+ * Transport security (docs/collective.md, "Transport security of the ring and the data
+ * links"): {@link CollectiveEndpointOptions.security} secures all of one rank's collective
+ * traffic. Under mTLS its gRPC server requires a client certificate of the fleet CA, its
+ * data listener speaks TLS 1.3 with the same requirement, and every RingAllReduce built on
+ * it dials its peers (gRPC and data links) presenting this rank's certificate.
  */
 import type net from 'node:net';
-import type { ServerDuplexStream, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
+import type { ConnectionOptions, TlsOptions } from 'node:tls';
+import type { ChannelCredentials, ServerDuplexStream, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   AbortedError,
   FailedPreconditionError,
   GrpcServer,
+  INSECURE,
   InvalidArgumentError,
   UnavailableError,
+  channelCredentials,
+  dataLinkTlsOptions,
+  serverCredentials,
   toServiceError,
 } from '@dinofleet/proto';
 import type {
@@ -27,10 +38,12 @@ import type {
   GrpcServerAddress,
   OpenDataLinkRequest,
   OpenDataLinkResponse,
+  TransportSecurity,
 } from '@dinofleet/proto';
 import { HelloStatus } from './data-frame.ts';
 import type { DataLinkHello } from './data-frame.ts';
 import { DataListener, refuseDataLink } from './data-listener.ts';
+import type { DataLinkRefusal } from './data-listener.ts';
 import { COLLECTIVE_EXCHANGE_DEFINITION } from './exchange-codec.ts';
 
 /** Default of {@link CollectiveEndpointOptions.unclaimedStreamTimeoutMs}, in ms. */
@@ -59,6 +72,22 @@ export interface InboundStreamSink {
 
 /** Settings for {@link CollectiveEndpoint}. */
 export interface CollectiveEndpointOptions {
+  /**
+   * How this rank's collective traffic is secured: with `{kind: 'mtls'}` the endpoint's own
+   * server requires a client certificate of the fleet CA
+   * (`serverCredentials(security, {clientCertificate: 'require'})`), the data listener
+   * speaks TLS 1.3 requiring one too (`dataLinkTlsOptions`), and every RingAllReduce on
+   * this endpoint dials its peers with this rank's certificate. A shared `server` must be
+   * built with those same server credentials. @default INSECURE (plaintext; the worker
+   * process always passes what `--tls-dir` / `--insecure` chose)
+   */
+  security?: TransportSecurity;
+  /**
+   * Called for every data-link connection the listener dropped before the hello routing:
+   * a failed TLS handshake (no or a foreign certificate) or a bad hello or token. The
+   * refusal holds no secret. @default none
+   */
+  onRefusedDataLink?: (refusal: DataLinkRefusal) => void;
   /**
    * A server to serve the Collective service on, e.g. the worker's only gRPC server. The
    * endpoint adds its service in the constructor, so the server must not be started yet;
@@ -125,6 +154,9 @@ export class CollectiveEndpoint implements AsyncDisposable {
   readonly #unclaimed = new Set<UnclaimedStream>();
   readonly #unclaimedLinks = new Set<UnclaimedDataLink>();
   readonly #data: DataListener;
+  readonly #security: TransportSecurity;
+  readonly #clientCredentials: ChannelCredentials;
+  readonly #dataLinkTls: (TlsOptions & ConnectionOptions) | undefined;
   #address: string | undefined;
   #closed: Promise<void> | undefined;
 
@@ -134,10 +166,23 @@ export class CollectiveEndpoint implements AsyncDisposable {
       throw new InvalidArgumentError(`unclaimedStreamTimeoutMs must be in 1..600000 ms, got ${timeoutMs}`);
     }
     this.#unclaimedStreamTimeoutMs = timeoutMs;
+    const security = options.security ?? INSECURE;
+    this.#security = security;
+    // Built once (PEM parsed once) for every client of every generation.
+    this.#clientCredentials = channelCredentials(security);
+    this.#dataLinkTls = security.kind === 'mtls' ? dataLinkTlsOptions(security.material) : undefined;
     this.#ownsServer = options.server === undefined;
-    this.#server = options.server ?? new GrpcServer(options.address === undefined ? {} : { address: options.address });
+    this.#server =
+      options.server ??
+      new GrpcServer({
+        ...(options.address !== undefined && { address: options.address }),
+        credentials: serverCredentials(security, { clientCertificate: 'require' }),
+      });
     const host = options.address === undefined ? '127.0.0.1' : options.address.slice(0, options.address.lastIndexOf(':'));
-    this.#data = new DataListener(options.dataListen ?? `${host}:0`, (socket, hello) => this.#routeDataLink(socket, hello));
+    this.#data = new DataListener(options.dataListen ?? `${host}:0`, (socket, hello) => this.#routeDataLink(socket, hello), {
+      ...(this.#dataLinkTls !== undefined && { tls: this.#dataLinkTls }),
+      ...(options.onRefusedDataLink !== undefined && { onRefused: options.onRefusedDataLink }),
+    });
     const implementation: CollectiveServer = {
       exchange: (stream) => this.#onStream(stream),
       openDataLink: (call, callback) => this.#openDataLink(call, callback),
@@ -155,6 +200,27 @@ export class CollectiveEndpoint implements AsyncDisposable {
     const bound = await this.#server.start();
     this.#address = bound.address;
     return bound;
+  }
+
+  /** How this endpoint, and every collective built on it, secures its traffic. */
+  get security(): TransportSecurity {
+    return this.#security;
+  }
+
+  /**
+   * Credentials the collectives on this endpoint dial their peers' gRPC services with
+   * (`channelCredentials(security)`: this rank's certificate under mTLS).
+   */
+  get clientCredentials(): ChannelCredentials {
+    return this.#clientCredentials;
+  }
+
+  /**
+   * TLS options the collectives on this endpoint dial their peers' data listeners with
+   * (`dataLinkTlsOptions`), or undefined for plain TCP.
+   */
+  get dataLinkTls(): ConnectionOptions | undefined {
+    return this.#dataLinkTls;
   }
 
   /** Port of the TCP data listener, once {@link start} resolved. */

@@ -25,12 +25,13 @@ import {
 } from '@dinofleet/proto';
 import type {
   CollectiveClient,
+  CreateClientOptions,
   DinofleetError,
   ExchangeRequest,
   ExchangeResponse,
 } from '@dinofleet/proto';
 import type { InboundExchangeStream, InboundStreamSink } from './collective-endpoint.ts';
-import { AllReduceAlgorithm, resolveRingAllReduceConfig } from './allreduce-options.ts';
+import { AllReduceAlgorithm, peerClientOptions, resolveRingAllReduceConfig } from './allreduce-options.ts';
 import type { AllReduceTag, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
 import { CollectiveExchangeClient } from './exchange-codec.ts';
 import { InboundQueue } from './inbound-queue.ts';
@@ -63,6 +64,7 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
   readonly #rightRank: number;
   readonly #inbound = new InboundQueue<ExchangeRequest>();
   readonly #unregister: () => void;
+  readonly #clientOptions: CreateClientOptions;
   #inboundStream: InboundExchangeStream | undefined;
   #client: CollectiveClient | undefined;
   #outbound: ClientDuplexStream<ExchangeRequest, ExchangeResponse> | undefined;
@@ -78,6 +80,7 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
 
   constructor(options: RingAllReduceOptions) {
     this.config = resolveRingAllReduceConfig(options);
+    this.#clientOptions = peerClientOptions(this.config, options.endpoint);
     const { rank, worldSize } = this.config;
     this.#leftRank = (rank - 1 + worldSize) % worldSize;
     this.#rightRank = (rank + 1) % worldSize;
@@ -277,7 +280,7 @@ export class GrpcRingAllReduce implements InboundStreamSink, AsyncDisposable {
 
   #openOutbound(): ClientDuplexStream<ExchangeRequest, ExchangeResponse> {
     const address = this.config.peers[this.#rightRank] as string;
-    this.#client = createClient(CollectiveExchangeClient, address, this.config.client);
+    this.#client = createClient(CollectiveExchangeClient, address, this.#clientOptions);
     // No deadline on the stream itself: it lives as long as the generation. Every
     // collective carried on it has its own deadline and stall timeout, and keepalive
     // pings (createClient's defaults) find a vanished peer between collectives.

@@ -55,6 +55,7 @@ export type {
   FusionPiece,
 } from './tensor-fusion.ts';
 export { DATA_LINK_TOKEN_TTL_MS } from './data-listener.ts';
+export type { DataLinkRefusal } from './data-listener.ts';
 export {
   COLLECTIVE_EXCHANGE_DEFINITION,
   CollectiveExchangeClient,

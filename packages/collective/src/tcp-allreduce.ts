@@ -23,6 +23,7 @@
  * same way before the all-gather, so every rank still ends with the same bits.
  */
 import type net from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
 import {
   AbortedError,
   CollectivePhase,
@@ -35,9 +36,9 @@ import {
   fromServiceError,
   isDinofleetError,
 } from '@dinofleet/proto';
-import type { DinofleetError } from '@dinofleet/proto';
+import type { CreateClientOptions, DinofleetError } from '@dinofleet/proto';
 import type { InboundStreamSink } from './collective-endpoint.ts';
-import { AllReduceAlgorithm, resolveRingAllReduceConfig } from './allreduce-options.ts';
+import { AllReduceAlgorithm, peerClientOptions, resolveRingAllReduceConfig } from './allreduce-options.ts';
 import type { AllReduceTag, LinkBandwidth, RingAllReduceConfig, RingAllReduceOptions } from './allreduce-options.ts';
 import { Compression, addInto, decodeInto, encodeInto, quantizeInPlace, wireBytesPerElement } from './compression.ts';
 import { addFloat32 } from './float-sum.ts';
@@ -87,12 +88,16 @@ export class TcpAllReduce implements InboundStreamSink {
   readonly #receivePool: FramePool;
   readonly #sendPool: FramePool;
   readonly #settings: string;
+  readonly #clientOptions: CreateClientOptions;
+  readonly #dataLinkTls: ConnectionOptions | undefined;
   #probePending: boolean;
   #failure: DinofleetError | undefined;
   #closed: Promise<void> | undefined;
 
   constructor(options: RingAllReduceOptions) {
     this.config = resolveRingAllReduceConfig(options);
+    this.#clientOptions = peerClientOptions(this.config, options.endpoint);
+    this.#dataLinkTls = options.endpoint.dataLinkTls;
     this.#onLinkBandwidth = options.onLinkBandwidth;
     const { rank, worldSize, chunkBytes, smallMessageBytes, compression } = this.config;
     this.#leftRank = mod(rank - 1, worldSize);
@@ -438,7 +443,7 @@ export class TcpAllReduce implements InboundStreamSink {
     if (this.#failure !== undefined) throw this.#failure;
     const { job, generation, rank, worldSize, connectTimeoutMs } = this.config;
     const address = this.config.peers[peer] as string;
-    const client = createClient(CollectiveExchangeClient, address, this.config.client);
+    const client = createClient(CollectiveExchangeClient, address, this.#clientOptions);
     let port: number;
     let token: Uint8Array;
     try {
@@ -465,6 +470,7 @@ export class TcpAllReduce implements InboundStreamSink {
         pool: this.#receivePool,
         connectTimeoutMs,
         label: this.#peer(peer),
+        ...(this.#dataLinkTls !== undefined && { tls: this.#dataLinkTls }),
       });
     } catch (err) {
       throw this.#peerFailure(peer, 'sends on a data link that could not be opened', err);

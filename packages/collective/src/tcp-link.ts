@@ -9,8 +9,14 @@
  * a payload into a 4-byte-aligned buffer from a {@link FramePool}, so summing reads it as a
  * Float32Array with no copy and no per-read allocation. Sending: a payload is a view of
  * the caller's memory (or a pooled encode buffer) handed to the socket without a copy.
+ *
+ * Under mTLS both ends are TLS sockets (`dataLinkTlsOptions`): `tls.connect` takes the same
+ * `onread` target, so payloads still land in place (decrypted into them), and the sender's
+ * writes are encrypted from the caller's views. Without TLS the sockets are plain TCP,
+ * exactly as before.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { AbortedError, DataLossError, FailedPreconditionError, UnavailableError } from '@dinofleet/proto';
 import type { DinofleetError } from '@dinofleet/proto';
 import {
@@ -110,6 +116,11 @@ export interface DialDataLinkOptions {
   connectTimeoutMs: number;
   /** Names the sender in errors, e.g. "rank 2 (10.0.0.7:7100)". */
   label: string;
+  /**
+   * TLS client options (`dataLinkTlsOptions(material)`): the link is then TLS 1.3 with
+   * both sides' fleet certificates checked. @default plain TCP
+   */
+  tls?: tls.ConnectionOptions;
 }
 
 type ReadTarget =
@@ -151,16 +162,26 @@ export class InboundLink {
     this.#maxQueued = options.maxQueuedFrames ?? 64;
     this.#connected = connected;
     this.#label = options.label;
-    this.#socket = net.connect({
+    const connect = {
       host: options.host,
       port: options.port,
       noDelay: true,
       onread: { buffer: () => this.#nextTarget(), callback: (bytes: number) => this.#onRead(bytes) },
-    });
+    };
+    if (options.tls === undefined) {
+      this.#socket = net.connect(connect);
+      this.#socket.once('connect', () => {
+        this.#socket.write(encodeHello(options.hello));
+      });
+    } else {
+      this.#socket = tls.connect({ ...options.tls, ...connect });
+      // The hello (and its token) goes out only once the sender's certificate checked out.
+      this.#socket.once('secureConnect', () => {
+        this.#socket.write(encodeHello(options.hello));
+      });
+      this.#socket.setNoDelay(true);
+    }
     this.#socket.setKeepAlive(true, 5_000);
-    this.#socket.once('connect', () => {
-      this.#socket.write(encodeHello(options.hello));
-    });
     this.#socket.on('error', (err) => this.#fail(new UnavailableError(`${this.#label}: data link error: ${err.message}`, { cause: err })));
     this.#socket.on('close', () =>
       this.#fail(new UnavailableError(`${this.#label} closed the data link it sends on (it left, died or abandoned the generation)`)),

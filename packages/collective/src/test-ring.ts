@@ -3,6 +3,7 @@
  * endpoints on 127.0.0.1:0 in one process, and reproducible float32 inputs.
  */
 import { CollectiveEndpoint } from './collective-endpoint.ts';
+import type { CollectiveEndpointOptions } from './collective-endpoint.ts';
 import { RingAllReduce } from './ring-allreduce.ts';
 import type { RingAllReduceOptions } from './allreduce-options.ts';
 
@@ -16,9 +17,16 @@ export interface TestRing extends AsyncDisposable {
   readonly peers: string[];
 }
 
-/** Starts `worldSize` endpoints and builds one RingAllReduce per rank on them. */
-export async function startTestRing(worldSize: number, options: TestRingOptions = {}): Promise<TestRing> {
-  const endpoints = Array.from({ length: worldSize }, () => new CollectiveEndpoint({ unclaimedStreamTimeoutMs: 5_000 }));
+/**
+ * Starts `worldSize` endpoints and builds one RingAllReduce per rank on them. `endpoint`
+ * settings (e.g. `security`) apply to every rank; insecure by default.
+ */
+export async function startTestRing(
+  worldSize: number,
+  options: TestRingOptions = {},
+  endpoint: Omit<CollectiveEndpointOptions, 'server'> = {},
+): Promise<TestRing> {
+  const endpoints = Array.from({ length: worldSize }, () => new CollectiveEndpoint({ unclaimedStreamTimeoutMs: 5_000, ...endpoint }));
   await Promise.all(endpoints.map((endpoint) => endpoint.start()));
   const peers = endpoints.map((endpoint) => endpoint.address);
   const rings = endpoints.map(

@@ -1,7 +1,8 @@
 /**
  * @dinofleet/local: a dinofleet fleet on loopback. Redis and an S3 endpoint as throw-away
  * processes, the services as child processes that report readiness through a ready file,
- * and Fashion-MNIST uploaded into S3 as a manifest-driven dataset.
+ * and Fashion-MNIST uploaded into S3 as a manifest-driven dataset. Secure by default: the
+ * fleet's own development CA and API tokens (`ensureLocalFleetCredentials`).
  */
 export { findRedisServer, pingRedis, RedisNotInstalledError, startRedis, type RedisServer, type RedisServerOptions } from './redis-server.ts';
 export { ensureBucket, s3ClientFromEnv, startS3, type S3Server, type S3ServerOptions } from './s3-server.ts';
@@ -17,6 +18,15 @@ export {
   type SpawnServiceOptions,
 } from './service-process.ts';
 export { startLocalFleet, type LocalFleet, type LocalFleetOptions, type LocalPrometheusOptions, type RestartableService } from './local-fleet.ts';
+export {
+  ensureLocalFleetCredentials,
+  LOCAL_API_TOKENS_FILE_NAME,
+  LOCAL_TLS_DIR_NAME,
+  LOCAL_TOKEN_FILE_NAMES,
+  LOCAL_TOKEN_NAMES,
+  type LocalFleetCredentials,
+  type LocalFleetTokens,
+} from './fleet-credentials.ts';
 export {
   DEFAULT_SCRAPE_INTERVAL_SECONDS,
   defaultRulesFile,

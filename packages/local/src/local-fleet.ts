@@ -4,10 +4,21 @@
  * listen on ports fixed at start, so either can be killed and started again at the same
  * address (what the chaos benchmark and the failure tests do); Redis runs append-only so a
  * restart keeps its data.
+ *
+ * Secure by default (docs/security.md): every service gets `--tls-dir` (development
+ * certificates of a CA made for this fleet) and the coordinator `--api-tokens` (one token
+ * per scope); `insecure: true` passes `--insecure` instead. Clients of the fleet connect
+ * with {@link LocalFleet.clientOptions}.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 
+import { channelCredentials, INSECURE, loadTlsDir } from '@dinofleet/proto';
+import type { ApiScope, CreateClientOptions, TransportSecurity } from '@dinofleet/proto';
+
+import { ensureLocalFleetCredentials } from './fleet-credentials.ts';
+import type { LocalFleetTokens } from './fleet-credentials.ts';
 import { findFreePort } from './free-port.ts';
 import { startPrometheus } from './prometheus-server.ts';
 import type { MetricsTarget, PrometheusServer } from './prometheus-server.ts';
@@ -48,6 +59,20 @@ export interface LocalFleetOptions {
    * (`scripts/ensure-prometheus.sh`). @default none
    */
   readonly prometheus?: LocalPrometheusOptions;
+  /**
+   * Plaintext without authentication: `--insecure` to every service instead of `--tls-dir`
+   * and `--api-tokens` (each logs a warning). @default false
+   */
+  readonly insecure?: boolean;
+  /**
+   * Directory for the fleet's credentials: `tls/` (ca.crt, ca.key, tls.crt, tls.key),
+   * `api-tokens` (the coordinator's tokens file) and the tokens in `token` (admin),
+   * `token.submit` and `token.read` (mode 0600). What is there and usable is reused (see
+   * `ensureLocalFleetCredentials`); `dinofleet up` uses `.dinofleet`. Unused with
+   * {@link LocalFleetOptions.insecure}.
+   * @default a temporary directory, removed by {@link LocalFleet.stop}
+   */
+  readonly credentialsDir?: string;
 }
 
 /** Options of the fleet's Prometheus ({@link LocalFleetOptions.prometheus}). */
@@ -96,6 +121,23 @@ export interface LocalFleet {
   metricsTargets(): Promise<MetricsTarget[]>;
   /** The fleet's Prometheus, `null` unless {@link LocalFleetOptions.prometheus} asked for one. */
   readonly prometheus: PrometheusServer | null;
+  /** How the fleet's processes secure their connections: mutual TLS of {@link LocalFleet.tlsDir}, or insecure. */
+  readonly security: TransportSecurity;
+  /** The TLS directory every service got (`--tls-dir`), undefined when insecure. */
+  readonly tlsDir: string | undefined;
+  /** The job API's tokens, one per scope; undefined when insecure. */
+  readonly tokens: LocalFleetTokens | undefined;
+  /** The coordinator's `--api-tokens` file, undefined when insecure. */
+  readonly apiTokensFile: string | undefined;
+  /** Files holding each token alone (for `--token-file`), undefined when insecure. */
+  readonly tokenFiles: Readonly<Record<ApiScope, string>> | undefined;
+  /**
+   * Options for `createClient` of a job API client (`JobServiceClient`): TLS verifying the
+   * coordinator by the fleet CA, presenting the fleet certificate, and the token of `scope`
+   * (plaintext when insecure). The fleet certificate also makes them fit the fleet-only
+   * services (TeacherSync, WorkerControl), where the token is ignored.
+   */
+  clientOptions(scope?: ApiScope): CreateClientOptions;
   /**
    * Stops the coordinator (which stops its workers), teacher-sync, then the servers this
    * fleet started; runs every step even if one fails. Idempotent.
@@ -104,6 +146,13 @@ export interface LocalFleet {
   /** Same as {@link LocalFleet.stop}, for `await using`. */
   [Symbol.asyncDispose](): Promise<void>;
 }
+
+/**
+ * grpc-js sends the target host as the TLS server name, and Node warns (DEP0123) when that is
+ * an IP address, as every address of a local fleet is. The fleet does not check host names
+ * (its trust is the CA), so any fixed name will do.
+ */
+const LOCAL_CHANNEL_OPTIONS = { 'grpc.ssl_target_name_override': 'dinofleet' } as const;
 
 /** The coordinator drains for 10 s and then stops its workers; give it room before SIGKILL. */
 const COORDINATOR_STOP_TIMEOUT_MS = 30_000;
@@ -133,7 +182,30 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
 
   // Everything started so far, stopped in reverse if a later step fails.
   const cleanups: (() => Promise<void>)[] = [];
+  // Last of all, once no process of the fleet needs its certificates any more.
+  const finalCleanups: (() => Promise<void>)[] = [];
   try {
+    const insecure = options.insecure === true;
+    let credentials: Awaited<ReturnType<typeof ensureLocalFleetCredentials>> | undefined;
+    if (!insecure) {
+      let dir = options.credentialsDir !== undefined ? resolvePath(options.credentialsDir) : undefined;
+      if (dir === undefined) {
+        const temp = await mkdtemp(join(tmpdir(), 'dinofleet-fleet-credentials-'));
+        finalCleanups.push(() => rm(temp, { recursive: true, force: true }));
+        dir = temp;
+      }
+      credentials = await ensureLocalFleetCredentials(dir);
+    }
+    const security: TransportSecurity = credentials === undefined ? INSECURE : { kind: 'mtls', material: loadTlsDir(credentials.tlsDir) };
+    // Flags for every service (the coordinator hands its own to the workers it starts). The
+    // variables of the other choice are blanked (every service reads "" as unset), so that
+    // a DINOFLEET_TLS_DIR or DINOFLEET_INSECURE in this process's environment cannot
+    // contradict the flags.
+    const securityArgs = credentials === undefined ? ['--insecure'] : ['--tls-dir', credentials.tlsDir];
+    const securityEnv: Record<string, string> =
+      credentials === undefined ? { DINOFLEET_TLS_DIR: '', DINOFLEET_API_TOKENS: '' } : { DINOFLEET_INSECURE: '' };
+    const apiTokensArgs = credentials === undefined ? [] : ['--api-tokens', credentials.apiTokensFile];
+
     let redis: RedisServer | null = null;
     if (options.redisUrl === undefined) {
       redis = await startRedis({ appendOnly: true });
@@ -148,12 +220,12 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
       cleanups.unshift(() => started.stop());
     }
     const s3Env: Record<string, string> = { ...(options.s3?.env ?? s3!.env()) };
-    const env = { ...options.env, ...s3Env };
+    const env = { ...options.env, ...s3Env, ...securityEnv };
 
     const teacherSyncListen = `127.0.0.1:${await findFreePort()}`;
     const startTeacherSync = (): Promise<ServiceProcess> =>
       spawnService('teacher-sync', {
-        args: ['--listen', teacherSyncListen],
+        args: ['--listen', teacherSyncListen, ...securityArgs],
         env,
         ...readyTimeout,
         ...(logDir !== undefined && { logFile: join(logDir, 'teacher-sync.log') }),
@@ -166,6 +238,8 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
       spawnService('coordinator', {
         args: [
           '--listen', coordinatorListen,
+          ...securityArgs,
+          ...apiTokensArgs,
           '--scaler', 'local',
           '--initial-workers', String(initialWorkers),
           '--teacher-sync-address', teacherSync.grpcAddress,
@@ -245,7 +319,7 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
 
     let stopping: Promise<void> | undefined;
     const stop = (): Promise<void> => {
-      stopping ??= runAll(cleanups, 'stopping the local fleet failed');
+      stopping ??= runAll([...cleanups, ...finalCleanups], 'stopping the local fleet failed');
       return stopping;
     };
     return {
@@ -267,11 +341,20 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
       workers: () => listWorkerProcesses(coordinatorListen),
       metricsTargets,
       prometheus,
+      security,
+      tlsDir: credentials?.tlsDir,
+      tokens: credentials?.tokens,
+      apiTokensFile: credentials?.apiTokensFile,
+      tokenFiles: credentials?.tokenFiles,
+      clientOptions: (scope: ApiScope = 'admin') => ({
+        credentials: channelCredentials(security, { token: credentials?.tokens[scope] }),
+        channelOptions: LOCAL_CHANNEL_OPTIONS,
+      }),
       stop,
       [Symbol.asyncDispose]: stop,
     };
   } catch (error) {
-    await runAll(cleanups, 'cleaning up a fleet that failed to start').catch(() => undefined);
+    await runAll([...cleanups, ...finalCleanups], 'cleaning up a fleet that failed to start').catch(() => undefined);
     throw error;
   }
 }

@@ -18,16 +18,24 @@ export interface WorkerProcess {
    * once it serves); undefined before that or when it has none.
    */
   readonly metricsAddress?: string;
+  /**
+   * `host:port` of its gRPC server (Collective, state transfer), from the same ready file;
+   * undefined before it serves.
+   */
+  readonly grpcAddress?: string;
 }
 
-/** The metrics address in a ready file, undefined when it is not (yet) there. */
-async function readyMetricsAddress(path: string | undefined): Promise<string | undefined> {
-  if (path === undefined) return undefined;
+/** The addresses in a ready file, none when it is not (yet) there. */
+async function readyAddresses(path: string | undefined): Promise<{ metricsAddress?: string; grpcAddress?: string }> {
+  if (path === undefined) return {};
   try {
     const ready = JSON.parse(await readFile(path, 'utf8')) as Partial<ServiceReadyFile>;
-    return typeof ready.metricsAddress === 'string' ? ready.metricsAddress : undefined;
+    return {
+      ...(typeof ready.metricsAddress === 'string' && { metricsAddress: ready.metricsAddress }),
+      ...(typeof ready.grpcAddress === 'string' && { grpcAddress: ready.grpcAddress }),
+    };
   } catch {
-    return undefined;
+    return {};
   }
 }
 
@@ -59,8 +67,8 @@ export async function listWorkerProcesses(coordinatorAddress: string): Promise<W
     }
     if (!argv.some((arg) => arg.endsWith('services/worker/src/main.ts'))) continue;
     if (flagValue(argv, '--coordinator') !== coordinatorAddress) continue;
-    const metricsAddress = await readyMetricsAddress(flagValue(argv, '--ready-file'));
-    found.push({ pid: Number(entry), workerId: flagValue(argv, '--worker-id') ?? '', ...(metricsAddress !== undefined && { metricsAddress }) });
+    const addresses = await readyAddresses(flagValue(argv, '--ready-file'));
+    found.push({ pid: Number(entry), workerId: flagValue(argv, '--worker-id') ?? '', ...addresses });
   }
   return found.sort((a, b) => a.workerId.localeCompare(b.workerId, 'en', { numeric: true }));
 }

@@ -6,6 +6,9 @@ import { credentials as grpcCredentials, Metadata } from '@grpc/grpc-js';
 import type { CallOptions, ChannelCredentials, ClientOptions, ClientUnaryCall, ServiceError } from '@grpc/grpc-js';
 import { fromServiceError } from './errors.ts';
 
+/** The TLS server name (SNI) fleet clients send: a fixed name, never an IP address. */
+export const TLS_SERVER_NAME = 'dinofleet';
+
 /** Largest message a channel sends or receives by default, in bytes (64 MiB). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
@@ -51,6 +54,10 @@ export function clientChannelOptions(options: CreateClientOptions = {}): Partial
     'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS,
     // Long-lived streams (control, ring) may sit idle between steps; keep probing them.
     'grpc.keepalive_permit_without_calls': 1,
+    // TLS server name (SNI). Fleet peers are dialled by IP, and Node warns (DEP0123) on an IP
+    // as the server name; host names are not part of the trust model (transport-security.ts).
+    // Only secure channels use it.
+    'grpc.ssl_target_name_override': TLS_SERVER_NAME,
     ...options.channelOptions,
   };
 }

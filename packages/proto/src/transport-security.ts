@@ -258,6 +258,8 @@ export function dataLinkTlsOptions(material: TlsMaterial): TlsOptions & Connecti
     requestCert: true,
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
+    // A fixed SNI name: peers are dialled by IP, which Node warns about as a server name.
+    servername: 'dinofleet',
     checkServerIdentity: () => undefined,
   };
 }

@@ -1,14 +1,25 @@
 /**
  * The WorkerControl service: the Control stream each worker holds (Register first, then
- * Heartbeat / CommitStep / Leaving) and AcquireLease.
+ * Heartbeat / CommitStep / Leaving) and AcquireLease. Fleet members only: the port also
+ * serves the token-guarded job API, so the TLS handshake lets clients without a certificate
+ * in, and every call here checks that the caller presented one of the fleet CA.
  */
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import {
   FailedPreconditionError,
   NotFoundError,
+  requireFleetPeer,
+  toServiceError,
   unaryHandler,
 } from '@dinofleet/proto';
-import type { AcquireLeaseRequest, AcquireLeaseResponse, ControlRequest, ControlResponse, WorkerControlServer } from '@dinofleet/proto';
+import type {
+  AcquireLeaseRequest,
+  AcquireLeaseResponse,
+  ControlRequest,
+  ControlResponse,
+  TransportSecurity,
+  WorkerControlServer,
+} from '@dinofleet/proto';
 import type { Logger } from '@dinofleet/telemetry';
 import { NO_STATE } from './worker-registry.ts';
 import type { WorkerRegistry, WorkerSession } from './worker-registry.ts';
@@ -21,6 +32,8 @@ export interface LeaseAuthority {
 /** Options of {@link workerControlService}. */
 export interface WorkerControlOptions {
   readonly registry: WorkerRegistry;
+  /** The coordinator's transport security: with mTLS only callers with a fleet certificate are served. */
+  readonly security: TransportSecurity;
   readonly logger: Logger;
   /** The runner of a job, or undefined when the job does not run here. */
   readonly runnerOf: (jobId: string) => LeaseAuthority | undefined;
@@ -34,9 +47,26 @@ export interface WorkerControlOptions {
 
 /** The grpc-js implementation of WorkerControl. */
 export function workerControlService(options: WorkerControlOptions): WorkerControlServer {
-  const { registry, logger } = options;
+  const { registry, logger, security } = options;
+  /** Whether the caller is a fleet member; logs the refusal (peer address only) when not. */
+  const admit = (call: Parameters<typeof requireFleetPeer>[0] & { getPeer(): string; getPath(): string }): void => {
+    try {
+      requireFleetPeer(call, security, 'WorkerControl');
+    } catch (err) {
+      logger.warn('WorkerControl call without a fleet certificate refused', { peer: call.getPeer(), path: call.getPath() });
+      throw err;
+    }
+  };
   return {
     control: (call: ServerDuplexStream<ControlRequest, ControlResponse>) => {
+      try {
+        admit(call);
+      } catch (err) {
+        // Ends the stream with UNAUTHENTICATED before a Register is read: the caller never
+        // becomes a session, so it can neither be assigned work nor see an Assignment.
+        call.emit('error', toServiceError(err));
+        return;
+      }
       let session: WorkerSession | undefined;
       let ended = false;
       const endStream = (): void => {
@@ -146,7 +176,8 @@ export function workerControlService(options: WorkerControlOptions): WorkerContr
       call.on('error', (err: Error) => gone(`control stream failed: ${err.message}`));
       call.on('close', () => gone('control stream closed'));
     },
-    acquireLease: unaryHandler(async (request: AcquireLeaseRequest) => {
+    acquireLease: unaryHandler(async (request: AcquireLeaseRequest, call) => {
+      admit(call);
       const runner = options.runnerOf(request.jobId);
       if (runner === undefined) {
         throw new NotFoundError(`job ${request.jobId} is not running on this coordinator; wait for the next Assignment`);

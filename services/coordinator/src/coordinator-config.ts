@@ -3,13 +3,24 @@
  * `parseArgs`, each also read from its environment variable (the flag wins), resolved and
  * checked here so a bad value stops start-up with a message naming the flag.
  */
+import { transportSecurityFromFlags } from '@dinofleet/proto';
 import { LogLevel } from '@dinofleet/telemetry';
 
 /** One usage line for errors and `--help`. */
 export const COORDINATOR_USAGE =
   'usage: coordinator --redis-url redis://host:port --teacher-sync-address host:port [--redis-prefix p] [--listen host:port] ' +
   '[--metrics-listen host:port] [--ready-file path] [--log-level debug|info|warn|error] [--max-running-jobs n] [--scaler none|local|kubernetes] ' +
-  '[--k8s-statefulset name] [--k8s-namespace ns] [--kubeconfig path] [--initial-workers n] [--worker-backend wasm|cpu|tensorflow] [--worker-log-dir dir] [--worker-wait-seconds s] [--heartbeat-timeout-seconds s]';
+  '[--k8s-statefulset name] [--k8s-namespace ns] [--kubeconfig path] [--initial-workers n] [--worker-backend wasm|cpu|tensorflow] [--worker-log-dir dir] [--worker-wait-seconds s] [--heartbeat-timeout-seconds s] ' +
+  '(--tls-dir dir --api-tokens file | --insecure) [--max-spec-bytes n] [--max-queued-jobs-per-caller n]';
+
+/** `--max-spec-bytes` when none is given: 256 KiB. */
+export const DEFAULT_MAX_SPEC_BYTES = 262_144;
+/** Range of `--max-spec-bytes`. */
+export const MAX_SPEC_BYTES_RANGE = { min: 1024, max: 16 * 1024 * 1024 } as const;
+/** `--max-queued-jobs-per-caller` when none is given. */
+export const DEFAULT_MAX_QUEUED_JOBS_PER_CALLER = 32;
+/** Range of `--max-queued-jobs-per-caller`. */
+export const MAX_QUEUED_JOBS_PER_CALLER_RANGE = { min: 1, max: 100_000 } as const;
 
 /** The scalers `--scaler` selects (docs/cluster.md "coordinator"). */
 export const COORDINATOR_SCALERS = ['none', 'local', 'kubernetes'] as const;
@@ -47,6 +58,19 @@ export interface CoordinatorConfig {
   readonly workerLogDir: string | undefined;
   readonly workerWaitSeconds: number;
   readonly heartbeatTimeoutSeconds: number;
+  /**
+   * `--tls-dir`: the directory with ca.crt, tls.crt and tls.key (read by `main.ts` with
+   * `transportSecurityFromFlags`); undefined exactly when {@link insecure}.
+   */
+  readonly tlsDir: string | undefined;
+  /** `--insecure`: plaintext, every caller is an anonymous admin. */
+  readonly insecure: boolean;
+  /** `--api-tokens`: the hashed tokens file (read by `main.ts`); undefined exactly when {@link insecure}. */
+  readonly apiTokensFile: string | undefined;
+  /** `--max-spec-bytes`: largest SubmitJob spec, bytes of UTF-8, in [1024, 16 MiB]. */
+  readonly maxSpecBytes: number;
+  /** `--max-queued-jobs-per-caller`: jobs one caller may have waiting (QUEUED or STARTING), in [1, 100000]. */
+  readonly maxQueuedJobsPerCaller: number;
 }
 
 /** The `parseArgs` option table. */
@@ -68,6 +92,11 @@ export const COORDINATOR_FLAG_OPTIONS = {
   'worker-log-dir': { type: 'string' },
   'worker-wait-seconds': { type: 'string' },
   'heartbeat-timeout-seconds': { type: 'string' },
+  'tls-dir': { type: 'string' },
+  insecure: { type: 'boolean' },
+  'api-tokens': { type: 'string' },
+  'max-spec-bytes': { type: 'string' },
+  'max-queued-jobs-per-caller': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -83,6 +112,10 @@ const ENV: Readonly<Record<string, string>> = {
   'k8s-statefulset': 'DINOFLEET_K8S_STATEFULSET',
   'k8s-namespace': 'DINOFLEET_K8S_NAMESPACE',
   kubeconfig: 'DINOFLEET_KUBECONFIG',
+  'tls-dir': 'DINOFLEET_TLS_DIR',
+  'api-tokens': 'DINOFLEET_API_TOKENS',
+  'max-spec-bytes': 'DINOFLEET_MAX_SPEC_BYTES',
+  'max-queued-jobs-per-caller': 'DINOFLEET_MAX_QUEUED_JOBS_PER_CALLER',
 };
 
 /** A DNS-1123 subdomain (StatefulSet names) and label (namespaces), as Kubernetes checks them. */
@@ -146,6 +179,7 @@ export function resolveCoordinatorConfig(flags: CoordinatorFlags, env: NodeJS.Pr
   } else if (read('kubeconfig') !== undefined && flags['kubeconfig'] !== undefined) {
     throw new RangeError(`--kubeconfig is for --scaler kubernetes, got --scaler ${scaler}`);
   }
+  const { tlsDir, insecure, apiTokensFile } = resolveSecurityFlags(flags, env, read);
   const redisPrefix = read('redis-prefix') ?? 'dinofleet';
   if (!/^[A-Za-z0-9_.{}-]{1,64}$/.test(redisPrefix)) throw new RangeError(`--redis-prefix must be 1-64 letters, digits, '_', '.', '-', got ${JSON.stringify(redisPrefix)}`);
   return {
@@ -164,5 +198,51 @@ export function resolveCoordinatorConfig(flags: CoordinatorFlags, env: NodeJS.Pr
     workerLogDir: read('worker-log-dir'),
     workerWaitSeconds: integer('worker-wait-seconds', 300, 1, 86_400),
     heartbeatTimeoutSeconds: integer('heartbeat-timeout-seconds', 10, 1, 3600),
+    tlsDir,
+    insecure,
+    apiTokensFile,
+    maxSpecBytes: integer('max-spec-bytes', DEFAULT_MAX_SPEC_BYTES, MAX_SPEC_BYTES_RANGE.min, MAX_SPEC_BYTES_RANGE.max),
+    maxQueuedJobsPerCaller: integer(
+      'max-queued-jobs-per-caller',
+      DEFAULT_MAX_QUEUED_JOBS_PER_CALLER,
+      MAX_QUEUED_JOBS_PER_CALLER_RANGE.min,
+      MAX_QUEUED_JOBS_PER_CALLER_RANGE.max,
+    ),
   };
+}
+
+/** `--insecure` / `DINOFLEET_INSECURE` ("1"/"true" on, "0"/"false"/"" off). */
+function readInsecure(flags: CoordinatorFlags, env: NodeJS.ProcessEnv): boolean {
+  if (flags.insecure === true) return true;
+  const raw = (env.DINOFLEET_INSECURE ?? '').trim().toLowerCase();
+  if (raw === '' || raw === '0' || raw === 'false') return false;
+  if (raw === '1' || raw === 'true') return true;
+  throw new RangeError(`DINOFLEET_INSECURE must be 1, true, 0 or false, got ${JSON.stringify(env.DINOFLEET_INSECURE)}`);
+}
+
+/**
+ * The transport and token flags, checked without reading any file (the files are read by
+ * `main.ts`, so a chart's flags resolve on a machine without its Secrets): exactly one of
+ * `--tls-dir` and `--insecure`, and `--api-tokens` with `--tls-dir` only.
+ */
+function resolveSecurityFlags(
+  flags: CoordinatorFlags,
+  env: NodeJS.ProcessEnv,
+  read: (flag: string) => string | undefined,
+): { tlsDir: string | undefined; insecure: boolean; apiTokensFile: string | undefined } {
+  const insecure = readInsecure(flags, env);
+  const tlsDir = read('tls-dir');
+  const apiTokensFile = read('api-tokens');
+  // Throws the shared messages ("exclude each other", "no TLS material: pass --tls-dir …")
+  // for the combinations that need no file; a lone --tls-dir is loaded by main.ts.
+  if (insecure || tlsDir === undefined) transportSecurityFromFlags({ tlsDir, insecure });
+  if (insecure && apiTokensFile !== undefined) {
+    throw new RangeError('--api-tokens has no effect with --insecure (plaintext carries no authentication); drop one');
+  }
+  if (!insecure && apiTokensFile === undefined) {
+    throw new RangeError(
+      '--api-tokens FILE (or DINOFLEET_API_TOKENS) is required with --tls-dir: the hashed tokens of the job API\'s callers, one "name scope sha256:<hex>" per line; create one with `dinofleet token create`',
+    );
+  }
+  return { tlsDir: insecure ? undefined : tlsDir, insecure, apiTokensFile };
 }

@@ -8,11 +8,26 @@ import { Queue, UnrecoverableError, WaitingError, Worker } from 'bullmq';
 import type { Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
-import { GrpcServer, JobServiceService, splitHostPort, UnavailableError, WorkerControlService } from '@dinofleet/proto';
-import type { HostPort } from '@dinofleet/proto';
+import { JOB_SPEC_LIMITS } from '@dinofleet/config';
+import {
+  ApiTokenAuthenticator,
+  GrpcServer,
+  JobServiceService,
+  serverCredentials,
+  splitHostPort,
+  UnavailableError,
+  WorkerControlService,
+} from '@dinofleet/proto';
+import type { ApiTokenEntry, HostPort, TransportSecurity } from '@dinofleet/proto';
 import { createLogger, MetricsServer, Registry } from '@dinofleet/telemetry';
 import type { Logger } from '@dinofleet/telemetry';
 import { workerControlService } from './control-stream.ts';
+import {
+  DEFAULT_MAX_QUEUED_JOBS_PER_CALLER,
+  DEFAULT_MAX_SPEC_BYTES,
+  MAX_QUEUED_JOBS_PER_CALLER_RANGE,
+  MAX_SPEC_BYTES_RANGE,
+} from './coordinator-config.ts';
 import { CoordinatorMetrics } from './coordinator-metrics.ts';
 import { JobRunner } from './job-runner.ts';
 import type { RunOutcome } from './job-runner.ts';
@@ -35,6 +50,21 @@ export const JOBS_QUEUE = 'jobs';
 export interface CoordinatorOptions {
   /** `redis://host:port`. Required. */
   readonly redisUrl: string;
+  /**
+   * `--tls-dir` (mutual TLS with the fleet CA: JobService for token holders, WorkerControl
+   * for fleet members only) or `--insecure` (`INSECURE` of `@dinofleet/proto`). Required: nothing defaults
+   * to plaintext. Local-scaler workers get the same `--tls-dir` (or `--insecure`).
+   */
+  readonly security: TransportSecurity;
+  /**
+   * The job API's tokens (`--api-tokens`, from `loadApiTokens`). Required with mTLS and
+   * refused with insecure security, where every caller is an anonymous admin.
+   */
+  readonly apiTokens?: readonly ApiTokenEntry[];
+  /** Largest SubmitJob spec, bytes of UTF-8, in [1024, 16 MiB]. @default 262144 */
+  readonly maxSpecBytes?: number;
+  /** Most jobs one caller may have QUEUED or STARTING, in [1, 100000]. @default 32 */
+  readonly maxQueuedJobsPerCaller?: number;
   /** Prefix of every Redis key and BullMQ queue. @default 'dinofleet' */
   readonly redisPrefix?: string;
   /** teacher-sync "host:port" sent in every Assignment. Required. */
@@ -101,6 +131,28 @@ export interface Coordinator extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/**
+ * Largest gRPC message the coordinator's port receives or sends, bytes. Its biggest real
+ * messages: a SubmitJobRequest (the spec, up to `maxSpecBytes`), GetJob's answer (the same
+ * spec back), and a CommitStep, which carries a rank's per-step sample ids (varints of at
+ * most 10 bytes) and their epochs (at most 3 bytes below a million epochs) for a per-rank
+ * batch that the spec schema lets reach `maxGlobalBatchSize` (2^20) on one worker: about
+ * 13 MiB. An Assignment holds the resolved spec (parseJobSpec reads at most 64 KiB) and at
+ * most 1024 ranks. So 16 MiB, or the spec limit with room for the rest of the message.
+ */
+export function coordinatorMaxMessageBytes(maxSpecBytes: number): number {
+  const commitStepBytes = JOB_SPEC_LIMITS.maxGlobalBatchSize * (10 + 3);
+  const mib = 1024 * 1024;
+  return Math.max(16 * mib, Math.ceil((commitStepBytes + mib) / mib) * mib, maxSpecBytes + mib);
+}
+
+function checkInteger(value: number, field: string, range: { readonly min: number; readonly max: number }): number {
+  if (!Number.isInteger(value) || value < range.min || value > range.max) {
+    throw new RangeError(`${field} must be an integer in [${range.min}, ${range.max}], got ${value}`);
+  }
+  return value;
+}
+
 function hostPortOf(address: string, flag: string): HostPort {
   const parsed = splitHostPort(address);
   if (parsed === undefined) throw new RangeError(`${flag} must be host:port, got ${JSON.stringify(address)}`);
@@ -116,6 +168,22 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const workerWaitMs = (options.workerWaitSeconds ?? 300) * 1000;
   const heartbeatTimeoutMs = (options.heartbeatTimeoutSeconds ?? 10) * 1000;
   const metricsListen = hostPortOf(options.metricsListen ?? '127.0.0.1:0', 'metricsListen');
+  const { security } = options;
+  if (security.kind === 'mtls' && (options.apiTokens === undefined || options.apiTokens.length === 0)) {
+    throw new RangeError('apiTokens (--api-tokens) is required with mutual TLS: without tokens nobody could call the job API');
+  }
+  if (security.kind === 'insecure' && options.apiTokens !== undefined) {
+    throw new RangeError('--api-tokens has no effect with --insecure (plaintext carries no authentication); drop one');
+  }
+  const authenticator = security.kind === 'mtls' ? new ApiTokenAuthenticator(options.apiTokens ?? []) : undefined;
+  const maxSpecBytes = checkInteger(options.maxSpecBytes ?? DEFAULT_MAX_SPEC_BYTES, 'maxSpecBytes', MAX_SPEC_BYTES_RANGE);
+  const maxQueuedJobsPerCaller = checkInteger(
+    options.maxQueuedJobsPerCaller ?? DEFAULT_MAX_QUEUED_JOBS_PER_CALLER,
+    'maxQueuedJobsPerCaller',
+    MAX_QUEUED_JOBS_PER_CALLER_RANGE,
+  );
+  // Before anything starts: a TLS directory without tls.crt/tls.key throws here.
+  const credentials = serverCredentials(security, { clientCertificate: 'request' });
 
   const cleanups: (() => Promise<unknown> | void)[] = [];
   const runCleanups = async (): Promise<void> => {
@@ -193,7 +261,9 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       await scaler.scaleTo(Math.max(initialWorkers, total));
     };
 
-    const server = new GrpcServer({ address: options.listen ?? '127.0.0.1:0' });
+    // 'request': API clients need only the CA (their bearer token says who they are);
+    // WorkerControl admits only callers whose certificate the fleet CA issued.
+    const server = new GrpcServer({ address: options.listen ?? '127.0.0.1:0', credentials, maxMessageBytes: coordinatorMaxMessageBytes(maxSpecBytes) });
     const closingController = new AbortController();
     server.addService(JobServiceService, jobService({
       store,
@@ -211,9 +281,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
         return runner !== undefined;
       },
       closing: closingController.signal,
+      authenticator,
+      maxSpecBytes,
+      maxQueuedJobsPerCaller,
     }));
     server.addService(WorkerControlService, workerControlService({
       registry,
+      security,
       logger,
       runnerOf: (jobId) => runners.get(jobId),
       heldJobIsLive: async (jobId) => {
@@ -233,6 +307,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     if (options.scaler === 'local') {
       scaler = new LocalProcessScaler({
         coordinatorAddress: grpcAddress,
+        security,
         ...(options.workerBackend !== undefined && { backend: options.workerBackend }),
         ...(options.workerLogDir !== undefined && { logDir: options.workerLogDir }),
         ...(options.spawnWorker !== undefined && { spawn: options.spawnWorker }),
@@ -349,7 +424,15 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       return closing;
     };
     const metricsHost = metricsListen.host;
-    logger.info('coordinator serving', { grpcAddress, metricsAddress: `${metricsHost}:${metricsPort}`, prefix });
+    logger.info('coordinator serving', {
+      grpcAddress,
+      metricsAddress: `${metricsHost}:${metricsPort}`,
+      prefix,
+      security: security.kind,
+      apiTokens: authenticator?.size ?? 0,
+      maxSpecBytes,
+      maxQueuedJobsPerCaller,
+    });
     return {
       grpcAddress,
       metricsAddress: `${metricsHost}:${metricsPort}`,

@@ -328,15 +328,18 @@ export class JobRunner implements WorkerListener, LeaseAuthority {
     // A fresh start (nothing committed): leases of an earlier attempt, possibly planned for
     // another worker count, are dropped.
     await obliterateLeaseQueue(this.#ctx.connection, this.#ctx.prefix, this.jobId);
+    // A ScaleJob that arrived while the manifest was read has updated #workersDesired (and
+    // the record): write that, not the count the plan started from.
+    const workersDesired = this.#workersDesired;
     const fields = {
       leaseEpoch: -1,
       shards: JSON.stringify(shards.map((s) => [s.begin, s.end])),
       totalSteps,
       manifestEtag: manifest.etag ?? '',
-      workersDesired: workers,
+      workersDesired,
     };
     await this.#ctx.store.setState(this.jobId, 'STARTING', 'shards planned, waiting for workers', fields);
-    this.#record = { ...this.#record, shards, totalSteps, manifestEtag: manifest.etag ?? '', workersDesired: workers, state: 'STARTING', leaseEpoch: -1 };
+    this.#record = { ...this.#record, shards, totalSteps, manifestEtag: manifest.etag ?? '', workersDesired, state: 'STARTING', leaseEpoch: -1 };
     await this.#ctx.store.appendEvent(this.jobId, {
       severity: Severity.SEVERITY_INFO,
       kind: 'shards_planned',

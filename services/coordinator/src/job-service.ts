@@ -1,20 +1,29 @@
 /**
  * JobService: SubmitJob, GetJob, ListJobs, WatchJob, ScaleJob, CancelJob, exactly as
- * docs/cluster.md "Job lifecycle" says.
+ * docs/cluster.md "Job lifecycle" says. Every call is authenticated by its bearer token
+ * (docs/security.md) and needs a scope: read for GetJob, ListJobs and WatchJob, submit for
+ * SubmitJob, admin for ScaleJob and CancelJob.
  */
 import { randomBytes } from 'node:crypto';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Queue } from 'bullmq';
 import { JobSpecError, parseJobSpec, parseS3Uri } from '@dinofleet/config';
 import {
+  ANONYMOUS_ADMIN,
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
+  requireScope,
+  ResourceExhaustedError,
   serverStreamHandler,
   UnavailableError,
   unaryHandler,
 } from '@dinofleet/proto';
+import type { Metadata } from '@grpc/grpc-js';
 import type {
+  ApiCaller,
+  ApiScope,
+  ApiTokenAuthenticator,
   CancelJobRequest,
   CancelJobResponse,
   GetJobRequest,
@@ -31,6 +40,7 @@ import type {
 } from '@dinofleet/proto';
 import { JobState } from '@dinofleet/proto';
 import type { Logger } from '@dinofleet/telemetry';
+import { DEFAULT_MAX_QUEUED_JOBS_PER_CALLER, DEFAULT_MAX_SPEC_BYTES } from './coordinator-config.ts';
 import { jobStateName, jobStateOf, Severity, TERMINAL_STATES, toWireJob } from './job-store.ts';
 import type { JobRecord, JobStateName, JobStore } from './job-store.ts';
 import { specFormat } from './job-runner.ts';
@@ -60,6 +70,18 @@ export interface JobServiceContext {
   readonly scaleRunner?: (jobId: string, workers: number) => boolean;
   /** Aborts when the coordinator shuts down: open WatchJob streams end UNAVAILABLE. */
   readonly closing: AbortSignal;
+  /**
+   * Checks every call's bearer token; undefined only with `--insecure`, where every caller
+   * is {@link ANONYMOUS_ADMIN}.
+   */
+  readonly authenticator: ApiTokenAuthenticator | undefined;
+  /** Largest SubmitJob spec, bytes of UTF-8 (`--max-spec-bytes`). @default {@link DEFAULT_MAX_SPEC_BYTES} */
+  readonly maxSpecBytes?: number;
+  /**
+   * Most jobs one caller may have waiting, QUEUED or STARTING (`--max-queued-jobs-per-caller`).
+   * @default {@link DEFAULT_MAX_QUEUED_JOBS_PER_CALLER}
+   */
+  readonly maxQueuedJobsPerCaller?: number;
 }
 
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
@@ -97,8 +119,22 @@ async function mustGet(store: JobStore, jobId: string): Promise<JobRecord> {
 export function jobService(ctx: JobServiceContext): JobServiceServer {
   const { store, logger } = ctx;
   const handlerOptions = { onInternalError: (err: unknown, path: string) => logger.error('internal error', { path, err }) };
+  const maxSpecBytes = ctx.maxSpecBytes ?? DEFAULT_MAX_SPEC_BYTES;
+  const maxQueuedJobsPerCaller = ctx.maxQueuedJobsPerCaller ?? DEFAULT_MAX_QUEUED_JOBS_PER_CALLER;
 
-  const submitJob = async (request: SubmitJobRequest): Promise<SubmitJobResponse> => {
+  /** The caller of a call with `scope` for `method`, or UNAUTHENTICATED / PERMISSION_DENIED. */
+  const authorize = (call: { readonly metadata: Metadata }, scope: ApiScope, method: string): ApiCaller => {
+    const caller = ctx.authenticator === undefined ? ANONYMOUS_ADMIN : ctx.authenticator.authenticate(call.metadata);
+    requireScope(caller, scope, method);
+    return caller;
+  };
+
+  const submitJob = async (request: SubmitJobRequest, caller: ApiCaller): Promise<SubmitJobResponse> => {
+    // Before anything reads the text: a spec is parsed (YAML) only when it is small.
+    const specBytes = Buffer.byteLength(request.spec, 'utf8');
+    if (specBytes > maxSpecBytes) {
+      throw new InvalidArgumentError(`spec is ${specBytes} bytes; this coordinator accepts at most ${maxSpecBytes} (--max-spec-bytes)`);
+    }
     if (request.idempotencyKey.length > MAX_IDEMPOTENCY_KEY_LENGTH) {
       throw new InvalidArgumentError(`idempotency_key: must be at most ${MAX_IDEMPOTENCY_KEY_LENGTH} characters, got ${request.idempotencyKey.length}`);
     }
@@ -139,21 +175,34 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
       shards: undefined,
       leaseEpoch: -1,
       samplesCommitted: 0,
+      submittedBy: caller.name,
     };
-    const created = await store.create(record, request.idempotencyKey);
-    if (!created.created) {
-      const existing = await store.get(created.jobId);
-      return { jobId: created.jobId, state: existing === undefined ? JobState.JOB_STATE_QUEUED : jobStateOf(existing.state), created: false };
+    const created = await store.create(record, request.idempotencyKey, { caller: caller.name, maxWaiting: maxQueuedJobsPerCaller });
+    switch (created.kind) {
+      case 'created':
+        break;
+      case 'existing': {
+        const existing = await store.get(created.jobId);
+        return { jobId: created.jobId, state: existing === undefined ? JobState.JOB_STATE_QUEUED : jobStateOf(existing.state), created: false };
+      }
+      case 'limit':
+        throw new ResourceExhaustedError(
+          `token ${caller.name} already has ${created.waiting} jobs queued or starting, the most this coordinator accepts per caller (--max-queued-jobs-per-caller ${maxQueuedJobsPerCaller}); wait for some to finish or cancel them`,
+        );
+      default: {
+        const unknown: never = created;
+        return unknown;
+      }
     }
     await ctx.queue.add('train', { jobId }, { jobId, removeOnComplete: { count: 1000 }, removeOnFail: { count: 1000 } });
     await store.appendEvent(jobId, {
       severity: Severity.SEVERITY_INFO,
       kind: 'job_submitted',
-      message: `job ${jobId} queued (${spec.spec.fleet.workers} workers)`,
+      message: `job ${jobId} queued (${spec.spec.fleet.workers} workers) by ${caller.name}`,
       generation: 0,
       step: 0,
     });
-    logger.info('job submitted', { jobId, workers: spec.spec.fleet.workers });
+    logger.info('job submitted', { jobId, workers: spec.spec.fleet.workers, submittedBy: caller.name });
     return { jobId, state: JobState.JOB_STATE_QUEUED, created: true };
   };
 
@@ -261,7 +310,7 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
     }
   }
 
-  const scaleJob = async (request: ScaleJobRequest): Promise<ScaleJobResponse> => {
+  const scaleJob = async (request: ScaleJobRequest, caller: ApiCaller): Promise<ScaleJobResponse> => {
     const record = await mustGet(store, request.jobId);
     if (TERMINAL_STATES.has(record.state)) {
       throw new FailedPreconditionError(`job ${record.jobId} is ${record.state}; only queued or running jobs can be scaled`);
@@ -273,19 +322,21 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
         `workers: must be within spec.fleet.minWorkers..maxWorkers (${minWorkers}..${maxWorkers}) of job ${record.jobId}, got ${request.workers}`,
       );
     }
-    await store.update(record.jobId, { workersDesired: request.workers });
+    // The runner first: one planning the job writes its own count into the record, and
+    // must write this one even when its write lands after ours.
     const running = ctx.scaleRunner?.(record.jobId, request.workers) ?? false;
+    await store.update(record.jobId, { workersDesired: request.workers });
     await store.appendEvent(record.jobId, {
       severity: Severity.SEVERITY_INFO,
       kind: 'scale_requested',
-      message: `scale from ${record.workersDesired} to ${request.workers} workers requested (${running ? 'takes effect at the next step boundary' : 'used when the job starts'})`,
+      message: `scale from ${record.workersDesired} to ${request.workers} workers requested by ${caller.name} (${running ? 'takes effect at the next step boundary' : 'used when the job starts'})`,
       generation: record.generation,
       step: record.committedStep,
     });
     return { jobId: record.jobId, workersDesired: request.workers, generation: record.generation };
   };
 
-  const cancelJob = async (request: CancelJobRequest): Promise<CancelJobResponse> => {
+  const cancelJob = async (request: CancelJobRequest, caller: ApiCaller): Promise<CancelJobResponse> => {
     const record = await mustGet(store, request.jobId);
     // Cancelling a finished job is a no-op that reports its state (jobs.proto), so a
     // client can retry a cancel whose answer it lost without getting an error.
@@ -300,7 +351,7 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
     await store.appendEvent(record.jobId, {
       severity: Severity.SEVERITY_WARNING,
       kind: 'job_cancelled',
-      message: `cancelled: ${reason}`,
+      message: `cancelled: ${reason} (by ${caller.name})`,
       generation: record.generation,
       step: record.committedStep,
     });
@@ -309,16 +360,26 @@ export function jobService(ctx: JobServiceContext): JobServiceServer {
       // elsewhere sees CANCELLED when it starts).
       await ctx.queue.remove(record.jobId).catch((err: unknown) => logger.warn('removing a cancelled job from the queue failed', { err }));
     }
-    logger.info('job cancelled', { jobId: record.jobId, reason });
+    logger.info('job cancelled', { jobId: record.jobId, reason, cancelledBy: caller.name });
     return { jobId: record.jobId, state: JobState.JOB_STATE_CANCELLED };
   };
 
   return {
-    submitJob: unaryHandler(submitJob, handlerOptions),
-    getJob: unaryHandler(getJob, handlerOptions),
-    listJobs: unaryHandler(listJobs, handlerOptions),
-    watchJob: serverStreamHandler(watchJob, handlerOptions),
-    scaleJob: unaryHandler(scaleJob, handlerOptions),
-    cancelJob: unaryHandler(cancelJob, handlerOptions),
+    submitJob: unaryHandler(async (request, call) => submitJob(request, authorize(call, 'submit', 'SubmitJob')), handlerOptions),
+    getJob: unaryHandler(async (request, call) => {
+      authorize(call, 'read', 'GetJob');
+      return getJob(request);
+    }, handlerOptions),
+    listJobs: unaryHandler(async (request, call) => {
+      authorize(call, 'read', 'ListJobs');
+      return listJobs(request);
+    }, handlerOptions),
+    watchJob: serverStreamHandler((request, signal, call) => {
+      // Checked when the handler starts, so a refused watch ends with the status at once.
+      authorize(call, 'read', 'WatchJob');
+      return watchJob(request, signal);
+    }, handlerOptions),
+    scaleJob: unaryHandler(async (request, call) => scaleJob(request, authorize(call, 'admin', 'ScaleJob')), handlerOptions),
+    cancelJob: unaryHandler(async (request, call) => cancelJob(request, authorize(call, 'admin', 'CancelJob')), handlerOptions),
   };
 }

@@ -78,6 +78,8 @@ export interface JobRecord {
   readonly leaseEpoch: number;
   /** Samples of the committed steps (reset with the steps a checkpoint restore drops). @default 0 */
   readonly samplesCommitted?: number;
+  /** Name of the API token that submitted the job ('anonymous' with --insecure; '' for jobs older than tokens). @default '' */
+  readonly submittedBy?: string;
 }
 
 /** Fields a caller may write besides the state. */
@@ -101,20 +103,50 @@ export class JobKeys {
   idempotency(key: string): string {
     return `${this.prefix}:idem:${key}`;
   }
+  /** Set of the ids of a caller's jobs that were not terminal when last looked at. */
+  callerJobs(caller: string): string {
+    return `${this.prefix}:caller:${caller}:jobs`;
+  }
 }
 
-// KEYS: idem (or ''), job hash, jobs zset. ARGV: jobId, createdAt, field, value, ...
-// Returns the existing job id when the idempotency key is taken, else '' after writing.
+
+/**
+ * States in which a job counts against its caller's `--max-queued-jobs-per-caller`: it
+ * has not started training yet (QUEUED: waiting for a slot; STARTING: holding a slot,
+ * waiting for workers). RUNNING jobs are bounded by `--max-running-jobs` instead.
+ */
+export const WAITING_STATES: ReadonlySet<JobStateName> = new Set(['QUEUED', 'STARTING']);
+
+// KEYS: idem (or ''), job hash, jobs zset, the caller's job set (or ''). ARGV: jobId,
+// createdAt, most waiting jobs of the caller (with KEYS[4]), job hash key prefix, field,
+// value, ... Returns {'existing', id} when the idempotency key is taken (before the limit,
+// so a resubmission never counts twice), {'limit', n} when the caller already has n >= the
+// most waiting jobs, else {'created', id} after writing. The caller's set is pruned of
+// terminal and vanished jobs on the way; the job hashes it reads are named from ARGV[4]
+// (not KEYS), which a single Redis allows and the coordinator needs no cluster for.
 const CREATE_SCRIPT = `
 if KEYS[1] ~= '' then
   local existing = redis.call('GET', KEYS[1])
-  if existing then return existing end
+  if existing then return {'existing', existing} end
+end
+if KEYS[4] ~= '' then
+  local waiting = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local state = redis.call('HGET', ARGV[4] .. id, 'state')
+    if ${[...WAITING_STATES].map((state) => `state == '${state}'`).join(' or ')} then
+      waiting = waiting + 1
+    elseif state ~= 'RUNNING' then
+      redis.call('SREM', KEYS[4], id)
+    end
+  end
+  if waiting >= tonumber(ARGV[3]) then return {'limit', tostring(waiting)} end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('job exists') end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1]) end
-return ''
+if KEYS[4] ~= '' then redis.call('SADD', KEYS[4], ARGV[1]) end
+return {'created', ARGV[1]}
 `;
 
 // KEYS: job hash. ARGV: new state, field, value, ... Returns the previous state; writes
@@ -127,6 +159,23 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1])
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return previous
 `;
+
+/** Result of {@link JobStore.create}. */
+export type CreateResult =
+  /** Written. */
+  | { readonly kind: 'created'; readonly jobId: string }
+  /** The idempotency key names this earlier job; nothing written. */
+  | { readonly kind: 'existing'; readonly jobId: string }
+  /** The caller already has `waiting` jobs in {@link WAITING_STATES}, the most allowed; nothing written. */
+  | { readonly kind: 'limit'; readonly waiting: number };
+
+/** The per-caller limit {@link JobStore.create} enforces. */
+export interface WaitingJobsLimit {
+  /** Who submits (the job's `submittedBy`). */
+  readonly caller: string;
+  /** Most jobs of `caller` in {@link WAITING_STATES}, ≥ 1. */
+  readonly maxWaiting: number;
+}
 
 /** Result of {@link JobStore.setState}. */
 export interface StateChangeResult {
@@ -188,23 +237,33 @@ export class JobStore {
 
   /**
    * Writes a new job atomically. With an idempotency key already used, writes nothing and
-   * returns the existing job id.
+   * returns the existing job id; with `limit`, writes nothing when the caller already has
+   * `limit.maxWaiting` jobs waiting, and otherwise records the job as the caller's.
    */
-  async create(record: JobRecord, idempotencyKey: string): Promise<{ created: boolean; jobId: string }> {
+  async create(record: JobRecord, idempotencyKey: string, limit?: WaitingJobsLimit): Promise<CreateResult> {
     const fields: (string | number)[] = [];
     for (const [field, value] of Object.entries(serialize(record))) fields.push(field, value);
-    const existing = (await this.#redis.eval(
+    const [kind, value] = (await this.#redis.eval(
       CREATE_SCRIPT,
-      3,
+      4,
       idempotencyKey === '' ? '' : this.keys.idempotency(idempotencyKey),
       this.keys.job(record.jobId),
       this.keys.jobs(),
+      limit === undefined ? '' : this.keys.callerJobs(limit.caller),
       record.jobId,
       record.createdAt,
+      limit?.maxWaiting ?? 0,
+      this.keys.job(''),
       ...fields,
-    )) as string;
-    if (existing !== '') return { created: false, jobId: existing };
-    return { created: true, jobId: record.jobId };
+    )) as [string, string];
+    switch (kind) {
+      case 'existing':
+        return { kind: 'existing', jobId: value };
+      case 'limit':
+        return { kind: 'limit', waiting: Number(value) };
+      default:
+        return { kind: 'created', jobId: record.jobId };
+    }
   }
 
   /** The job, or undefined when unknown. */
@@ -324,6 +383,7 @@ function serialize(record: JobRecord): Record<string, string | number> {
     shards: record.shards === undefined ? '' : JSON.stringify(record.shards.map((s) => [s.begin, s.end])),
     leaseEpoch: record.leaseEpoch,
     samplesCommitted: record.samplesCommitted ?? 0,
+    submittedBy: record.submittedBy ?? '',
   };
 }
 
@@ -350,5 +410,6 @@ function parseRecord(jobId: string, hash: Record<string, string>): JobRecord | u
     shards: shards?.map(([begin, end]) => ({ begin, end })),
     leaseEpoch: hash.leaseEpoch === undefined || hash.leaseEpoch === '' ? -1 : toNumber(hash.leaseEpoch),
     samplesCommitted: toNumber(hash.samplesCommitted),
+    submittedBy: hash.submittedBy ?? '',
   };
 }

@@ -2,7 +2,7 @@
 // ScaleJob and the end of the job move the StatefulSet's replicas through the scale
 // subresource, with the job runner's elastic logic unchanged.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { JobState } from '@dinofleet/proto';
+import { INSECURE, JobState } from '@dinofleet/proto';
 import { startFakeKubernetesApi } from './testing/fake-kubernetes-api.ts';
 import { jobSpec, startTestCoordinator, startTestEnv } from './testing/test-env.ts';
 import type { TestEnv } from './testing/test-env.ts';
@@ -50,6 +50,7 @@ describe('the coordinator with the kubernetes scaler', () => {
     await using api = await startFakeKubernetesApi({ namespace: NAMESPACE, statefulSet: STATEFUL_SET, allowedVerbs: ['patch'] });
     const start = async (statefulSet: string): Promise<unknown> =>
       startCoordinator({
+        security: INSECURE,
         redisUrl: env.redis.url,
         redisPrefix: `k8s-${statefulSet}`,
         teacherSyncAddress: '127.0.0.1:1',

@@ -1,4 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
+import { INSECURE } from '@dinofleet/proto';
+import type { TransportSecurity } from '@dinofleet/proto';
 import { LocalProcessScaler } from './local-process-scaler.ts';
 import type { SpawnWorker } from './local-process-scaler.ts';
 import { NoScaler } from './scaler.ts';
@@ -22,7 +24,7 @@ function fakeSpawn(): { spawn: SpawnWorker; started: { args: string[]; logFile?:
 }
 
 describeScalerConformance('LocalProcessScaler with a fake spawn', () => {
-  const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', spawn: fakeSpawn().spawn });
+  const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', security: INSECURE, spawn: fakeSpawn().spawn });
   return Promise.resolve({
     scaler,
     count: () => Promise.resolve(scaler.size),
@@ -32,6 +34,18 @@ describeScalerConformance('LocalProcessScaler with a fake spawn', () => {
 });
 
 describe('scalers', () => {
+  it('LocalProcessScaler gives its workers the coordinator\'s TLS directory, as an absolute path', async () => {
+    const { spawn, started } = fakeSpawn();
+    // Only the directory name is used; the material itself stays with the coordinator.
+    const security = { kind: 'mtls', material: { dir: 'fleet/tls', ca: Buffer.alloc(0), caCerts: [] } } satisfies TransportSecurity;
+    const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', security, spawn });
+    await scaler.scaleTo(1);
+    const args = started[0]?.args ?? [];
+    expect(args.slice(args.indexOf('--tls-dir'))).toEqual(['--tls-dir', `${process.cwd()}/fleet/tls`]);
+    expect(args).not.toContain('--insecure');
+    await scaler.close();
+  });
+
   it('NoScaler accepts any count and closes', async () => {
     const scaler = new NoScaler();
     await scaler.scaleTo(3);
@@ -40,11 +54,11 @@ describe('scalers', () => {
 
   it('LocalProcessScaler starts local-<i> workers with the coordinator flags and stops the newest on scale-down', async () => {
     const { spawn, started, stopped } = fakeSpawn();
-    const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', backend: 'cpu', logDir: '/tmp/logs', spawn });
+    const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', security: INSECURE, backend: 'cpu', logDir: '/tmp/logs', spawn });
     await scaler.scaleTo(2);
     expect(started).toEqual([
-      { args: ['--coordinator', '127.0.0.1:7000', '--worker-id', 'local-0', '--backend', 'cpu'], logFile: '/tmp/logs/local-0.log' },
-      { args: ['--coordinator', '127.0.0.1:7000', '--worker-id', 'local-1', '--backend', 'cpu'], logFile: '/tmp/logs/local-1.log' },
+      { args: ['--coordinator', '127.0.0.1:7000', '--worker-id', 'local-0', '--backend', 'cpu', '--insecure'], logFile: '/tmp/logs/local-0.log' },
+      { args: ['--coordinator', '127.0.0.1:7000', '--worker-id', 'local-1', '--backend', 'cpu', '--insecure'], logFile: '/tmp/logs/local-1.log' },
     ]);
     await scaler.scaleTo(2);
     expect(started).toHaveLength(2);
@@ -81,7 +95,7 @@ describe('scalers', () => {
         },
       });
     };
-    const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', spawn, restartDelayMs: 10 });
+    const scaler = new LocalProcessScaler({ coordinatorAddress: '127.0.0.1:7000', security: INSECURE, spawn, restartDelayMs: 10 });
     await scaler.scaleTo(3);
     expect(started).toEqual(['local-0', 'local-1', 'local-2']);
     // Scale-down of rank 1's worker, not the highest id.
@@ -110,6 +124,7 @@ describe('scalers', () => {
     const { spawn, started } = fakeSpawn();
     const scaler = new LocalProcessScaler({
       coordinatorAddress: '127.0.0.1:7000',
+      security: INSECURE,
       spawn,
       findExisting: () => Promise.resolve([{ pid: 999_999_999, workerId: 'local-1' }]),
     });

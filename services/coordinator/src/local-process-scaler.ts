@@ -6,7 +6,8 @@
  * crashed worker comes back as a joiner. Worker processes of the same coordinator address
  * left by an earlier coordinator (one that was killed) are adopted, not started twice.
  */
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import type { TransportSecurity } from '@dinofleet/proto';
 import type { Logger } from '@dinofleet/telemetry';
 import type { Scaler } from './scaler.ts';
 
@@ -31,6 +32,12 @@ export type FindWorkerProcesses = (coordinatorAddress: string) => Promise<readon
 export interface LocalProcessScalerOptions {
   /** The coordinator's gRPC address, "host:port". */
   readonly coordinatorAddress: string;
+  /**
+   * The coordinator's own transport security, which its workers share: `--tls-dir` with
+   * the same directory (the certificate of a local fleet is valid for every member), or
+   * `--insecure`.
+   */
+  readonly security: TransportSecurity;
   /** `--backend` of every worker. @default 'wasm' */
   readonly backend?: string;
   /** Directory for `<id>.log` files; none: no log file. */
@@ -92,6 +99,11 @@ function adoptedWorker(pid: number): SpawnedWorker {
       clearTimeout(killed);
     },
   };
+}
+
+/** The worker flags that give it `security`: an absolute `--tls-dir` (its cwd may differ), or `--insecure`. */
+export function securityArgs(security: TransportSecurity): string[] {
+  return security.kind === 'mtls' ? ['--tls-dir', resolve(security.material.dir)] : ['--insecure'];
 }
 
 /** Local worker processes. */
@@ -200,7 +212,12 @@ export class LocalProcessScaler implements Scaler {
 
   async #start(spawn: SpawnWorker, index: number): Promise<void> {
     const id = `local-${index}`;
-    const args = ['--coordinator', this.#options.coordinatorAddress, '--worker-id', id, '--backend', this.#options.backend ?? 'wasm'];
+    const args = [
+      '--coordinator', this.#options.coordinatorAddress,
+      '--worker-id', id,
+      '--backend', this.#options.backend ?? 'wasm',
+      ...securityArgs(this.#options.security),
+    ];
     this.#nextIndex = Math.max(this.#nextIndex, index + 1);
     const worker = await spawn('worker', {
       args,

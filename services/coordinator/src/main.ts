@@ -7,7 +7,8 @@
  */
 import { parseArgs } from 'node:util';
 
-import { writeReadyFile } from '@dinofleet/proto';
+import { INSECURE_WARNING, loadApiTokens, transportSecurityFromFlags, writeReadyFile } from '@dinofleet/proto';
+import type { ApiTokenEntry, TransportSecurity } from '@dinofleet/proto';
 import { createLogger } from '@dinofleet/telemetry';
 
 import { COORDINATOR_FLAG_OPTIONS, COORDINATOR_USAGE, resolveCoordinatorConfig } from './coordinator-config.ts';
@@ -33,10 +34,26 @@ async function main(): Promise<void> {
     exitWithUsageError(`${err instanceof Error ? err.message : String(err)}; ${COORDINATOR_USAGE}`);
   }
 
+  // The TLS directory and the tokens file are read here, once; their contents are never
+  // logged (messages name the files only).
+  let security: TransportSecurity;
+  let apiTokens: ApiTokenEntry[] | undefined;
+  try {
+    security = transportSecurityFromFlags({ tlsDir: config.tlsDir, insecure: config.insecure });
+    apiTokens = config.apiTokensFile === undefined ? undefined : loadApiTokens(config.apiTokensFile);
+  } catch (err) {
+    exitWithUsageError(err instanceof Error ? err.message : String(err));
+  }
+
   const logger = createLogger({ name: 'coordinator', level: config.logLevel });
+  if (security.kind === 'insecure') logger.warn(INSECURE_WARNING);
   let coordinator: Coordinator;
   try {
     coordinator = await startCoordinator({
+      security,
+      ...(apiTokens !== undefined && { apiTokens }),
+      maxSpecBytes: config.maxSpecBytes,
+      maxQueuedJobsPerCaller: config.maxQueuedJobsPerCaller,
       redisUrl: config.redisUrl,
       redisPrefix: config.redisPrefix,
       teacherSyncAddress: config.teacherSyncAddress,

@@ -8,7 +8,8 @@
 import { parseArgs } from 'node:util';
 
 import { createS3Client, describeS3Config, resolveS3Config } from '@dinofleet/data';
-import { writeReadyFile } from '@dinofleet/proto';
+import { INSECURE_WARNING, transportSecurityFromFlags, writeReadyFile } from '@dinofleet/proto';
+import type { TransportSecurity } from '@dinofleet/proto';
 import { createLogger } from '@dinofleet/telemetry';
 
 import { resolveTeacherSyncConfig, TEACHER_SYNC_USAGE } from './teacher-sync-config.ts';
@@ -33,6 +34,8 @@ async function main(): Promise<void> {
         'ready-file': { type: 'string' },
         'log-level': { type: 'string' },
         'max-snapshot-bytes': { type: 'string' },
+        'tls-dir': { type: 'string' },
+        insecure: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -45,7 +48,16 @@ async function main(): Promise<void> {
     exitWithUsageError(`${err instanceof Error ? err.message : String(err)}; ${TEACHER_SYNC_USAGE}`);
   }
 
+  // Read once here; messages name the files, never their contents.
+  let security: TransportSecurity;
+  try {
+    security = transportSecurityFromFlags({ tlsDir: config.tlsDir, insecure: config.insecure });
+  } catch (err) {
+    exitWithUsageError(err instanceof Error ? err.message : String(err));
+  }
+
   const logger = createLogger({ name: 'teacher-sync', level: config.logLevel });
+  if (security.kind === 'insecure') logger.warn(INSECURE_WARNING);
   let s3Config;
   try {
     s3Config = resolveS3Config();
@@ -57,6 +69,7 @@ async function main(): Promise<void> {
   let server;
   try {
     server = await startTeacherSync({
+      security,
       listen: config.listen,
       metricsListen: config.metricsListen,
       maxSnapshotBytes: config.maxSnapshotBytes,
@@ -103,6 +116,7 @@ async function main(): Promise<void> {
     metricsAddress: running.metricsAddress,
     s3: describeS3Config(s3Config),
     maxSnapshotBytes: config.maxSnapshotBytes,
+    security: security.kind,
   });
 }
 

@@ -12,6 +12,7 @@ import {
   fromServiceError,
   HealthCheckResponse_ServingStatus as ServingStatus,
   HealthClient,
+  INSECURE,
   TeacherSyncClient,
 } from '@dinofleet/proto';
 import type {
@@ -51,8 +52,9 @@ interface Fixture extends AsyncDisposable {
   readonly client: TeacherSyncClient;
 }
 
-async function startFixture(options: TeacherSyncOptions = {}): Promise<Fixture> {
-  const server = await startTeacherSync({ logger: silent, s3: s3.client, drainGraceMs: 1000, ...options });
+/** teacher-sync in plaintext (the transport has its own tests in security.test.ts). */
+async function startFixture(options: Partial<TeacherSyncOptions> = {}): Promise<Fixture> {
+  const server = await startTeacherSync({ security: INSECURE, logger: silent, s3: s3.client, drainGraceMs: 1000, ...options });
   const client = createClient(TeacherSyncClient, server.grpcAddress);
   return {
     server,

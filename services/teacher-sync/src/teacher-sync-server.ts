@@ -4,8 +4,8 @@
  * run it in-process.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { GrpcServer, InvalidArgumentError, splitHostPort, TeacherSyncService } from '@dinofleet/proto';
-import type { HostPort } from '@dinofleet/proto';
+import { GrpcServer, InvalidArgumentError, serverCredentials, splitHostPort, TeacherSyncService } from '@dinofleet/proto';
+import type { HostPort, TransportSecurity } from '@dinofleet/proto';
 import { createLogger, LogLevel, MetricsServer, Registry } from '@dinofleet/telemetry';
 import type { Logger } from '@dinofleet/telemetry';
 
@@ -19,6 +19,12 @@ export const DEFAULT_DRAIN_GRACE_MS = 10_000;
 
 /** Settings for {@link startTeacherSync}. */
 export interface TeacherSyncOptions {
+  /**
+   * Mutual TLS with the fleet CA (`--tls-dir`: only callers presenting a certificate of it
+   * get past the handshake), or `INSECURE` (`--insecure`). Required: nothing defaults to
+   * plaintext.
+   */
+  readonly security: TransportSecurity;
   /** gRPC address "host:port"; port 0 picks a free one. @default "127.0.0.1:0" */
   readonly listen?: string;
   /** `/metrics` and `/healthz` address "host:port"; port 0 picks a free one. @default "127.0.0.1:0" */
@@ -77,7 +83,7 @@ function checkRange(value: number, field: string, min: number, max: number): num
 }
 
 /** Starts teacher-sync and resolves once both servers listen. */
-export async function startTeacherSync(options: TeacherSyncOptions = {}): Promise<TeacherSyncServer> {
+export async function startTeacherSync(options: TeacherSyncOptions): Promise<TeacherSyncServer> {
   const listen = options.listen ?? '127.0.0.1:0';
   parseHostPort(listen, 'listen');
   const metricsListen = parseHostPort(options.metricsListen ?? '127.0.0.1:0', 'metricsListen');
@@ -85,13 +91,15 @@ export async function startTeacherSync(options: TeacherSyncOptions = {}): Promis
   const maxCenterWaitMs = checkRange(options.maxCenterWaitMs ?? DEFAULT_MAX_CENTER_WAIT_MS, 'maxCenterWaitMs', 1, 2 ** 31 - 1);
   const drainGraceMs = checkRange(options.drainGraceMs ?? DEFAULT_DRAIN_GRACE_MS, 'drainGraceMs', 0, 2 ** 31 - 1);
   const logger = options.logger ?? createLogger({ name: 'teacher-sync', level: LogLevel.Info });
+  // Workers are its only callers, and they are fleet members: mutual TLS at the handshake.
+  const credentials = serverCredentials(options.security, { clientCertificate: 'require' });
 
   const registry = options.registry ?? new Registry();
   const metricsServer = new MetricsServer({ registry, defaultMetrics: options.registry === undefined });
   const metrics = createTeacherSyncMetrics(registry);
   const centers = new CenterStore({ keptCenters: options.keptCenters ?? DEFAULT_KEPT_CENTERS, logger });
   const snapshots = new SnapshotStore(options.keptSnapshots ?? DEFAULT_KEPT_SNAPSHOTS);
-  const grpc = new GrpcServer({ address: listen });
+  const grpc = new GrpcServer({ address: listen, credentials });
   grpc.addService(TeacherSyncService, createTeacherSyncService({ centers, snapshots, metrics, logger, s3: options.s3, maxSnapshotBytes, maxCenterWaitMs }));
 
   let closing: Promise<void> | undefined;

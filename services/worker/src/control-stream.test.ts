@@ -1,6 +1,7 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initComputeBackend } from '@dinofleet/compute';
 import { resolveJobSpec } from '@dinofleet/config';
+import { INSECURE } from '@dinofleet/proto';
 import { LogLevel, createLogger } from '@dinofleet/telemetry';
 import { MemoryBatchSource } from './batch-loader.ts';
 import { startWorker } from './index.ts';
@@ -43,6 +44,7 @@ describe('the Control stream', () => {
     });
     worker = await startWorker({
       coordinatorAddress: coordinator.address,
+      security: INSECURE,
       workerId: 'w-1',
       backend: 'cpu',
       heartbeatIntervalMs: 100,

@@ -8,7 +8,8 @@ import { CollectiveEndpoint } from '@dinofleet/collective';
 import { initComputeBackend } from '@dinofleet/compute';
 import type { ComputeBackend } from '@dinofleet/compute';
 import type { BackoffOptions } from '@dinofleet/data';
-import { GrpcServer, StateTransferService, UnavailableError } from '@dinofleet/proto';
+import { GrpcServer, StateTransferService, UnavailableError, serverCredentials } from '@dinofleet/proto';
+import type { TransportSecurity } from '@dinofleet/proto';
 import { LogLevel, createLogger } from '@dinofleet/telemetry';
 import type { Logger, Registry } from '@dinofleet/telemetry';
 import { Worker } from './worker.ts';
@@ -65,6 +66,13 @@ export type { StepLoopContext, StepOutcome, StepRing } from './step-loop.ts';
 export interface StartWorkerOptions {
   /** "host:port" of the coordinator. */
   coordinatorAddress: string;
+  /**
+   * How the worker secures every connection (`--tls-dir` / `--insecure`): under mTLS its
+   * gRPC server (Collective, StateTransfer, health) and its data listener accept only
+   * clients with a certificate of the fleet CA, and it presents its own certificate to the
+   * coordinator, teacher-sync and its ring peers.
+   */
+  security: TransportSecurity;
   /** Stable worker id. @default `<hostname>-<pid>` */
   workerId?: string;
   /** Address of the Collective gRPC server. @default "127.0.0.1:0" */
@@ -136,11 +144,18 @@ export async function startWorker(options: StartWorkerOptions): Promise<WorkerPr
   const listen = options.listen ?? '127.0.0.1:0';
   const workerId = options.workerId ?? defaultWorkerId();
   const logger = options.logger ?? createLogger({ name: 'worker', level: LogLevel.Info });
-  const server = new GrpcServer({ address: listen });
+  const { security } = options;
+  // Only ring peers (and joiners fetching state) call this server: fleet members all.
+  const server = new GrpcServer({ address: listen, credentials: serverCredentials(security, { clientCertificate: 'require' }) });
   // On a shared server the endpoint cannot see `listen`: without dataListen its data
   // listener would bind 127.0.0.1, out of other hosts' reach.
   const dataListen = options.dataListen ?? `${listen.slice(0, listen.lastIndexOf(':'))}:0`;
-  const endpoint = new CollectiveEndpoint({ server, dataListen });
+  const endpoint = new CollectiveEndpoint({
+    server,
+    dataListen,
+    security,
+    onRefusedDataLink: (refusal) => logger.warn('data link refused', { remoteAddress: refusal.remoteAddress, stage: refusal.stage, reason: refusal.reason }),
+  });
   // Services go on before the server starts; the worker that answers exists only after
   // it (it needs the bound address), so the handler looks it up per call.
   const serving: { worker?: Worker } = {};
@@ -165,6 +180,7 @@ export async function startWorker(options: StartWorkerOptions): Promise<WorkerPr
   const collectiveAddress = `${host}:${bound.port}`;
   const worker = new Worker({
     coordinatorAddress: options.coordinatorAddress,
+    security,
     workerId,
     endpoint,
     collectiveAddress,

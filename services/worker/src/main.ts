@@ -1,7 +1,7 @@
 /**
- * The worker process: `node --import tsx services/worker/src/main.ts --coordinator host:port`
- * (flags in docs/cluster.md). Serves Collective and health on `--listen`, `/metrics` on
- * `--metrics-listen`, holds the Control stream. On SIGTERM (or SIGINT) it leaves
+ * The worker process: `node --import tsx services/worker/src/main.ts --coordinator host:port
+ * --tls-dir dir` (or `--insecure`; flags in docs/cluster.md). Serves Collective and health on
+ * `--listen`, `/metrics` on `--metrics-listen`, holds the Control stream. On SIGTERM (or SIGINT) it leaves
  * gracefully: `Leaving{graceful}`, the step in progress runs until its ack, then it waits
  * for the coordinator's Stop (at most 30 s), drains and exits 0; a second signal exits 130
  * at once (docs/cluster.md, worker item 7).
@@ -9,7 +9,7 @@
 import { hostname } from 'node:os';
 import { COLLECTIVE_EXCHANGE_DEFINITION } from '@dinofleet/collective';
 import { createS3Client } from '@dinofleet/data';
-import { serviceNameOf, writeReadyFile } from '@dinofleet/proto';
+import { INSECURE_WARNING, serviceNameOf, writeReadyFile } from '@dinofleet/proto';
 import { MetricsServer, Registry, createLogger } from '@dinofleet/telemetry';
 import { GRACEFUL_LEAVE_TIMEOUT_MS, startWorker } from './index.ts';
 import { WORKER_USAGE, WorkerConfigError, parseHostPort, resolveWorkerConfig, resolveWorkerS3Config } from './worker-config.ts';
@@ -29,6 +29,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const logger = createLogger({ name: 'worker', level: config.logLevel, fields: { workerId: config.workerId } });
+  if (config.security.kind === 'insecure') logger.warn(INSECURE_WARNING);
   const registry = new Registry();
   const metrics = new MetricsServer({ registry, defaultMetrics: true });
   const metricsAddress = parseHostPort(config.metricsListen, 'metrics-listen');
@@ -38,6 +39,7 @@ async function main(): Promise<void> {
     metricsPort = (await metrics.start({ host: metricsAddress.host, port: metricsAddress.port })).port;
     worker = await startWorker({
       coordinatorAddress: config.coordinator,
+      security: config.security,
       workerId: config.workerId,
       listen: config.listen,
       dataListen: config.dataListen,

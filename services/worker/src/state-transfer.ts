@@ -11,12 +11,13 @@ import {
   DataLossError,
   StateTransferClient,
   callOptions,
+  channelCredentials,
   createClient,
   fromServiceError,
   serverStreamHandler,
   withRetry,
 } from '@dinofleet/proto';
-import type { FetchStateRequest, FetchStateResponse, HandlerOptions, StateHeader, StateTransferServer } from '@dinofleet/proto';
+import type { FetchStateRequest, FetchStateResponse, HandlerOptions, StateHeader, StateTransferServer, TransportSecurity } from '@dinofleet/proto';
 import { DINO_STATE_FORMAT } from './state-codec.ts';
 
 /** Largest chunk of a transfer, in bytes (collective.proto: at most 1 MiB). */
@@ -72,6 +73,8 @@ export interface FetchStateOptions {
   readonly step: number;
   /** The asking worker (for the source's logs). */
   readonly workerId: string;
+  /** How to dial the source (`channelCredentials(security)`; the source requires a fleet certificate under mTLS). */
+  readonly security: TransportSecurity;
   /** Deadline of the whole call, in ms. @default 60000 */
   readonly deadlineMs?: number;
   /** Cancels the call. */
@@ -113,7 +116,7 @@ export function fetchState(options: FetchStateOptions): Promise<FetchedState> {
 }
 
 async function fetchStateOnce(options: FetchStateOptions, notAfterMs: number): Promise<FetchedState> {
-  const client = createClient(StateTransferClient, options.address);
+  const client = createClient(StateTransferClient, options.address, { credentials: channelCredentials(options.security) });
   const call = client.fetchState(
     { jobId: options.jobId, step: options.step, workerId: options.workerId },
     callOptions({ deadlineMs: Math.max(1, notAfterMs - Date.now()), notAfterMs }),

@@ -1,5 +1,5 @@
 import { updateCenter } from '@dinofleet/dino';
-import { AbortedError, GrpcServer, TeacherSyncService, toServiceError, UnavailableError, UnimplementedError, unaryHandler } from '@dinofleet/proto';
+import { AbortedError, GrpcServer, INSECURE, TeacherSyncService, toServiceError, UnavailableError, UnimplementedError, unaryHandler } from '@dinofleet/proto';
 import type { GetCenterResponse, PushTeacherSumsRequest, TeacherSyncServer } from '@dinofleet/proto';
 import { describe, expect, it } from 'vitest';
 
@@ -113,7 +113,7 @@ const EXPECTED = updateCenter(new Float32Array([0.5, -0.25, 1]), new Float32Arra
 describe('TeacherSyncConnection', () => {
   it('sends the base centers with the sums', async () => {
     await using server = await startCenterServer();
-    const connection = new TeacherSyncConnection({ address: server.address });
+    const connection = new TeacherSyncConnection({ security: INSECURE, address: server.address });
     try {
       const patch = { patchSums: new Float32Array([1, 2]), patchCount: 2, basePatchCenter: new Float32Array([3, 4]) };
       expect(await connection.pushTeacherSums(pushOf(0, patch))).toEqual({ ranksReceived: 1, centerReady: false });
@@ -129,8 +129,8 @@ describe('TeacherSyncConnection', () => {
   it('getCenter rides out a teacher-sync restart on the same port, pushing again, and gets the center', async () => {
     const first = await startCenterServer();
     const address = first.address;
-    const rank0 = new TeacherSyncConnection({ address, getCenterTimeoutMs: 500, teacherSyncWaitMs: 10_000 });
-    const rank1 = new TeacherSyncConnection({ address, teacherSyncWaitMs: 10_000 });
+    const rank0 = new TeacherSyncConnection({ security: INSECURE, address, getCenterTimeoutMs: 500, teacherSyncWaitMs: 10_000 });
+    const rank1 = new TeacherSyncConnection({ security: INSECURE, address, teacherSyncWaitMs: 10_000 });
     let second: CenterServer | undefined;
     try {
       await rank0.pushTeacherSums(pushOf(0));
@@ -165,7 +165,7 @@ describe('TeacherSyncConnection', () => {
     const first = await startCenterServer();
     const address = first.address;
     await first.close();
-    const connection = new TeacherSyncConnection({ address, teacherSyncWaitMs: 10_000 });
+    const connection = new TeacherSyncConnection({ security: INSECURE, address, teacherSyncWaitMs: 10_000 });
     let second: CenterServer | undefined;
     try {
       const pushed = connection.pushTeacherSums(pushOf(0));
@@ -180,7 +180,7 @@ describe('TeacherSyncConnection', () => {
 
   it('getCenter gives up after teacherSyncWaitMs with an error that names teacher-sync and the step', async () => {
     await using server = await startCenterServer();
-    const connection = new TeacherSyncConnection({ address: server.address, getCenterTimeoutMs: 200, teacherSyncWaitMs: 1_500 });
+    const connection = new TeacherSyncConnection({ security: INSECURE, address: server.address, getCenterTimeoutMs: 200, teacherSyncWaitMs: 1_500 });
     try {
       let repushes = 0;
       const started = Date.now();
@@ -202,7 +202,7 @@ describe('TeacherSyncConnection', () => {
   it('getCenter gives up the same way when no teacher-sync listens at all', async () => {
     const gone = await startCenterServer();
     await gone.close();
-    const connection = new TeacherSyncConnection({ address: gone.address, teacherSyncWaitMs: 1_000 });
+    const connection = new TeacherSyncConnection({ security: INSECURE, address: gone.address, teacherSyncWaitMs: 1_000 });
     try {
       const err = await connection.getCenter('job', 1).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(UnavailableError);
@@ -214,7 +214,7 @@ describe('TeacherSyncConnection', () => {
 
   it('getCenter passes ABORTED through at once, and so does a repush that fails that way', async () => {
     await using server = await startCenterServer();
-    const connection = new TeacherSyncConnection({ address: server.address, getCenterTimeoutMs: 200 });
+    const connection = new TeacherSyncConnection({ security: INSECURE, address: server.address, getCenterTimeoutMs: 200 });
     try {
       let repushes = 0;
       const stale = connection.getCenter('stale', 5, { generation: 1, repush: () => Promise.resolve(repushes++) });
@@ -229,10 +229,10 @@ describe('TeacherSyncConnection', () => {
 
   it('stops getCenter and pushTeacherSums when their signal aborts', async () => {
     await using server = await startCenterServer();
-    const connection = new TeacherSyncConnection({ address: server.address });
+    const connection = new TeacherSyncConnection({ security: INSECURE, address: server.address });
     const gone = await startCenterServer();
     await gone.close();
-    const unreachable = new TeacherSyncConnection({ address: gone.address });
+    const unreachable = new TeacherSyncConnection({ security: INSECURE, address: gone.address });
     try {
       const controller = new AbortController();
       const started = Date.now();

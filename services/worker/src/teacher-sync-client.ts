@@ -18,6 +18,7 @@ import {
   TeacherSyncClient,
   callOptions,
   callUnary,
+  channelCredentials,
   createClient,
   fromServiceError,
   resolveRetryConfig,
@@ -26,6 +27,7 @@ import {
   withRetry,
 } from '@dinofleet/proto';
 import type {
+  TransportSecurity,
   AttestTeacherResponse,
   CallOptionsWithDeadline,
   GetCenterResponse,
@@ -50,6 +52,8 @@ export const DEFAULT_TEACHER_SYNC_WAIT_MS = 30_000;
 export interface TeacherSyncConnectionOptions {
   /** "host:port" of teacher-sync. */
   address: string;
+  /** How to dial it (`channelCredentials(security)`: teacher-sync requires a fleet certificate under mTLS). */
+  security: TransportSecurity;
   /**
    * Deadline of one GetCenter attempt, in ms. Short on purpose: a teacher-sync that
    * restarted holds no center until the ranks push again, so an attempt that times out
@@ -295,7 +299,7 @@ export class TeacherSyncConnection {
 
   constructor(options: TeacherSyncConnectionOptions) {
     this.#address = options.address;
-    this.#client = createClient(TeacherSyncClient, options.address, { channelOptions: CHANNEL_OPTIONS });
+    this.#client = createClient(TeacherSyncClient, options.address, { credentials: channelCredentials(options.security), channelOptions: CHANNEL_OPTIONS });
     this.#getCenterTimeoutMs = options.getCenterTimeoutMs ?? DEFAULT_GET_CENTER_TIMEOUT_MS;
     this.#pushTimeoutMs = options.pushTimeoutMs ?? DEFAULT_PUSH_TIMEOUT_MS;
     this.#waitMs = options.teacherSyncWaitMs ?? DEFAULT_TEACHER_SYNC_WAIT_MS;

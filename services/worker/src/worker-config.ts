@@ -9,19 +9,25 @@ import { COMPUTE_BACKENDS, parseComputeBackend } from '@dinofleet/compute';
 import type { ComputeBackend } from '@dinofleet/compute';
 import { resolveS3Config } from '@dinofleet/data';
 import type { S3Config } from '@dinofleet/data';
-import { splitHostPort } from '@dinofleet/proto';
-import type { HostPort } from '@dinofleet/proto';
+import { TlsConfigError, splitHostPort, transportSecurityFromFlags } from '@dinofleet/proto';
+import type { HostPort, TransportSecurity } from '@dinofleet/proto';
 import { LogLevel } from '@dinofleet/telemetry';
 
 /** One line on how to run the worker. */
 export const WORKER_USAGE =
-  'usage: worker --coordinator host:port [--worker-id id] [--listen host:port] [--data-listen host:port] [--advertise-host host] ' +
+  'usage: worker --coordinator host:port (--tls-dir dir | --insecure) [--worker-id id] [--listen host:port] [--data-listen host:port] [--advertise-host host] ' +
   `[--backend ${COMPUTE_BACKENDS.join('|')}] [--fetch-concurrency n] [--loader-threads n] [--prefetch-mb n] [--metrics-listen host:port] [--ready-file path] [--log-level level]`;
 
 /** The resolved settings of a worker process. */
 export interface WorkerConfig {
   /** "host:port" of the coordinator. Required. */
   readonly coordinator: string;
+  /**
+   * How every connection of the worker is secured (docs/security.md): mutual TLS with the
+   * certificates of `--tls-dir` (ca.crt, tls.crt, tls.key; checked at start), or plaintext
+   * with `--insecure`. Exactly one of the two is required.
+   */
+  readonly security: TransportSecurity;
   /** Stable worker id. @default hostname + pid */
   readonly workerId: string;
   /** Collective gRPC server address. @default "127.0.0.1:0" */
@@ -62,6 +68,8 @@ export class WorkerConfigError extends Error {
 
 const FLAGS = {
   coordinator: { type: 'string', env: 'DINOFLEET_COORDINATOR' },
+  'tls-dir': { type: 'string', env: 'DINOFLEET_TLS_DIR' },
+  insecure: { type: 'boolean', env: 'DINOFLEET_INSECURE' },
   'worker-id': { type: 'string', env: 'DINOFLEET_WORKER_ID' },
   listen: { type: 'string', env: 'DINOFLEET_LISTEN' },
   'data-listen': { type: 'string', env: 'DINOFLEET_DATA_LISTEN' },
@@ -88,15 +96,16 @@ export function parseHostPort(value: string, flag: string): HostPort {
  * @throws WorkerConfigError naming the bad flag (also for an unknown flag).
  */
 export function resolveWorkerConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env, defaultWorkerId = 'worker'): WorkerConfig {
-  let values: Partial<Record<FlagName, string>>;
+  let values: Partial<Record<FlagName, string | boolean>>;
   try {
-    const options = Object.fromEntries(Object.keys(FLAGS).map((name) => [name, { type: 'string' as const }]));
+    const options = Object.fromEntries(Object.entries(FLAGS).map(([name, flag]) => [name, { type: flag.type }]));
     values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
   } catch (err) {
     throw new WorkerConfigError(err instanceof Error ? err.message : String(err), { cause: err });
   }
   const read = (name: FlagName): string | undefined => {
-    const value = values[name] ?? env[FLAGS[name].env];
+    const flag = values[name];
+    const value = typeof flag === 'string' ? flag : env[FLAGS[name].env];
     return value === undefined || value === '' ? undefined : value;
   };
   const coordinator = read('coordinator');
@@ -137,8 +146,11 @@ export function resolveWorkerConfig(argv: readonly string[], env: NodeJS.Process
     throw new WorkerConfigError(`--log-level must be one of ${Object.values(LogLevel).join(', ')}, got ${JSON.stringify(logLevelText)}`);
   }
   const advertiseHost = read('advertise-host') ?? (listenHost === '0.0.0.0' || listenHost === '::' ? '127.0.0.1' : listenHost);
+  // Last: it reads files, and a plain typo elsewhere should be reported first.
+  const security = resolveSecurity(values.insecure === true, read('tls-dir'), env);
   return {
     coordinator,
+    security,
     workerId: read('worker-id') ?? defaultWorkerId,
     listen,
     dataListen,
@@ -151,6 +163,27 @@ export function resolveWorkerConfig(argv: readonly string[], env: NodeJS.Process
     readyFile: read('ready-file') ?? null,
     logLevel,
   };
+}
+
+/**
+ * `--tls-dir` / `--insecure` (or DINOFLEET_TLS_DIR / DINOFLEET_INSECURE, "1" or "true"):
+ * exactly one. The TLS directory is read and checked now, so a bad one fails at start.
+ */
+function resolveSecurity(insecureFlag: boolean, tlsDir: string | undefined, env: NodeJS.ProcessEnv): TransportSecurity {
+  let insecure = insecureFlag;
+  const insecureEnv = env[FLAGS.insecure.env]?.trim().toLowerCase();
+  if (!insecure && insecureEnv !== undefined && insecureEnv !== '') {
+    if (insecureEnv === '1' || insecureEnv === 'true') insecure = true;
+    else if (insecureEnv !== '0' && insecureEnv !== 'false') {
+      throw new WorkerConfigError(`${FLAGS.insecure.env} must be "1", "true", "0" or "false", got ${JSON.stringify(env[FLAGS.insecure.env])}`);
+    }
+  }
+  try {
+    return transportSecurityFromFlags({ tlsDir, insecure });
+  } catch (err) {
+    if (err instanceof TlsConfigError) throw new WorkerConfigError(err.message, { cause: err });
+    throw err;
+  }
 }
 
 /** Attempts per S3 request inside the SDK for a worker (docs/cluster.md, worker item 9). */

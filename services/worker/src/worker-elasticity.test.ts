@@ -2,6 +2,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initComputeBackend } from '@dinofleet/compute';
 import { resolveJobSpec } from '@dinofleet/config';
 import type { Image } from '@dinofleet/dino';
+import { INSECURE } from '@dinofleet/proto';
 import type { CommitStep } from '@dinofleet/proto';
 import { LogLevel, Registry, createLogger } from '@dinofleet/telemetry';
 import { MemoryBatchSource } from './batch-loader.ts';
@@ -67,6 +68,7 @@ describe('a worker across generations', () => {
   async function addWorker(workerId: string, extra: { nonfiniteFaults?: NonfiniteFaults; registry?: Registry; stateTransferTimeoutMs?: number } = {}): Promise<WorkerProcess> {
     const worker = await startWorker({
       coordinatorAddress: (coordinator as FakeCoordinator).address,
+      security: INSECURE,
       workerId,
       backend: 'cpu',
       heartbeatIntervalMs: 200,

@@ -5,6 +5,7 @@ import { resolveJobSpec } from '@dinofleet/config';
 import { encodePng, manifestSplit, readCheckpoint } from '@dinofleet/data';
 import { startTestS3 } from '@dinofleet/data/testing';
 import type { TestS3 } from '@dinofleet/data/testing';
+import { INSECURE } from '@dinofleet/proto';
 import type { ShardLease } from '@dinofleet/proto';
 import { LogLevel, Registry, createLogger } from '@dinofleet/telemetry';
 import { startWorker } from './index.ts';
@@ -74,6 +75,7 @@ describe('a worker reading S3', () => {
     });
     worker = await startWorker({
       coordinatorAddress: coordinator.address,
+      security: INSECURE,
       workerId: 'w-s3',
       backend: 'cpu',
       s3: s3.client,

@@ -1,4 +1,7 @@
 import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initComputeBackend } from '@dinofleet/compute';
@@ -6,6 +9,9 @@ import { resolveJobSpec, resolveRecipe } from '@dinofleet/config';
 import { Rng, buildCropBatch, createDinoState, disposeDinoState, trainStep } from '@dinofleet/dino';
 import type { DinoState, Image } from '@dinofleet/dino';
 import { decodeSafetensors } from '@dinofleet/data';
+import { transportSecurityFromFlags } from '@dinofleet/proto';
+import type { TransportSecurity } from '@dinofleet/proto';
+import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
 import { LogLevel, Registry, createLogger } from '@dinofleet/telemetry';
 import { MemoryBatchSource } from './batch-loader.ts';
 import { GradientLayout } from './gradient-buffer.ts';
@@ -68,9 +74,16 @@ describe('two in-process workers', () => {
   let reference: DinoState;
   let initialStudent: Record<string, Float32Array>;
 
+  let tlsRoot: string;
+
   beforeAll(async () => {
     await initComputeBackend('cpu');
-    teacherSync = await startFakeTeacherSync();
+    // The whole fleet over mutual TLS, as it runs by default: the ring (gRPC and data
+    // links), teacher-sync and the Control stream.
+    tlsRoot = await mkdtemp(join(tmpdir(), 'dinofleet-worker-test-'));
+    await createDevCertificates(tlsRoot);
+    const security: TransportSecurity = transportSecurityFromFlags({ tlsDir: tlsRoot });
+    teacherSync = await startFakeTeacherSync({ security });
     coordinator = await startFakeCoordinator(2, {
       jobId: 'equivalence-abcdefgh',
       specJson: JSON.stringify(SPEC),
@@ -78,12 +91,13 @@ describe('two in-process workers', () => {
       totalSteps: STEPS,
       teacherSyncAddress: teacherSync.address,
       manifestUri: SPEC.spec.data.manifest,
-    });
+    }, { security });
     const logger = createLogger({ name: 'worker-test', level: LogLevel.Warn });
     workers = await Promise.all(
       ['worker-b', 'worker-a'].map((workerId) =>
         startWorker({
           coordinatorAddress: coordinator.address,
+          security,
           workerId,
           backend: 'cpu',
           heartbeatIntervalMs: 200,
@@ -114,6 +128,7 @@ describe('two in-process workers', () => {
     await coordinator?.close();
     await teacherSync?.close();
     if (reference !== undefined) disposeDinoState(reference);
+    if (tlsRoot !== undefined) await rm(tlsRoot, { recursive: true, force: true });
   });
 
   it('train the same weights as one process on the whole batch, with equal hashes at every step', async () => {

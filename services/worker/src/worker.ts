@@ -32,11 +32,12 @@ import {
   UnavailableError,
   WorkerControlClient,
   callUnary,
+  channelCredentials,
   createClient,
   fromServiceError,
   withRetry,
 } from '@dinofleet/proto';
-import type { Assignment, CommitStep, ControlRequest, ControlResponse, ShardLease } from '@dinofleet/proto';
+import type { Assignment, CommitStep, ControlRequest, ControlResponse, ShardLease, TransportSecurity } from '@dinofleet/proto';
 import { SkipReason, createTrainingMetrics } from '@dinofleet/telemetry';
 import type { Logger, Registry, TrainingMetrics } from '@dinofleet/telemetry';
 import { parseAssignedJobSpec } from './assigned-spec.ts';
@@ -84,6 +85,12 @@ export interface BatchSourceRequest {
 export interface WorkerOptions {
   /** "host:port" of the coordinator's WorkerControl service. */
   coordinatorAddress: string;
+  /**
+   * How this worker dials the coordinator, teacher-sync and the rank it fetches state from
+   * (`channelCredentials(security)`: its fleet certificate under mTLS). The ring's own
+   * connections follow `endpoint.security`, which should be the same.
+   */
+  security: TransportSecurity;
   /** Stable worker id; reused on every reconnect. */
   workerId: string;
   /** This worker's Collective endpoint, started, shared by every generation. */
@@ -245,7 +252,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
     this.workerId = options.workerId;
     this.#options = options;
     this.#logger = options.logger.child({ workerId: options.workerId });
-    this.#client = createClient(WorkerControlClient, options.coordinatorAddress);
+    this.#client = createClient(WorkerControlClient, options.coordinatorAddress, { credentials: channelCredentials(options.security) });
     this.#s3 = options.s3;
     this.#metrics = new WorkerMetrics(options.registry);
     this.#faults = options.nonfiniteFaults ?? NonfiniteFaults.fromEnv();
@@ -605,6 +612,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
         jobId: a.jobId,
         step: a.startStep,
         workerId: this.workerId,
+        security: this.#options.security,
         deadlineMs: this.#options.stateTransferTimeoutMs ?? 60_000,
         signal: this.#stopping.signal,
       });
@@ -718,6 +726,7 @@ export class Worker implements AsyncDisposable, StateTransferSource {
       if (a.teacherSyncAddress !== '') {
         teacherSync = new TeacherSyncConnection({
           address: a.teacherSyncAddress,
+          security: this.#options.security,
           ...(this.#options.getCenterTimeoutMs !== undefined && { getCenterTimeoutMs: this.#options.getCenterTimeoutMs }),
           ...(this.#options.teacherSyncWaitMs !== undefined && { teacherSyncWaitMs: this.#options.teacherSyncWaitMs }),
         });

@@ -1,14 +1,26 @@
-/** A JobService on 127.0.0.1:0 whose answers a test scripts. */
+/**
+ * A JobService on 127.0.0.1:0 whose answers a test scripts; with `security` it serves TLS
+ * (client certificates requested, not required) and checks bearer tokens and scopes as the
+ * coordinator does.
+ */
 import {
+  ANONYMOUS_ADMIN,
+  ApiTokenAuthenticator,
   GrpcServer,
   JobServiceService,
   JobState,
   NotFoundError,
+  requireScope,
+  serverCredentials,
   serverStreamHandler,
   unaryHandler,
   UnimplementedError,
 } from '@dinofleet/proto';
+import type { Metadata } from '@grpc/grpc-js';
 import type {
+  ApiCaller,
+  ApiScope,
+  ApiTokenEntry,
   CancelJobRequest,
   CancelJobResponse,
   Job,
@@ -20,6 +32,7 @@ import type {
   ScaleJobResponse,
   SubmitJobRequest,
   SubmitJobResponse,
+  TransportSecurity,
   WatchJobRequest,
   WatchJobResponse,
 } from '@dinofleet/proto';
@@ -40,11 +53,23 @@ export interface FakeJobServiceScript {
   readonly scale?: (request: ScaleJobRequest) => ScaleJobResponse;
 }
 
+/** How the fake secures its port. */
+export interface FakeJobServiceSecurity {
+  /** Server TLS (`clientCertificate: 'request'`, as the coordinator). @default insecure */
+  readonly security?: TransportSecurity;
+  /** Tokens it accepts; every call then needs one of the method's scope. @default none: every caller is admin */
+  readonly tokens?: readonly ApiTokenEntry[];
+}
+
 /** A running fake and what it was asked. */
 export interface FakeJobService extends AsyncDisposable {
   readonly address: string;
   readonly watchRequests: WatchJobRequest[];
   readonly submitRequests: SubmitJobRequest[];
+  /** Who called, in order (the token's name and scope). */
+  readonly callers: ApiCaller[];
+  /** Per call, in order: whether it carried an authorization header. */
+  readonly authorizationSent: boolean[];
 }
 
 /** A job record with defaults. */
@@ -93,40 +118,53 @@ export function progressMessage(progress: JobProgress): WatchJobResponse {
 }
 
 /** Starts the fake. */
-export async function startFakeJobService(script: FakeJobServiceScript): Promise<FakeJobService> {
+export async function startFakeJobService(script: FakeJobServiceScript, secured: FakeJobServiceSecurity = {}): Promise<FakeJobService> {
   const watchRequests: WatchJobRequest[] = [];
   const submitRequests: SubmitJobRequest[] = [];
-  const scripted = <Req, Res>(name: string, answer: ((request: Req) => Res) | undefined) =>
-    unaryHandler<Req, Res>(async (request) => {
+  const callers: ApiCaller[] = [];
+  const authorizationSent: boolean[] = [];
+  const authenticator = secured.tokens !== undefined ? new ApiTokenAuthenticator(secured.tokens) : undefined;
+  const authorize = (metadata: Metadata, scope: ApiScope, method: string): void => {
+    authorizationSent.push(metadata.get('authorization').length > 0);
+    const caller = authenticator?.authenticate(metadata) ?? ANONYMOUS_ADMIN;
+    requireScope(caller, scope, method);
+    callers.push(caller);
+  };
+  const scripted = <Req, Res>(name: string, scope: ApiScope, answer: ((request: Req) => Res) | undefined) =>
+    unaryHandler<Req, Res>(async (request, call) => {
       await Promise.resolve();
+      authorize(call.metadata, scope, name);
       if (answer === undefined) throw new UnimplementedError(`${name} is not scripted`);
       return answer(request);
     });
   const implementation: JobServiceServer = {
-    submitJob: unaryHandler(async (request: SubmitJobRequest) => {
+    submitJob: unaryHandler(async (request: SubmitJobRequest, call) => {
+      authorize(call.metadata, 'submit', 'SubmitJob');
       submitRequests.push(request);
       if (script.submit === undefined) throw new UnimplementedError('submitJob is not scripted');
       return Promise.resolve(script.submit(request));
     }),
-    getJob: unaryHandler(async (request: { jobId: string }) => {
+    getJob: unaryHandler(async (request: { jobId: string }, call) => {
+      authorize(call.metadata, 'read', 'GetJob');
       const job = script.jobs?.[request.jobId];
       if (job === undefined) throw new NotFoundError(`job ${request.jobId} does not exist`);
       return Promise.resolve({ job });
     }),
-    listJobs: scripted('listJobs', script.list),
-    watchJob: serverStreamHandler((request: WatchJobRequest, signal) => {
+    listJobs: scripted('ListJobs', 'read', script.list),
+    watchJob: serverStreamHandler((request: WatchJobRequest, signal, stream) => {
+      authorize(stream.metadata, 'read', 'WatchJob');
       const call = watchRequests.length;
       watchRequests.push(request);
       if (script.watch === undefined) throw new NotFoundError(`job ${request.jobId} does not exist`);
       return script.watch(request, call, signal);
     }),
-    scaleJob: scripted('scaleJob', script.scale),
-    cancelJob: scripted('cancelJob', script.cancel),
+    scaleJob: scripted('ScaleJob', 'admin', script.scale),
+    cancelJob: scripted('CancelJob', 'admin', script.cancel),
   };
-  const server = new GrpcServer();
+  const server = new GrpcServer(secured.security !== undefined ? { credentials: serverCredentials(secured.security, { clientCertificate: 'request' }) } : {});
   server.addService(JobServiceService, implementation);
   const { address } = await server.start();
-  return { address, watchRequests, submitRequests, [Symbol.asyncDispose]: () => server.close(100) };
+  return { address, watchRequests, submitRequests, callers, authorizationSent, [Symbol.asyncDispose]: () => server.close(100) };
 }
 
 export { JobState };

@@ -9,8 +9,17 @@ import type { ClientDuplexStream } from '@grpc/grpc-js';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { readSplitRecords } from '@dinofleet/data';
-import { callUnary, createClient, WorkerControlClient } from '@dinofleet/proto';
-import type { Assignment, CheckpointFile, ControlRequest, ControlResponse, DataCursor, ShardLease } from '@dinofleet/proto';
+import { callUnary, channelCredentials, createClient, fromServiceError, INSECURE, WorkerControlClient } from '@dinofleet/proto';
+import type {
+  Assignment,
+  CheckpointFile,
+  ControlRequest,
+  ControlResponse,
+  DataCursor,
+  DinofleetError,
+  ShardLease,
+  TransportSecurity,
+} from '@dinofleet/proto';
 
 /** Where the manifest is, for a fake worker that reads real records. */
 export interface FakeManifest {
@@ -22,6 +31,8 @@ export interface FakeManifest {
 /** Options of {@link FakeWorker}. */
 export interface FakeWorkerOptions {
   readonly workerId: string;
+  /** How it dials the coordinator (a fleet certificate, or a rogue's). @default INSECURE */
+  readonly security?: TransportSecurity;
   /** The state the worker claims to hold at registration. */
   readonly held?: { jobId: string; stateStep: number; stateHash: Buffer; pendingStep?: number; pendingHash?: Buffer };
   /** Train on Assignment (otherwise the test drives commits by hand). @default true */
@@ -78,11 +89,13 @@ export class FakeWorker implements AsyncDisposable {
   #ended = false;
   /** Set when the coordinator ended the stream. */
   streamEnded = false;
+  /** How the stream failed, when it did (UNAUTHENTICATED for a caller the coordinator refused). */
+  streamError: DinofleetError | undefined;
 
   constructor(readonly coordinatorAddress: string, options: FakeWorkerOptions) {
     this.workerId = options.workerId;
     this.#options = options;
-    this.#client = createClient(WorkerControlClient, coordinatorAddress);
+    this.#client = createClient(WorkerControlClient, coordinatorAddress, { credentials: channelCredentials(options.security ?? INSECURE) });
   }
 
   /** Opens the Control stream and registers. */
@@ -99,7 +112,10 @@ export class FakeWorker implements AsyncDisposable {
       for (const wake of [...this.#waiters]) wake();
     };
     stream.on('end', ended);
-    stream.on('error', ended);
+    stream.on('error', (err: Error) => {
+      this.streamError = fromServiceError(err);
+      ended();
+    });
     const held = this.#options.held;
     stream.write({
       message: {

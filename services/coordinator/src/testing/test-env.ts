@@ -1,15 +1,40 @@
 /**
  * Shared set-up of the coordinator tests: one Redis and one s3rver per test file (from
  * `@dinofleet/local`), a manifest of N records, job specs, a coordinator per test with
- * its own Redis prefix, and JobService calls with deadlines.
+ * its own Redis prefix, and JobService calls with deadlines. A coordinator runs with
+ * `--insecure` unless it is given a {@link TestSecurity} (certificates of a test CA and
+ * API tokens), as security.test.ts does.
  */
 import { randomUUID } from 'node:crypto';
+import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { s3ClientFromEnv, startRedis, startS3 } from '@dinofleet/local';
 import type { RedisServer, S3Server } from '@dinofleet/local';
-import { callUnary, createClient, JobServiceClient } from '@dinofleet/proto';
-import type { Job, UnaryMethodName, UnaryRequest, UnaryResponse, WatchJobResponse } from '@dinofleet/proto';
+import {
+  callUnary,
+  channelCredentials,
+  createClient,
+  generateApiToken,
+  hashApiToken,
+  INSECURE,
+  JobServiceClient,
+  loadTlsDir,
+  transportSecurityFromFlags,
+} from '@dinofleet/proto';
+import type {
+  ApiScope,
+  ApiTokenEntry,
+  Job,
+  TransportSecurity,
+  UnaryMethodName,
+  UnaryRequest,
+  UnaryResponse,
+  WatchJobResponse,
+} from '@dinofleet/proto';
+import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
 import { createLogger } from '@dinofleet/telemetry';
 import { startCoordinator } from '../coordinator.ts';
 import type { Coordinator, CoordinatorOptions } from '../coordinator.ts';
@@ -105,11 +130,77 @@ export function jobSpec(
   ].join('\n');
 }
 
+/** Names of the callers of {@link createTestSecurity} by default. */
+export type DefaultTestCaller = 'admin' | 'submitter' | 'reader';
+
+/** Certificates and API tokens for a coordinator with mutual TLS. */
+export interface TestSecurity<Caller extends string = string> {
+  /** A fleet member: the test CA and a certificate it issued (coordinator, workers). */
+  readonly fleet: TransportSecurity;
+  /** An API client: the test CA only, no certificate of its own. */
+  readonly caOnly: TransportSecurity;
+  /** A rogue: a certificate of another CA, trusting only that CA. */
+  readonly rogue: TransportSecurity;
+  /** A rogue that trusts the test CA (so the handshake with the coordinator succeeds) but presents its own CA's certificate. */
+  readonly rogueTrustingFleet: TransportSecurity;
+  /** The tokens file's entries (hashes only). */
+  readonly apiTokens: readonly ApiTokenEntry[];
+  /** The token of each caller, by name. */
+  readonly tokens: Readonly<Record<Caller, string>>;
+  /** The fleet's TLS directory. */
+  readonly tlsDir: string;
+  /** Removes the certificates. */
+  close(): Promise<void>;
+}
+
+/**
+ * A test CA with a fleet certificate (`createDevCertificates`), a rogue CA with its own,
+ * and one API token per entry of `callers` (name → scope).
+ * @default callers `{ admin: 'admin', submitter: 'submit', reader: 'read' }`
+ */
+export async function createTestSecurity<Caller extends string = DefaultTestCaller>(
+  callers: Readonly<Record<Caller, ApiScope>> = { admin: 'admin', submitter: 'submit', reader: 'read' } as Record<Caller, ApiScope>,
+): Promise<TestSecurity<Caller>> {
+  const root = await mkdtemp(join(tmpdir(), 'dinofleet-coordinator-tls-'));
+  const tlsDir = join(root, 'fleet');
+  await createDevCertificates(tlsDir);
+  await createDevCertificates(join(root, 'rogue'), { caName: 'rogue CA' });
+  await mkdir(join(root, 'ca-only'));
+  await copyFile(join(tlsDir, 'ca.crt'), join(root, 'ca-only', 'ca.crt'));
+  const fleet = transportSecurityFromFlags({ tlsDir });
+  const rogue = transportSecurityFromFlags({ tlsDir: join(root, 'rogue') });
+  if (fleet.kind !== 'mtls' || rogue.kind !== 'mtls') throw new Error('unreachable: a TLS directory gives mTLS');
+  const tokens = {} as Record<Caller, string>;
+  const apiTokens: ApiTokenEntry[] = [];
+  for (const [name, scope] of Object.entries(callers) as [Caller, ApiScope][]) {
+    const token = generateApiToken();
+    tokens[name] = token;
+    apiTokens.push({ name, scope, hash: hashApiToken(token) });
+  }
+  return {
+    fleet,
+    caOnly: { kind: 'mtls', material: loadTlsDir(join(root, 'ca-only'), { requireIdentity: false }) },
+    rogue,
+    rogueTrustingFleet: { kind: 'mtls', material: { ...rogue.material, ca: fleet.material.ca } },
+    apiTokens,
+    tokens,
+    tlsDir,
+    close: () => rm(root, { recursive: true, force: true }),
+  };
+}
+
 /** A coordinator on the test Redis with its own prefix, and a JobService client. */
 export interface TestCoordinator extends AsyncDisposable {
   readonly coordinator: Coordinator;
+  /** JobService as the admin (the `admin` token when secure). */
   readonly jobs: JobServiceClient;
   readonly prefix: string;
+  /**
+   * Another JobService client (closed with the coordinator): with `token` (none: no
+   * authorization header) over `transport`. @default transport the test CA only, or
+   * plaintext for an insecure coordinator
+   */
+  client(token: string | undefined, transport?: TransportSecurity): JobServiceClient;
   /** Calls a JobService method with a 10 s deadline. */
   call<M extends UnaryMethodName<JobServiceClient>>(method: M, request: UnaryRequest<JobServiceClient, M>): Promise<UnaryResponse<JobServiceClient, M>>;
   /** Polls GetJob until `until` holds. */
@@ -123,10 +214,23 @@ export interface TestCoordinator extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** Options of {@link startTestCoordinator}: the coordinator's, plus the test's own. */
+export type TestCoordinatorOptions = Partial<CoordinatorOptions> & {
+  /** Redis prefix. @default a random one */
+  prefix?: string;
+  /** Mutual TLS and tokens; absent: `--insecure`. */
+  secure?: TestSecurity<string>;
+  /** The token of {@link TestCoordinator.jobs} when secure. @default secure.tokens.admin */
+  token?: string;
+};
+
 /** Starts a coordinator for one test. */
-export async function startTestCoordinator(env: TestEnv, options: Partial<CoordinatorOptions> & { prefix?: string } = {}): Promise<TestCoordinator> {
+export async function startTestCoordinator(env: TestEnv, testOptions: TestCoordinatorOptions = {}): Promise<TestCoordinator> {
+  const { secure, token, ...options } = testOptions;
   const prefix = options.prefix ?? `t-${randomUUID().slice(0, 8)}`;
   const coordinator = await startCoordinator({
+    security: secure?.fleet ?? INSECURE,
+    ...(secure !== undefined && { apiTokens: secure.apiTokens }),
     redisUrl: env.redis.url,
     redisPrefix: prefix,
     teacherSyncAddress: '127.0.0.1:1',
@@ -137,14 +241,20 @@ export async function startTestCoordinator(env: TestEnv, options: Partial<Coordi
     logger: createLogger({ name: 'coordinator', level: process.env.DINOFLEET_TEST_LOG === '1' ? 'debug' : 'silent' }),
     ...options,
   });
-  const jobs = createClient(JobServiceClient, coordinator.grpcAddress);
+  const clients: JobServiceClient[] = [];
+  const client = (clientToken: string | undefined, transport: TransportSecurity = secure?.caOnly ?? INSECURE): JobServiceClient => {
+    const made = createClient(JobServiceClient, coordinator.grpcAddress, { credentials: channelCredentials(transport, { token: clientToken }) });
+    clients.push(made);
+    return made;
+  };
+  const jobs = client(secure === undefined ? undefined : (token ?? (secure.tokens as Partial<Record<string, string>>).admin));
   const workers: FakeWorker[] = [];
   const call: TestCoordinator['call'] = (method, request) => callUnary(jobs, method, request, { deadlineMs: 10_000 });
   let closed: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closed ??= (async () => {
       await Promise.allSettled(workers.map((w) => w.close()));
-      jobs.close();
+      for (const c of clients) c.close();
       await coordinator.close();
     })();
     return closed;
@@ -153,6 +263,7 @@ export async function startTestCoordinator(env: TestEnv, options: Partial<Coordi
     coordinator,
     jobs,
     prefix,
+    client,
     call,
     async waitForJob(jobId, until, timeoutMs = 15_000) {
       const deadline = Date.now() + timeoutMs;
@@ -164,7 +275,7 @@ export async function startTestCoordinator(env: TestEnv, options: Partial<Coordi
       }
     },
     worker(workerOptions) {
-      const worker = new FakeWorker(coordinator.grpcAddress, { manifest: env.manifest, ...workerOptions }).connect();
+      const worker = new FakeWorker(coordinator.grpcAddress, { manifest: env.manifest, security: secure?.fleet ?? INSECURE, ...workerOptions }).connect();
       workers.push(worker);
       return worker;
     },

@@ -6,8 +6,20 @@
  * `assign` a generation, `abort` it, `send` any message, hold back acks.
  */
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { FailedPreconditionError, GrpcServer, WorkerControlService, unaryHandler } from '@dinofleet/proto';
+import {
+  FailedPreconditionError,
+  GrpcServer,
+  INSECURE,
+  UnauthenticatedError,
+  WorkerControlService,
+  isFleetPeer,
+  requireFleetPeer,
+  serverCredentials,
+  toServiceError,
+  unaryHandler,
+} from '@dinofleet/proto';
 import type {
+  TransportSecurity,
   AcquireLeaseRequest,
   Assignment,
   CommitStep,
@@ -94,8 +106,19 @@ export interface FakeCoordinator extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** Settings of the fake's server. */
+export interface FakeCoordinatorOptions {
+  /**
+   * As the coordinator's port: under mTLS it asks clients for a certificate and
+   * WorkerControl refuses (UNAUTHENTICATED) a caller without one of the fleet CA.
+   * @default INSECURE
+   */
+  security?: TransportSecurity;
+}
+
 /** Starts a fake that assigns `job` to the first `workers` workers to register. */
-export async function startFakeCoordinator(workers: number, job: FakeJob): Promise<FakeCoordinator> {
+export async function startFakeCoordinator(workers: number, job: FakeJob, options: FakeCoordinatorOptions = {}): Promise<FakeCoordinator> {
+  const security = options.security ?? INSECURE;
   const streams = new Map<string, ServerDuplexStream<ControlRequest, ControlResponse>>();
   const registers: Register[] = [];
   const heartbeats: Heartbeat[] = [];
@@ -166,6 +189,12 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
 
   const implementation: WorkerControlServer = {
     control: (call) => {
+      try {
+        requireFleetPeer(call, security, 'WorkerControl');
+      } catch (err) {
+        call.emit('error', toServiceError(err));
+        return;
+      }
       let workerId = '';
       call.on('data', (request: ControlRequest) => {
         const m = request.message;
@@ -197,14 +226,15 @@ export async function startFakeCoordinator(workers: number, job: FakeJob): Promi
       call.on('end', () => call.end());
       call.on('error', () => undefined);
     },
-    acquireLease: unaryHandler((request: AcquireLeaseRequest) => {
+    acquireLease: unaryHandler((request: AcquireLeaseRequest, call) => {
+      if (!isFleetPeer(call, security)) return Promise.reject(new UnauthenticatedError('WorkerControl is for fleet members only'));
       const lease = job.nextLeases?.[acquireLeaseCalls.length];
       acquireLeaseCalls.push(request);
       if (lease === undefined) return Promise.reject(new FailedPreconditionError('the fake coordinator hands out no further leases'));
       return Promise.resolve({ lease });
     }),
   };
-  const server = new GrpcServer();
+  const server = new GrpcServer({ credentials: serverCredentials(security, { clientCertificate: 'request' }) });
   server.addService(WorkerControlService, implementation);
   const { address } = await server.start();
   const close = async (): Promise<void> => {

@@ -11,12 +11,15 @@ import {
   DataLossError,
   DeadlineExceededError,
   GrpcServer,
+  INSECURE,
   InvalidArgumentError,
   TeacherSyncService,
+  serverCredentials,
   toServiceError,
   unaryHandler,
 } from '@dinofleet/proto';
 import type {
+  TransportSecurity,
   AttestTeacherRequest,
   PushTeacherSumsRequest,
   PutTeacherSnapshotRequest,
@@ -51,8 +54,14 @@ function sumInRankOrder(pushes: readonly PushTeacherSumsRequest[], pick: (p: Pus
   return out;
 }
 
+/** Settings of the fake's server. */
+export interface FakeTeacherSyncOptions {
+  /** As teacher-sync's port: under mTLS only clients with a fleet certificate connect. @default INSECURE */
+  security?: TransportSecurity;
+}
+
 /** Starts the fake on 127.0.0.1:0. */
-export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
+export async function startFakeTeacherSync(options: FakeTeacherSyncOptions = {}): Promise<FakeTeacherSync> {
   const centers = new Map<number, { center: Float32Array; patch: Float32Array | null; generation: number }>();
   /** Centers by `${generation}/${step}`. */
   const byGeneration = new Map<string, { center: Float32Array; patch: Float32Array | null; generation: number }>();
@@ -150,7 +159,7 @@ export async function startFakeTeacherSync(): Promise<FakeTeacherSync> {
       });
     },
   };
-  const server = new GrpcServer();
+  const server = new GrpcServer({ credentials: serverCredentials(options.security ?? INSECURE, { clientCertificate: 'require' }) });
   server.addService(TeacherSyncService, implementation);
   const { address } = await server.start();
   const close = (): Promise<void> => server.close(500);
