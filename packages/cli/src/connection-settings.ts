@@ -74,13 +74,6 @@ export interface FleetMemberConnection {
   readonly clientOptions: CreateClientOptions;
 }
 
-/**
- * grpc-js sends the target host as the TLS server name, and Node warns (DEP0123) on stderr
- * when that is an IP address. Host names are not part of the fleet's trust (the CA is), so
- * any fixed name will do.
- */
-export const CLI_CHANNEL_OPTIONS = { 'grpc.ssl_target_name_override': 'dinofleet' } as const;
-
 /** The shape of a dinofleet API token (see `generateApiToken` in @dinofleet/proto). */
 const TOKEN_PATTERN = /^dft_[A-Za-z0-9_-]{43}$/;
 
@@ -184,7 +177,7 @@ export async function resolveJobApiConnection(flags: ConnectionFlags, context: C
   return {
     transport,
     token,
-    clientOptions: { credentials: channelCredentials(transport.security, { token: token.token }), channelOptions: CLI_CHANNEL_OPTIONS },
+    clientOptions: { credentials: channelCredentials(transport.security, { token: token.token }) },
   };
 }
 
@@ -204,6 +197,6 @@ export async function resolveFleetMemberConnection(flags: ConnectionFlags, conte
   }
   return {
     transport,
-    clientOptions: { credentials: channelCredentials(transport.security), ...(transport.security.kind === 'mtls' && { channelOptions: CLI_CHANNEL_OPTIONS }) },
+    clientOptions: { credentials: channelCredentials(transport.security) },
   };
 }

@@ -10,7 +10,6 @@ import { parseArgs } from 'node:util';
 import { createS3Client, resolveS3Config } from '@dinofleet/data';
 import { findRepoRoot, startLocalFleet, uploadFashionMnist } from '@dinofleet/local';
 import { callUnary, channelCredentials, createClient, JobServiceClient, JobState, TeacherSyncClient } from '@dinofleet/proto';
-import { CLI_CHANNEL_OPTIONS } from './connection-settings.ts';
 import { evalKnn } from './eval-knn.ts';
 import { watchJob } from './watch-job.ts';
 
@@ -57,7 +56,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   // Submitting and reading a job needs no more than the submit scope.
   const jobs = createClient(JobServiceClient, fleet.coordinatorAddress, fleet.clientOptions('submit'));
   // TeacherSync serves fleet members only: connect with the fleet certificate (no token).
-  const teacherSync = createClient(TeacherSyncClient, fleet.teacherSyncAddress, { credentials: channelCredentials(fleet.security), channelOptions: CLI_CHANNEL_OPTIONS });
+  const teacherSync = createClient(TeacherSyncClient, fleet.teacherSyncAddress, { credentials: channelCredentials(fleet.security) });
   try {
     let lastShown = 0;
     const upload = await uploadFashionMnist(s3, {

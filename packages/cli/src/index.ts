@@ -8,7 +8,6 @@ export { certificatesNote, writeDevCertificates, type WriteDevCertificatesOption
 export { CliError, ExitCode, reportError, type ErrorReport } from './cli-error.ts';
 export { explainConnectionError, isTlsFailure, probeTls, tlsErrorDetail, type TlsProbe } from './connection-errors.ts';
 export {
-  CLI_CHANNEL_OPTIONS,
   resolveApiToken,
   resolveFleetMemberConnection,
   resolveJobApiConnection,

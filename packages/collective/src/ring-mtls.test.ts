@@ -5,10 +5,7 @@
  * neither the Collective service nor a data listener of a fleet rank, while the fleet's
  * ring carries on.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import type { ServiceError, StatusObject } from '@grpc/grpc-js';
@@ -21,10 +18,9 @@ import {
   createClient,
   dataLinkTlsOptions,
   isDinofleetError,
-  transportSecurityFromFlags,
 } from '@dinofleet/proto';
 import type { TransportSecurity } from '@dinofleet/proto';
-import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
+import { createTestCertificates, type TestCertificates } from '@dinofleet/proto/dev-certificates';
 import { CollectiveEndpoint } from './collective-endpoint.ts';
 import type { DataLinkHello } from './data-frame.ts';
 import type { DataLinkRefusal } from './data-listener.ts';
@@ -35,32 +31,23 @@ import { FramePool, dialDataLink } from './tcp-link.ts';
 import { startTestRing, testVector } from './test-ring.ts';
 import type { TestRingOptions } from './test-ring.ts';
 
-let root: string;
+let certs: TestCertificates;
 /** A member of the fleet. */
 let fleet: TransportSecurity;
 /** A rank of another fleet: its own CA, its own certificate. */
 let rogue: TransportSecurity;
-/**
- * The realistic attacker: it knows the fleet's CA certificate (it is public) and so trusts
- * the fleet's servers, but its own certificate was issued by another CA.
- */
+/** Knows the fleet's (public) CA certificate, but its own certificate is another CA's. */
 let rogueTrustingFleet: TransportSecurity;
 /** A client holding the fleet CA but no certificate of its own. */
 let caOnly: TransportSecurity;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'dinofleet-collective-tls-'));
-  await createDevCertificates(join(root, 'fleet'));
-  await createDevCertificates(join(root, 'rogue'), { caName: 'rogue CA' });
-  fleet = transportSecurityFromFlags({ tlsDir: join(root, 'fleet') });
-  rogue = transportSecurityFromFlags({ tlsDir: join(root, 'rogue') });
-  if (fleet.kind !== 'mtls' || rogue.kind !== 'mtls') throw new Error('expected mtls');
-  rogueTrustingFleet = { kind: 'mtls', material: { ...rogue.material, ca: fleet.material.ca, caCerts: fleet.material.caCerts } };
-  caOnly = { kind: 'mtls', material: { dir: fleet.material.dir, ca: fleet.material.ca, caCerts: fleet.material.caCerts } };
+  certs = await createTestCertificates('dinofleet-collective-tls-');
+  ({ fleet, rogue, rogueTrustingFleet, caOnly } = certs);
 });
 
 afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
+  await certs.close();
 });
 
 function bitsOf(values: Float32Array): Buffer {

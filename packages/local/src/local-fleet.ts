@@ -147,13 +147,6 @@ export interface LocalFleet {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/**
- * grpc-js sends the target host as the TLS server name, and Node warns (DEP0123) when that is
- * an IP address, as every address of a local fleet is. The fleet does not check host names
- * (its trust is the CA), so any fixed name will do.
- */
-const LOCAL_CHANNEL_OPTIONS = { 'grpc.ssl_target_name_override': 'dinofleet' } as const;
-
 /** The coordinator drains for 10 s and then stops its workers; give it room before SIGKILL. */
 const COORDINATOR_STOP_TIMEOUT_MS = 30_000;
 
@@ -348,7 +341,6 @@ export async function startLocalFleet(options: LocalFleetOptions): Promise<Local
       tokenFiles: credentials?.tokenFiles,
       clientOptions: (scope: ApiScope = 'admin') => ({
         credentials: channelCredentials(security, { token: credentials?.tokens[scope] }),
-        channelOptions: LOCAL_CHANNEL_OPTIONS,
       }),
       stop,
       [Symbol.asyncDispose]: stop,

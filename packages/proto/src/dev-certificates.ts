@@ -6,12 +6,13 @@
  */
 // @peculiar/x509 resolves its services through tsyringe, which needs the Reflect metadata API.
 import 'reflect-metadata';
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
-import { TLS_FILES } from './transport-security.ts';
+import { loadTlsDir, TLS_FILES, type TransportSecurity } from './transport-security.ts';
 import { InvalidArgumentError } from './errors.ts';
 
 type NodeCryptoKey = webcrypto.CryptoKey;
@@ -132,4 +133,47 @@ export async function hasTlsDir(dir: string): Promise<boolean> {
   }
   const ca = await readFile(join(dir, TLS_FILES.ca), 'utf8').catch(() => '');
   return ca.includes('BEGIN CERTIFICATE');
+}
+
+/** Transport security of one certificate set: always mutual TLS. */
+export type MtlsSecurity = TransportSecurity & { readonly kind: 'mtls' };
+
+/** The certificate sets tests need, from {@link createTestCertificates}. */
+export interface TestCertificates {
+  /** The temporary directory holding them all. */
+  readonly root: string;
+  /** The fleet's TLS directory (ca.crt, tls.crt, tls.key). */
+  readonly tlsDir: string;
+  /** A fleet member: the test CA and a certificate it issued. */
+  readonly fleet: MtlsSecurity;
+  /** A client with the fleet CA but no certificate of its own (an API client). */
+  readonly caOnly: MtlsSecurity;
+  /** A member of another fleet: another CA, trusting only that CA. */
+  readonly rogue: MtlsSecurity;
+  /**
+   * The realistic attacker: it knows the fleet's CA certificate (it is public) and so
+   * trusts the fleet's servers, but its own certificate was issued by another CA.
+   */
+  readonly rogueTrustingFleet: MtlsSecurity;
+  /** Removes the directory. */
+  close(): Promise<void>;
+}
+
+/** A test CA with a fleet certificate, a rogue CA with its own, in a new temporary directory. */
+export async function createTestCertificates(prefix = 'dinofleet-test-tls-'): Promise<TestCertificates> {
+  const root = await mkdtemp(join(tmpdir(), prefix));
+  const tlsDir = join(root, 'fleet');
+  await createDevCertificates(tlsDir);
+  await createDevCertificates(join(root, 'rogue'), { caName: 'rogue CA' });
+  const fleetMaterial = loadTlsDir(tlsDir);
+  const rogueMaterial = loadTlsDir(join(root, 'rogue'));
+  return {
+    root,
+    tlsDir,
+    fleet: { kind: 'mtls', material: fleetMaterial },
+    caOnly: { kind: 'mtls', material: { dir: tlsDir, ca: fleetMaterial.ca, caCerts: fleetMaterial.caCerts } },
+    rogue: { kind: 'mtls', material: rogueMaterial },
+    rogueTrustingFleet: { kind: 'mtls', material: { ...rogueMaterial, ca: fleetMaterial.ca, caCerts: fleetMaterial.caCerts } },
+    close: () => rm(root, { recursive: true, force: true }),
+  };
 }

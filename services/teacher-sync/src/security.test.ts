@@ -1,9 +1,5 @@
 // teacher-sync over real mutual TLS (certificates from createDevCertificates): only callers
 // presenting a certificate of the fleet CA get past the handshake.
-import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-
 import {
   callUnary,
   channelCredentials,
@@ -11,38 +7,28 @@ import {
   HealthCheckResponse_ServingStatus as ServingStatus,
   HealthClient,
   INSECURE,
-  loadTlsDir,
   TeacherSyncClient,
-  transportSecurityFromFlags,
 } from '@dinofleet/proto';
 import type { TransportSecurity } from '@dinofleet/proto';
-import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
+import { createTestCertificates, type TestCertificates } from '@dinofleet/proto/dev-certificates';
 import { createLogger, LogLevel } from '@dinofleet/telemetry';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startTeacherSync } from './teacher-sync-server.ts';
 
-let root: string;
+let certs: TestCertificates;
 let fleet: TransportSecurity;
 let rogue: TransportSecurity;
 let rogueTrustingFleet: TransportSecurity;
 let caOnly: TransportSecurity;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'teacher-sync-tls-'));
-  await createDevCertificates(join(root, 'fleet'));
-  await createDevCertificates(join(root, 'rogue'), { caName: 'rogue CA' });
-  await mkdir(join(root, 'ca-only'));
-  await copyFile(join(root, 'fleet', 'ca.crt'), join(root, 'ca-only', 'ca.crt'));
-  fleet = transportSecurityFromFlags({ tlsDir: join(root, 'fleet') });
-  rogue = transportSecurityFromFlags({ tlsDir: join(root, 'rogue') });
-  if (fleet.kind !== 'mtls' || rogue.kind !== 'mtls') throw new Error('unreachable: a TLS directory gives mTLS');
-  rogueTrustingFleet = { kind: 'mtls', material: { ...rogue.material, ca: fleet.material.ca } };
-  caOnly = { kind: 'mtls', material: loadTlsDir(join(root, 'ca-only'), { requireIdentity: false }) };
+  certs = await createTestCertificates('teacher-sync-tls-');
+  ({ fleet, rogue, rogueTrustingFleet, caOnly } = certs);
 });
 
 afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
+  await certs.close();
 });
 
 describe('teacher-sync over mutual TLS', () => {

@@ -4,9 +4,6 @@
  * its own certificate to the coordinator (whose WorkerControl checks it) and to the rank it
  * fetches state from.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CollectiveExchangeClient } from '@dinofleet/collective';
@@ -20,10 +17,9 @@ import {
   createClient,
   dataLinkTlsOptions,
   isDinofleetError,
-  transportSecurityFromFlags,
 } from '@dinofleet/proto';
 import type { TransportSecurity } from '@dinofleet/proto';
-import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
+import { createTestCertificates, type TestCertificates } from '@dinofleet/proto/dev-certificates';
 import { LogLevel, createLogger } from '@dinofleet/telemetry';
 import { MemoryBatchSource } from './batch-loader.ts';
 import { startWorker } from './index.ts';
@@ -32,7 +28,7 @@ import { fetchState } from './state-transfer.ts';
 import { startFakeCoordinator } from './testing/fake-coordinator.ts';
 import type { FakeCoordinator } from './testing/fake-coordinator.ts';
 
-let root: string;
+let certs: TestCertificates;
 let fleet: TransportSecurity & { kind: 'mtls' };
 /** A certificate of another CA, from a client that trusts the fleet's (public) CA certificate. */
 let rogue: TransportSecurity & { kind: 'mtls' };
@@ -42,19 +38,10 @@ let coordinator: FakeCoordinator;
 let worker: WorkerProcess;
 const logLines: string[] = [];
 
-function mtls(security: TransportSecurity): TransportSecurity & { kind: 'mtls' } {
-  if (security.kind !== 'mtls') throw new Error('expected mtls');
-  return security;
-}
-
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'dinofleet-worker-tls-'));
-  await createDevCertificates(join(root, 'fleet'));
-  await createDevCertificates(join(root, 'rogue'), { caName: 'rogue CA' });
-  fleet = mtls(transportSecurityFromFlags({ tlsDir: join(root, 'fleet') }));
-  const rogueOwn = mtls(transportSecurityFromFlags({ tlsDir: join(root, 'rogue') }));
-  rogue = { kind: 'mtls', material: { ...rogueOwn.material, ca: fleet.material.ca, caCerts: fleet.material.caCerts } };
-  caOnly = { kind: 'mtls', material: { dir: fleet.material.dir, ca: fleet.material.ca, caCerts: fleet.material.caCerts } };
+  certs = await createTestCertificates('dinofleet-worker-tls-');
+  ({ fleet, caOnly } = certs);
+  rogue = certs.rogueTrustingFleet;
   await initComputeBackend('cpu');
   coordinator = await startFakeCoordinator(
     1,
@@ -74,7 +61,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await worker?.close();
   await coordinator?.close();
-  await rm(root, { recursive: true, force: true });
+  await certs?.close();
 });
 
 async function healthAs(security: TransportSecurity, service: string): Promise<string> {

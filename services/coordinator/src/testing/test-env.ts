@@ -6,9 +6,6 @@
  * API tokens), as security.test.ts does.
  */
 import { randomUUID } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { s3ClientFromEnv, startRedis, startS3 } from '@dinofleet/local';
@@ -21,8 +18,6 @@ import {
   hashApiToken,
   INSECURE,
   JobServiceClient,
-  loadTlsDir,
-  transportSecurityFromFlags,
 } from '@dinofleet/proto';
 import type {
   ApiScope,
@@ -34,7 +29,7 @@ import type {
   UnaryResponse,
   WatchJobResponse,
 } from '@dinofleet/proto';
-import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
+import { createTestCertificates } from '@dinofleet/proto/dev-certificates';
 import { createLogger } from '@dinofleet/telemetry';
 import { startCoordinator } from '../coordinator.ts';
 import type { Coordinator, CoordinatorOptions } from '../coordinator.ts';
@@ -154,22 +149,14 @@ export interface TestSecurity<Caller extends string = string> {
 }
 
 /**
- * A test CA with a fleet certificate (`createDevCertificates`), a rogue CA with its own,
+ * A test CA with a fleet certificate, a rogue CA with its own (`createTestCertificates`),
  * and one API token per entry of `callers` (name → scope).
  * @default callers `{ admin: 'admin', submitter: 'submit', reader: 'read' }`
  */
 export async function createTestSecurity<Caller extends string = DefaultTestCaller>(
   callers: Readonly<Record<Caller, ApiScope>> = { admin: 'admin', submitter: 'submit', reader: 'read' } as Record<Caller, ApiScope>,
 ): Promise<TestSecurity<Caller>> {
-  const root = await mkdtemp(join(tmpdir(), 'dinofleet-coordinator-tls-'));
-  const tlsDir = join(root, 'fleet');
-  await createDevCertificates(tlsDir);
-  await createDevCertificates(join(root, 'rogue'), { caName: 'rogue CA' });
-  await mkdir(join(root, 'ca-only'));
-  await copyFile(join(tlsDir, 'ca.crt'), join(root, 'ca-only', 'ca.crt'));
-  const fleet = transportSecurityFromFlags({ tlsDir });
-  const rogue = transportSecurityFromFlags({ tlsDir: join(root, 'rogue') });
-  if (fleet.kind !== 'mtls' || rogue.kind !== 'mtls') throw new Error('unreachable: a TLS directory gives mTLS');
+  const certs = await createTestCertificates('dinofleet-coordinator-tls-');
   const tokens = {} as Record<Caller, string>;
   const apiTokens: ApiTokenEntry[] = [];
   for (const [name, scope] of Object.entries(callers) as [Caller, ApiScope][]) {
@@ -177,16 +164,8 @@ export async function createTestSecurity<Caller extends string = DefaultTestCall
     tokens[name] = token;
     apiTokens.push({ name, scope, hash: hashApiToken(token) });
   }
-  return {
-    fleet,
-    caOnly: { kind: 'mtls', material: loadTlsDir(join(root, 'ca-only'), { requireIdentity: false }) },
-    rogue,
-    rogueTrustingFleet: { kind: 'mtls', material: { ...rogue.material, ca: fleet.material.ca } },
-    apiTokens,
-    tokens,
-    tlsDir,
-    close: () => rm(root, { recursive: true, force: true }),
-  };
+  const { fleet, caOnly, rogue, rogueTrustingFleet, tlsDir } = certs;
+  return { fleet, caOnly, rogue, rogueTrustingFleet, apiTokens, tokens, tlsDir, close: () => certs.close() };
 }
 
 /** A coordinator on the test Redis with its own prefix, and a JobService client. */
