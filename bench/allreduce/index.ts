@@ -1,5 +1,5 @@
 // `npm run bench -- allreduce [--ranks 2,4] [--sizes 1,16,64,256] [--iters N] [--rounds 2]
-//   [--options '{"compression":"bf16"}'] [--no-mpi]`
+//   [--options '{"compression":"bf16"}'] [--no-mpi] [--tls]`
 // Our RingAllReduce (@dinofleet/collective) against OpenMPI's MPI_Allreduce over TCP on
 // loopback, both float32 sums with one OS process per rank on this machine.
 //
@@ -18,9 +18,15 @@
 // (plus the wire compression's, from --options) of the exact float64 sum (within_bound);
 // see error-bound.ts. Also measured: one loopback TCP stream between two Node processes
 // (raw_socket_gbps), best of two, the ceiling of any Node collective here.
+// --tls runs our ring over mutual TLS (gRPC and TCP data links, dev certificates from
+// createDevCertificates) to measure what encryption costs; MPI stays plaintext.
 // Target (met): 4 ranks, 64 MiB busbw ≥ MPI's, 1 MiB latency ≤ 2× MPI's, all checks pass.
 // A failed check exits non-zero after the report.
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { createDevCertificates } from '@dinofleet/proto/dev-certificates';
 import { log, report } from '../lib/report.ts';
 import { compressionOf } from './error-bound.ts';
 import type { Compression } from './error-bound.ts';
@@ -39,6 +45,8 @@ interface AllReduceBenchConfig {
   readonly options: Readonly<Record<string, unknown>>;
   readonly compression: Compression;
   readonly mpi: boolean;
+  /** Our ring over mutual TLS. */
+  readonly tls: boolean;
 }
 
 /** One (ranks, size) of the result. */
@@ -73,6 +81,7 @@ function resolveAllReduceBenchConfig(argv: readonly string[]): AllReduceBenchCon
       rounds: { type: 'string', default: '2' },
       options: { type: 'string', default: '{}' },
       'no-mpi': { type: 'boolean', default: false },
+      tls: { type: 'boolean', default: false },
     },
   });
   const ranks = parseNumberList('ranks', values.ranks, true);
@@ -98,6 +107,7 @@ function resolveAllReduceBenchConfig(argv: readonly string[]): AllReduceBenchCon
     options: checkedOptions,
     compression: compressionOf(checkedOptions),
     mpi: !values['no-mpi'],
+    tls: values.tls,
   };
 }
 
@@ -163,8 +173,10 @@ async function main(): Promise<void> {
   const config = resolveAllReduceBenchConfig(process.argv.slice(2));
   log(
     `allreduce: ranks ${config.ranks.join(',')}, sizes ${config.sizes.map((s) => `${s.sizeMiB} MiB×${s.iterations}`).join(', ')}, ` +
-      `${config.rounds} round(s), options ${JSON.stringify(config.options)}${config.mpi ? '' : ', no MPI'}`,
+      `${config.rounds} round(s), options ${JSON.stringify(config.options)}${config.mpi ? '' : ', no MPI'}${config.tls ? ', our ring over mutual TLS' : ''}`,
   );
+  const tlsDir = config.tls ? join(await mkdtemp(join(tmpdir(), 'dinofleet-allreduce-tls-')), 'tls') : undefined;
+  if (tlsDir !== undefined) await createDevCertificates(tlsDir);
 
   let mpiBinary: string | undefined;
   let mpiVersion: string | null = null;
@@ -203,7 +215,7 @@ async function main(): Promise<void> {
             }
           }
         } else {
-          const results = await benchRing(ranks, config.sizes, config.options);
+          const results = await benchRing(ranks, config.sizes, config.options, tlsDir);
           log(`${label}, ours: ${describeTimes(results, ranks)}`);
           for (const r of results) {
             if (!r.bitIdentical) log(`  ${r.sizeMiB} MiB: ranks' results differ`);
@@ -251,6 +263,7 @@ async function main(): Promise<void> {
     bit_identical: bitIdentical,
     within_bound: withinBound,
     options: config.options,
+    transport_security: config.tls ? 'mtls' : 'plaintext',
     mpi_version: mpiVersion,
     table: rows.map((row) => {
       const bytes = row.sizeMiB * MIB;

@@ -24,6 +24,8 @@ export interface RankPlan {
   readonly sizes: readonly SizePlan[];
   /** Extra RingAllReduce options (the bench's `--options`). */
   readonly options: Readonly<Record<string, unknown>>;
+  /** A TLS directory: the ring runs over mutual TLS (the bench's `--tls`). @default plaintext */
+  readonly tlsDir?: string;
 }
 
 /** One rank's figures for one size. */
@@ -82,7 +84,8 @@ export function parseRankPlan(raw: string): RankPlan {
     value['rank'] >= value['peers'].length ||
     !Array.isArray(value['sizes']) ||
     !value['sizes'].every(isSizePlan) ||
-    !isObject(value['options'])
+    !isObject(value['options']) ||
+    (value['tlsDir'] !== undefined && typeof value['tlsDir'] !== 'string')
   ) {
     fail('rank plan', raw);
   }

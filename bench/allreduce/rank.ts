@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { CollectiveEndpoint, RingAllReduce } from '@dinofleet/collective';
 import type { AllReduceTag } from '@dinofleet/collective';
+import { INSECURE, transportSecurityFromFlags } from '@dinofleet/proto';
 import { checkAccuracy, compressionOf, errorBound } from './error-bound.ts';
 import { fillRankInput } from './rank-input.ts';
 import { RANK_GO_LINE, RANK_READY_LINE, formatRankSizeReport, parseRankPlan } from './rank-protocol.ts';
@@ -19,7 +20,8 @@ async function runRank(plan: RankPlan): Promise<void> {
   const bound = errorBound(peers.length, compressionOf(plan.options));
   const address = peers[rank];
   if (address === undefined) throw new Error(`rank ${rank} has no address in peers`);
-  const endpoint = new CollectiveEndpoint({ address });
+  const security = plan.tlsDir === undefined ? INSECURE : transportSecurityFromFlags({ tlsDir: plan.tlsDir });
+  const endpoint = new CollectiveEndpoint({ address, security });
   await endpoint.start();
   process.stdout.write(`${RANK_READY_LINE}\n`);
   await allListening;

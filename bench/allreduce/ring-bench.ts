@@ -80,18 +80,20 @@ function summarize(size: SizePlan, reports: readonly RankSizeReport[]): RingSize
 
 /**
  * Runs every size on a fresh ring of `ranks` processes with the extra RingAllReduce
- * `options`. Rejects with the first failing rank's error (all ranks are then killed).
+ * `options` (over mutual TLS with the certificates in `tlsDir` when given). Rejects with the
+ * first failing rank's error (all ranks are then killed).
  */
 export async function benchRing(
   ranks: number,
   sizes: readonly SizePlan[],
   options: Readonly<Record<string, unknown>>,
+  tlsDir?: string,
 ): Promise<RingSizeResult[]> {
   const peers = (await freePorts(ranks)).map((port) => `127.0.0.1:${port}`);
   const reportsBySize: RankSizeReport[][] = sizes.map(() => []);
   let listening = 0;
   const runs: ChildRun[] = peers.map((_, rank) => {
-    const plan: RankPlan = { rank, peers, sizes, options };
+    const plan: RankPlan = { rank, peers, sizes, options, ...(tlsDir !== undefined && { tlsDir }) };
     let next = 0;
     return startChild(`rank ${rank}`, process.execPath, ['--import', 'tsx', RANK_SCRIPT, JSON.stringify(plan)], {
       cwd: REPO_ROOT,
