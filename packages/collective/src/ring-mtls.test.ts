@@ -92,6 +92,28 @@ describe.each(VARIANTS)('a ring over mutual TLS: $name', ({ options }) => {
   }, 30_000);
 });
 
+describe('a rank of a ring over mutual TLS that ends its collective while payload is arriving', () => {
+  it('discards what its links still decrypt and keeps its event loop running (no spin on an ended link)', async () => {
+    await using ring = await startTestRing(3, { transport: 'tcp', linkProbeBytes: 0, chunkBytes: 1 << 20, timeoutMs: 20_000, stallTimeoutMs: 20_000 }, { security: fleet });
+    // 8 M elements (32 MiB): every link is mid-payload most of the time. A first round
+    // brings the links up, so the second is cut while payload flows.
+    const length = 8 << 20;
+    await Promise.all(ring.rings.map((r, rank) => r.allReduceSum(testVector(1 << 16, rank), { step: 0, op: 0 })));
+    const pending = ring.rings.map((r, rank) => r.allReduceSum(testVector(length, rank), { step: 0, op: 1 }).catch((err: unknown) => err));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await (ring.rings[0] as RingAllReduce).close();
+    // Rank 0's timers still fire while its links wind down (they are destroyed 1 s after an
+    // abort; a link that spun on its ended socket blocked this process for good).
+    for (let i = 0; i < 15; i++) {
+      const t0 = performance.now();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(performance.now() - t0).toBeLessThan(1_000);
+    }
+    const outcomes = await Promise.all(pending);
+    expect(outcomes.every((o) => o instanceof Error)).toBe(true);
+  }, 30_000);
+});
+
 /** Calls OpenDataLink on `address` with `security`; resolves with the error code ('OK' on success). */
 async function openDataLinkAs(address: string, security: TransportSecurity, job: string, generation: number): Promise<{ code: string; token?: Uint8Array }> {
   const client = createClient(CollectiveExchangeClient, address, { credentials: channelCredentials(security) });

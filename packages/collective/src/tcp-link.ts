@@ -48,6 +48,9 @@ function peerAbortError(label: string, reason: Uint8Array): DinofleetError {
 }
 
 /** Destroys `socket` after `ms` unless it closed by then (an end() that the peer never acknowledges). */
+/** Where an ended link's late bytes go (see `InboundLink.#nextTarget`). */
+const DISCARD = new Uint8Array(64 * 1024);
+
 function destroyLater(socket: net.Socket, ms: number): void {
   const timer = setTimeout(() => socket.destroy(), ms);
   timer.unref();
@@ -197,6 +200,10 @@ export class InboundLink {
   }
 
   #nextTarget(): Uint8Array {
+    // After the end, bytes still arriving (a TLS socket keeps decrypting what it buffered
+    // until it is destroyed) are discarded. The buffer must never be empty: Node's TLS read
+    // loop spins forever on a zero-length onread buffer while it holds decrypted data.
+    if (this.#failure !== undefined) return DISCARD;
     const target = this.#target;
     switch (target.kind) {
       case 'reply-head':
@@ -359,6 +366,7 @@ export class InboundLink {
     this.#failure = err;
     if (this.#target.kind === 'payload' && this.#target.pooled !== undefined) this.#pool.release(this.#target.pooled);
     this.#target = { kind: 'header' };
+    this.#filled = 0;
     const connected = this.#connected;
     this.#connected = undefined;
     connected?.reject(err);
