@@ -18,14 +18,14 @@ import { checkLedger, elasticJobSpec, submitJob, waitForStep } from './support/e
 
 const BUCKET = 'itest-elastic';
 /**
- * 320 images at 8 per step: 40 steps an epoch; jobs run 56 steps over 32 shards of 10
+ * 240 images at 8 per step: 30 steps an epoch; jobs run 46 steps over 24 shards of 10
  * records. Epochs overlap at their boundary (a rank whose lease runs out takes one of the
  * next epoch while others still hold this one's, and each rank loads up to 4 batches
  * ahead: at most about 3 leases per rank), so 16 steps (13 leases) past the epoch leave
  * room for epoch 0 to finish.
  */
-const IMAGES = 320;
-const RUN = { steps: 56, shards: 32 };
+const IMAGES = 240;
+const RUN = { steps: 46, shards: 24 };
 
 async function expectExactlyOnce(fleet: LocalFleet, jobId: string, manifestUri: string): Promise<void> {
   const ledger = await checkLedger(fleet, jobId, manifestUri);
