@@ -107,13 +107,9 @@ function rawUnary(client: Client, path: string, body: Buffer, metadata: Metadata
   });
 }
 
-function fleetSecurity(fleet: LocalFleet): TransportSecurity {
-  return fleet.security;
-}
-
 /** A CA-only TLS view of the fleet: verifies the servers, presents no certificate. */
 function caOnly(fleet: LocalFleet): TransportSecurity {
-  const security = fleetSecurity(fleet);
+  const security = fleet.security;
   if (security.kind !== 'mtls') return security;
   return { kind: 'mtls', material: { dir: security.material.dir, ca: security.material.ca, caCerts: security.material.caCerts } };
 }

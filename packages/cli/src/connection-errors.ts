@@ -8,7 +8,7 @@
 import { connect as tlsConnect } from 'node:tls';
 import type { ConnectionOptions } from 'node:tls';
 
-import { ErrorCode, fromServiceError, isDinofleetError, isServiceError, TLS_FILES } from '@dinofleet/proto';
+import { ErrorCode, fromServiceError, isDinofleetError, isServiceError, TLS_FILES, TLS_SERVER_NAME } from '@dinofleet/proto';
 import type { TransportSecurity } from '@dinofleet/proto';
 
 import { CliError, ExitCode } from './cli-error.ts';
@@ -69,7 +69,7 @@ export function probeTls(address: string, security: TransportSecurity, timeoutMs
   return new Promise((resolve) => {
     let settled = false;
     let handshaken = false;
-    const socket = tlsConnect({ host: target.host, port: target.port, servername: 'dinofleet', ALPNProtocols: ['h2'], ...options });
+    const socket = tlsConnect({ host: target.host, port: target.port, servername: TLS_SERVER_NAME, ALPNProtocols: ['h2'], ...options });
     const timer = setTimeout(() => finish({ kind: 'unknown', detail: `no TLS handshake within ${timeoutMs} ms` }), timeoutMs);
     function finish(result: TlsProbe): void {
       if (settled) return;

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { Image, MultiCropConfig } from './multi-crop.ts';
 import {
   FMNIST_MULTI_CROP,
+  REFERENCE_MULTI_CROP,
   centerResize,
   flipHorizontal,
   gaussianBlur,
@@ -24,20 +25,8 @@ function indexImage(height: number, width: number): Image {
   return { data: Float32Array.from({ length: height * width }, (_, i) => i), height, width, channels: 1 };
 }
 
-const RGB_CONFIG: MultiCropConfig = {
-  globalSize: 32,
-  localSize: 16,
-  nLocal: 4,
-  globalScale: [0.32, 1],
-  localScale: [0.05, 0.32],
-  flipProbability: 0.5,
-  colorJitter: { probability: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1 },
-  grayscaleProbability: 0.2,
-  blur: { globalProbabilities: [1.0, 0.1], localProbability: 0.5, sigma: [0.1, 2.0] },
-  solarizeProbability: [0, 0.2],
-  mean: [0.485, 0.456, 0.406],
-  std: [0.229, 0.224, 0.225],
-};
+/** DINOv2's reference multi-crop, at sizes small enough for unit tests. */
+const RGB_CONFIG: MultiCropConfig = { ...REFERENCE_MULTI_CROP, globalSize: 32, localSize: 16, nLocal: 4 };
 
 describe('randomResizedCrop', () => {
   it('is the identity with scale [1, 1] and ratio [1, 1] on a same-size image', () => {

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import type { ConnectionOptions, TlsOptions } from 'node:tls';
 import { credentials as grpcCredentials, experimental, Metadata, ServerCredentials } from '@grpc/grpc-js';
 import type { ChannelCredentials } from '@grpc/grpc-js';
+import { TLS_SERVER_NAME } from './client.ts';
 import { InvalidArgumentError, UnauthenticatedError } from './errors.ts';
 
 /** File names inside a TLS directory. */
@@ -259,7 +260,7 @@ export function dataLinkTlsOptions(material: TlsMaterial): TlsOptions & Connecti
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
     // A fixed SNI name: peers are dialled by IP, which Node warns about as a server name.
-    servername: 'dinofleet',
+    servername: TLS_SERVER_NAME,
     checkServerIdentity: () => undefined,
   };
 }
